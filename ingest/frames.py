@@ -1,0 +1,145 @@
+"""Data frames of the streaming transports (gateway and WebSocket), decoded into acks.
+
+A `FrameSession` holds one connection's state: who it is, its frame counter and the stateful
+decoders of standard formats. `handle` turns one decoded frame payload into either an immediate
+answer (an error frame) or a future ack that resolves once the frame's observations commit.
+Answers are written strictly in frame order by the transport (see `OrderedReplies`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ingest.pipeline import Pipeline
+from ingest.validate import Validator
+from lowalt.auth import Registry
+from lowalt.metrics import Metrics
+from lowalt.models import BatchResult, Observation, Principal
+
+Reply = dict[str, Any]
+
+
+@dataclass
+class IngestContext:
+    """What every transport needs, built once by the app."""
+
+    pipeline: Pipeline
+    validator: Validator
+    registry: Registry
+    metrics: Metrics
+    max_obs_per_batch: int
+
+
+def filter_owned(
+    registry: Registry, principal: Principal, rows: list[Observation], indexes: list[int],
+    rejected: list[tuple[int, str]],
+) -> list[Observation]:
+    """Drop rows the principal may not send, adding a reason for each to rejected."""
+    if principal.role in ("gateway", "admin"):
+        return rows
+    kept: list[Observation] = []
+    for row, index in zip(rows, indexes, strict=True):
+        if registry.may_send(principal, row.uav):
+            kept.append(row)
+        else:
+            rejected.append((index, f"uav: {row.uav} is not registered to this operator"))
+    rejected.sort()
+    return kept
+
+
+def count_rejections(metrics: Metrics, rejected: list[tuple[int, str]]) -> None:
+    for _, reason in rejected:
+        metrics.inc("lowalt_observations_rejected_total", reason=reason.split(":", 1)[0])
+
+
+class FrameSession:
+    def __init__(self, ctx: IngestContext, principal: Principal, source: str) -> None:
+        self.ctx = ctx
+        self.principal = principal
+        self.source = source  # "<name>/<transport>"
+        self.frames = 0
+        self.inflight_obs = 0
+        self.on_settled: Callable[[], None] | None = None
+
+    def handle(self, payload: Any) -> Reply | Awaitable[Reply]:
+        """Answer one decoded data frame (counted from 1 on this connection)."""
+        self.frames += 1
+        if not isinstance(payload, dict):
+            return {"error": "frame must be a map", "frame": self.frames}
+        seq = payload.get("seq")
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            return {"error": "seq: missing or not an integer", "frame": self.frames}
+        items = payload.get("obs", [])
+        if not isinstance(items, list):
+            return {"error": "obs: must be a list", "frame": self.frames, "seq": seq}
+        if len(items) > self.ctx.max_obs_per_batch:
+            return {
+                "error": f"obs: {len(items)} observations exceed the limit of "
+                f"{self.ctx.max_obs_per_batch} per frame",
+                "frame": self.frames, "seq": seq,
+            }
+        rows, indexes, rejected = self.ctx.validator.batch(
+            items, time.time(), f"{self.source}/native"
+        )
+        rows = filter_owned(self.ctx.registry, self.principal, rows, indexes, rejected)
+        count_rejections(self.ctx.metrics, rejected)
+        future = self.ctx.pipeline.submit(rows, retry=True)
+        self.inflight_obs += len(rows)
+        future.add_done_callback(lambda _: self._settled(len(rows)))
+        return self._ack(seq, self.frames, future, rejected)
+
+    def _settled(self, n: int) -> None:
+        self.inflight_obs -= n
+        if self.on_settled is not None:
+            self.on_settled()
+
+    async def _ack(
+        self, seq: int, frame: int, future: asyncio.Future[BatchResult],
+        rejected: list[tuple[int, str]],
+    ) -> Reply:
+        try:
+            result = await future
+        except Exception as exc:  # storage refused the frame for a reason other than an outage
+            return {"error": f"not stored: {exc}", "frame": frame, "seq": seq}
+        return {
+            "ack": seq, "accepted": result.accepted, "duplicates": result.duplicates,
+            "rejected": [[i, reason] for i, reason in rejected],
+        }
+
+
+class OrderedReplies:
+    """Writes answers in the order their frames arrived, whatever order they complete in."""
+
+    def __init__(self, write: Callable[[Reply], Awaitable[None] | None]) -> None:
+        self._write = write
+        self._queue: asyncio.Queue[Reply | Awaitable[Reply] | None] = asyncio.Queue()
+        self.inflight = 0
+        self._task = asyncio.create_task(self._run(), name="lowalt-replies")
+
+    def push(self, reply: Reply | Awaitable[Reply]) -> None:
+        self.inflight += 1
+        self._queue.put_nowait(reply)
+
+    async def _run(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            reply = item if isinstance(item, dict) else await item
+            self.inflight -= 1
+            result = self._write(reply)
+            if result is not None:
+                await result
+
+    async def close(self, flush: bool) -> None:
+        """Stop; with flush, first write every answer still owed."""
+        if flush:
+            self._queue.put_nowait(None)
+            await asyncio.gather(self._task, return_exceptions=True)
+        else:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,238 @@
+"""The one ingest pipeline: group commit across connections, then ack, then the check stages.
+
+Transports hand validated observations to `Pipeline.submit`, which returns a future resolved once
+the observations are committed. One committer task takes every waiting submission (up to
+`commit_max_obs` observations), drops duplicate (uav, t) keys inside the group, writes the group in
+one transaction, and resolves the futures in submission order, so each connection's acks follow
+its frame order. Committed rows then update the live picture and go, through a bounded queue, to
+the check stages (geofence, traffic monitor, ...), which never delay an acknowledgement.
+
+When storage is unavailable, submissions made with `retry=True` (the streaming transports) stay
+queued and are retried until they commit, so their acks are withheld; those with `retry=False`
+(HTTP) fail at once with StorageUnavailable so the client can be told 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from lowalt.errors import StorageUnavailable
+from lowalt.live import LiveState
+from lowalt.metrics import Metrics
+from lowalt.models import BatchResult, Observation
+from lowalt.storage import Store
+
+log = logging.getLogger("lowalt.pipeline")
+
+
+class CheckStage(Protocol):
+    """Runs on every committed batch, after its acks; geofence/ and dispatch/ plug in here."""
+
+    name: str
+
+    async def on_committed(
+        self, rows: Sequence[Observation], advanced: Sequence[Observation]
+    ) -> None:
+        """rows: every newly stored observation; advanced: those that moved a UAV's live state."""
+
+
+@dataclass(eq=False)
+class _Submission:
+    rows: Sequence[Observation]
+    future: asyncio.Future[BatchResult]
+    retry: bool
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        store: Store,
+        live: LiveState,
+        metrics: Metrics,
+        *,
+        commit_max_obs: int,
+        max_pending_obs: int,
+        retry_delay_s: float = 0.5,
+        stage_queue_batches: int = 256,
+    ) -> None:
+        self.store, self.live, self.metrics = store, live, metrics
+        self.commit_max_obs = commit_max_obs
+        self.max_pending_obs = max_pending_obs
+        self.retry_delay_s = retry_delay_s
+        self.stages: list[CheckStage] = []
+        self.available = True
+        self._queue: deque[_Submission] = deque()
+        self._pending_obs = 0
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._closing = False
+        self._stage_queue: asyncio.Queue[tuple[list[Observation], list[Observation]]] = (
+            asyncio.Queue(stage_queue_batches)
+        )
+        metrics.counter("lowalt_observations_accepted_total", "Observations stored.")
+        metrics.counter("lowalt_observations_duplicate_total", "Observations already stored.")
+        metrics.counter("lowalt_observations_rejected_total", "Observations rejected, by reason.")
+        metrics.counter("lowalt_commits_total", "Storage transactions committed.")
+        metrics.counter("lowalt_commit_failures_total", "Storage transactions that failed.")
+        metrics.counter("lowalt_stage_errors_total", "Check-stage failures, by stage.")
+        metrics.histogram("lowalt_commit_seconds", "Time to commit one group of observations.")
+        metrics.histogram("lowalt_ack_seconds", "Time from submission to commit.")
+        metrics.gauge("lowalt_pending_observations", "Observations waiting to commit.",
+                      lambda: float(self._pending_obs))
+        metrics.gauge("lowalt_stage_queue_batches", "Committed batches waiting for checks.",
+                      lambda: float(self._stage_queue.qsize()))
+        metrics.gauge("lowalt_storage_available", "1 when the last write succeeded.",
+                      lambda: 1.0 if self.available else 0.0)
+
+    @property
+    def pending_obs(self) -> int:
+        return self._pending_obs
+
+    def has_room(self, n: int = 0) -> bool:
+        return self._pending_obs + n <= self.max_pending_obs
+
+    async def wait_for_room(self) -> None:
+        while not self.has_room():
+            self._room.clear()
+            await self._room.wait()
+
+    def submit(self, rows: Sequence[Observation], *, retry: bool) -> asyncio.Future[BatchResult]:
+        """Queue rows for the next commit; the future resolves after it (or fails)."""
+        if self._closing:
+            raise StorageUnavailable("server is shutting down")
+        if not retry and not self.available:
+            raise StorageUnavailable("storage is unavailable")
+        future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+        if not rows:
+            future.set_result(BatchResult(0, 0, ()))
+            return future
+        self._queue.append(_Submission(rows, future, retry))
+        self._pending_obs += len(rows)
+        self._idle.clear()
+        self._wakeup.set()
+        return future
+
+    def _take_group(self) -> list[_Submission]:
+        group: list[_Submission] = []
+        count = 0
+        queue, limit = self._queue, self.commit_max_obs
+        while queue and (not group or count + len(queue[0].rows) <= limit):
+            sub = self._queue.popleft()
+            group.append(sub)
+            count += len(sub.rows)
+        return group
+
+    def _release(self, group: Sequence[_Submission]) -> None:
+        self._pending_obs -= sum(len(s.rows) for s in group)
+        if self.has_room():
+            self._room.set()
+
+    async def run(self) -> None:
+        """The committer loop; runs until cancelled."""
+        stage_task = asyncio.create_task(self._run_stages(), name="lowalt-stages")
+        try:
+            while True:
+                if not self._queue:
+                    self._idle.set()
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                await self._commit(self._take_group())
+        finally:
+            stage_task.cancel()
+            await asyncio.gather(stage_task, return_exceptions=True)
+
+    async def _commit(self, group: list[_Submission]) -> None:
+        unique: list[Observation] = []
+        owners: list[int] = []
+        duplicates = [0] * len(group)
+        seen: set[tuple[str, float]] = set()
+        for n, sub in enumerate(group):
+            for row in sub.rows:
+                key = (row.uav, row.t)
+                if key in seen:
+                    duplicates[n] += 1
+                else:
+                    seen.add(key)
+                    unique.append(row)
+                    owners.append(n)
+        started = time.monotonic()
+        try:
+            inserted = await self.store.insert_observations(unique)
+        except StorageUnavailable as exc:
+            self.metrics.inc("lowalt_commit_failures_total")
+            if self.available:
+                log.warning("storage unavailable, holding acks: %s", exc)
+            self.available = False
+            retry = [s for s in group if s.retry and not s.future.done()]
+            for sub in group:
+                if not sub.retry and not sub.future.done():
+                    sub.future.set_exception(StorageUnavailable(str(exc)))
+            self._release([s for s in group if s not in retry])
+            self._queue.extendleft(reversed(retry))
+            await asyncio.sleep(self.retry_delay_s)
+            return
+        except Exception as exc:  # a bug, not an outage: fail this group, keep serving
+            log.exception("commit failed")
+            self.metrics.inc("lowalt_commit_failures_total")
+            for sub in group:
+                if not sub.future.done():
+                    sub.future.set_exception(exc)
+            self._release(group)
+            return
+        now = time.monotonic()
+        if not self.available:
+            log.warning("storage available again")
+        self.available = True
+        self.metrics.inc("lowalt_commits_total")
+        self.metrics.observe("lowalt_commit_seconds", now - started)
+        accepted = [0] * len(group)
+        fresh: list[list[Observation]] = [[] for _ in group]
+        new_rows: list[Observation] = []
+        for row, owner, is_new in zip(unique, owners, inserted, strict=True):
+            if is_new:
+                accepted[owner] += 1
+                fresh[owner].append(row)
+                new_rows.append(row)
+            else:
+                duplicates[owner] += 1
+        self.metrics.inc("lowalt_observations_accepted_total", sum(accepted))
+        self.metrics.inc("lowalt_observations_duplicate_total", sum(duplicates))
+        self._release(group)
+        for n, sub in enumerate(group):
+            self.metrics.observe("lowalt_ack_seconds", now - sub.enqueued_at)
+            if not sub.future.done():
+                sub.future.set_result(BatchResult(accepted[n], duplicates[n], tuple(fresh[n])))
+        if new_rows:
+            advanced = self.live.update(new_rows)
+            if self.stages:
+                await self._stage_queue.put((new_rows, advanced))
+
+    async def _run_stages(self) -> None:
+        while True:
+            rows, advanced = await self._stage_queue.get()
+            for stage in self.stages:
+                try:
+                    await stage.on_committed(rows, advanced)
+                except Exception:
+                    log.exception("check stage %s failed", stage.name)
+                    self.metrics.inc("lowalt_stage_errors_total", stage=stage.name)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop taking submissions and wait until every queued one is committed."""
+        self._closing = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True

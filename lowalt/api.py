@@ -1,0 +1,176 @@
+"""The read API (API.md section 7), the UAV registry endpoints and operations endpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+from aiohttp import web
+
+from lowalt.auth import PRINCIPAL, Registry, require_role
+from lowalt.errors import AuthError, StorageUnavailable
+from lowalt.live import LiveState
+from lowalt.metrics import Metrics
+from lowalt.models import Observation, Principal
+from lowalt.storage import Store, UavRecord
+
+STORE = web.AppKey("store", Store)
+LIVE = web.AppKey("live", LiveState)
+REGISTRY = web.AppKey("registry", Registry)
+METRICS = web.AppKey("metrics", Metrics)
+TRACK_LIMIT = 10_000
+
+
+class BadRequest(web.HTTPBadRequest):
+    def __init__(self, message: str) -> None:
+        super().__init__(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def parse_floats(raw: str, n: int, name: str) -> list[float]:
+    try:
+        values = [float(v) for v in raw.split(",")]
+    except ValueError:
+        raise BadRequest(f"{name}: expected {n} comma-separated numbers") from None
+    if len(values) != n or not all(math.isfinite(v) for v in values):
+        raise BadRequest(f"{name}: expected {n} comma-separated numbers")
+    return values
+
+
+def parse_bbox(raw: str | None) -> tuple[float, float, float, float]:
+    """bbox=minlon,minlat,maxlon,maxlat (the whole world when absent)."""
+    if raw is None:
+        return (-180.0, -90.0, 180.0, 90.0)
+    min_lon, min_lat, max_lon, max_lat = parse_floats(raw, 4, "bbox")
+    if min_lon > max_lon or min_lat > max_lat:
+        raise BadRequest("bbox: expected minlon,minlat,maxlon,maxlat with min <= max")
+    return (min_lon, min_lat, max_lon, max_lat)
+
+
+def observation_json(row: Observation) -> dict[str, Any]:
+    return row._asdict()
+
+
+def visible(registry: Registry, principal: Principal, rows: list[Observation]) -> list[Observation]:
+    if principal.reads_all:
+        return rows
+    return [r for r in rows if registry.may_read(principal, r.uav)]
+
+
+async def get_uavs(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL]
+    bbox = parse_bbox(request.query.get("bbox"))
+    rows = visible(request.app[REGISTRY], principal, request.app[LIVE].in_bbox(*bbox))
+    return web.json_response({"uavs": [observation_json(r) for r in rows]})
+
+
+async def get_track(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL]
+    uav = request.match_info["uav"]
+    if not request.app[REGISTRY].may_read(principal, uav):
+        raise AuthError(f"uav {uav} is not yours", 404)
+    now = time.time()
+    t_from = _float_arg(request, "from", now - 3600.0)
+    t_to = _float_arg(request, "to", now + 60.0)
+    limit = int(_float_arg(request, "limit", TRACK_LIMIT))
+    if not 1 <= limit <= TRACK_LIMIT:
+        raise BadRequest(f"limit: must be 1..{TRACK_LIMIT}")
+    rows = await request.app[STORE].track(uav, t_from, t_to, limit)
+    return web.json_response({"uav": uav, "track": [observation_json(r) for r in rows]})
+
+
+def _float_arg(request: web.Request, name: str, default: float) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    return parse_floats(raw, 1, name)[0]
+
+
+async def get_flights(request: web.Request) -> web.Response:
+    """F3411 network remote-ID shaped view: `view=lat1,lon1,lat2,lon2`."""
+    principal = request[PRINCIPAL]
+    raw = request.query.get("view")
+    if raw is None:
+        raise BadRequest("view: required, lat1,lon1,lat2,lon2")
+    lat1, lon1, lat2, lon2 = parse_floats(raw, 4, "view")
+    rows = request.app[LIVE].in_bbox(min(lon1, lon2), min(lat1, lat2), max(lon1, lon2),
+                                     max(lat1, lat2))
+    now = time.time()
+    flights = [
+        {
+            "id": r.uav,
+            "aircraft_type": "NotDeclared",
+            "current_state": {
+                "timestamp": {"value": r.t, "format": "UnixSeconds"},
+                "operational_status": _f3411_status(r.status),
+                "position": {
+                    "lat": r.lat, "lng": r.lon, "alt": r.alt_m,
+                    "accuracy_h": r.acc_h_m, "accuracy_v": r.acc_v_m,
+                    "extrapolated": False,
+                },
+                "track": r.track_deg, "speed": r.speed_mps, "vertical_speed": r.vspeed_mps,
+                "height": {"distance": r.agl_m, "reference": "TakeoffLocation"}
+                if r.agl_m is not None else None,
+            },
+            "simulated": False,
+            "recent_positions": [],
+        }
+        for r in visible(request.app[REGISTRY], principal, rows)
+    ]
+    return web.json_response({"timestamp": now, "flights": flights})
+
+
+def _f3411_status(status: str | None) -> str:
+    return {
+        "ground": "Ground", "airborne": "Airborne", "emergency": "Emergency",
+        "lost_link": "RemoteIDSystemFailure",
+    }.get(status or "", "Undeclared")
+
+
+async def post_uav(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL]
+    require_role(principal, ("regulator",))
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("body: not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body: expected an object")
+    uav, operator = body.get("uav"), body.get("operator")
+    aliases = body.get("aliases", [])
+    if not isinstance(uav, str) or not uav:
+        raise BadRequest("uav: required string")
+    if not isinstance(operator, str) or not operator:
+        raise BadRequest("operator: required string")
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise BadRequest("aliases: expected a list of strings")
+    record = UavRecord(uav, operator, tuple(aliases), bool(body.get("priority", False)))
+    await request.app[REGISTRY].register(record)
+    return web.json_response({"uav": uav, "operator": operator, "aliases": aliases}, status=201)
+
+
+async def list_uav_registry(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL]
+    records = request.app[REGISTRY].by_uav.values()
+    return web.json_response({"uavs": [
+        {"uav": r.uav, "operator": r.operator, "aliases": list(r.aliases), "priority": r.priority}
+        for r in records if principal.reads_all or r.operator == principal.operator
+    ]})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        await request.app[STORE].ping()
+    except StorageUnavailable as exc:
+        return web.json_response({"status": "unavailable", "error": str(exc)}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(text=request.app[METRICS].render(), content_type="text/plain",
+                        charset="utf-8")

@@ -1,0 +1,121 @@
+"""Bearer tokens and the one place where roles and ownership are checked.
+
+Tokens are random (256 bits), shown once, and stored only as their SHA-256 (a slow hash adds
+nothing for secrets of that entropy). Resolved tokens are cached for `cache_ttl_s`, so a
+revocation made by another process (the CLI) takes effect within that time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Iterable
+
+from aiohttp import web
+
+from lowalt.errors import AuthError, StorageUnavailable
+from lowalt.models import Principal
+from lowalt.storage import Store, UavRecord
+
+TOKEN_PREFIX = "lwt_"
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def bearer(header: str | None) -> str | None:
+    """The token from an `Authorization: Bearer ...` header value."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+class Authenticator:
+    def __init__(self, store: Store, cache_ttl_s: float = 5.0) -> None:
+        self.store = store
+        self.cache_ttl_s = cache_ttl_s
+        self._cache: dict[str, tuple[float, Principal]] = {}
+
+    async def principal(self, token: str | None) -> Principal:
+        """The caller behind a token; AuthError(401) when missing, unknown, revoked or expired."""
+        if not token:
+            raise AuthError("missing bearer token", 401)
+        digest = hash_token(token)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            record = await self.store.token_by_hash(digest)
+        except StorageUnavailable:
+            if cached is not None:  # the database is away: keep serving known callers
+                return cached[1]
+            raise
+        if record is None or record.revoked:
+            self._cache.pop(digest, None)
+            raise AuthError("unknown or revoked token", 401)
+        if record.expires_at is not None and record.expires_at <= time.time():
+            raise AuthError("token expired", 401)
+        principal = Principal(record.token_id, record.name, record.role, record.operator)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now + self.cache_ttl_s, principal)
+        return principal
+
+
+def require_role(principal: Principal, roles: Iterable[str]) -> None:
+    """AuthError(403) unless the principal holds one of roles (admin holds every role)."""
+    allowed = set(roles)
+    if principal.role != "admin" and principal.role not in allowed:
+        raise AuthError(
+            f"role {principal.role!r} may not do this (needs {' or '.join(sorted(allowed))})", 403
+        )
+
+
+class Registry:
+    """UAV -> operator (and aliases), kept in memory and refreshed from storage."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.by_uav: dict[str, UavRecord] = {}
+        self.alias_to_uav: dict[str, str] = {}
+
+    async def refresh(self) -> None:
+        records = await self.store.uavs()
+        self._set(records)
+
+    def _set(self, records: Iterable[UavRecord]) -> None:
+        by_uav = {r.uav: r for r in records}
+        aliases = {a: r.uav for r in by_uav.values() for a in r.aliases}
+        self.by_uav, self.alias_to_uav = by_uav, aliases
+
+    async def register(self, record: UavRecord) -> None:
+        await self.store.upsert_uav(record)
+        self._set([*[r for r in self.by_uav.values() if r.uav != record.uav], record])
+
+    def operator_of(self, uav: str) -> str | None:
+        record = self.by_uav.get(uav)
+        return record.operator if record else None
+
+    def may_send(self, principal: Principal, uav: str) -> bool:
+        """Whether principal may send telemetry for uav: gateways any, operators their own."""
+        if principal.role in ("gateway", "admin"):
+            return True
+        if principal.role == "operator":
+            return principal.operator is not None and self.operator_of(uav) == principal.operator
+        return False
+
+    def may_read(self, principal: Principal, uav: str) -> bool:
+        if principal.reads_all:
+            return True
+        return principal.role == "operator" and self.operator_of(uav) == principal.operator

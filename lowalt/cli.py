@@ -1,0 +1,199 @@
+"""The `lowalt` command line (API.md section 10). Exit 0 on success, 2 on usage/config errors."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from lowalt.errors import ConfigError, LowaltError, StorageUnavailable
+from lowalt.models import ROLES
+from lowalt.settings import Settings, load_settings
+
+T = TypeVar("T")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2
+        self.exit(2, f"lowalt: {message}\n")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--database", dest="database_url", metavar="URL",
+                   help="sqlite:///PATH or postgresql://... (default: $DATABASE_URL or "
+                   "sqlite:///./lowalt.db)")
+    p.add_argument("--config", metavar="FILE", help="TOML settings file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lowalt", description="Low-altitude UAV traffic monitoring server.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = sub.add_parser("serve", help="run the server")
+    _common(serve)
+    serve.add_argument("--http", metavar="HOST:PORT", help="HTTP listen address (127.0.0.1:8080)")
+    serve.add_argument("--gateway", metavar="HOST:PORT",
+                       help="gateway stream listen address (127.0.0.1:7700)")
+
+    mig = sub.add_parser("migrate", help="create or upgrade the schema")
+    _common(mig)
+
+    token = sub.add_parser("token", help="manage bearer tokens")
+    tsub = token.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
+    create = tsub.add_parser("create", help="create a token and print it (shown once)")
+    _common(create)
+    create.add_argument("--role", required=True, choices=ROLES)
+    create.add_argument("--operator", help="the operator an operator token acts for")
+    create.add_argument("--name", help="a name for logs and the observation source")
+    create.add_argument("--expires-in", type=float, metavar="SECONDS", help="expiry")
+    revoke = tsub.add_parser("revoke", help="revoke a token")
+    _common(revoke)
+    revoke.add_argument("token")
+
+    uav = sub.add_parser("uav", help="manage the UAV registry")
+    usub = uav.add_subparsers(dest="uav_command", required=True, parser_class=_Parser)
+    reg = usub.add_parser("register", help="register a UAV to an operator")
+    _common(reg)
+    reg.add_argument("uav")
+    reg.add_argument("--operator", required=True)
+    reg.add_argument("--alias", action="append", default=[], metavar="ID")
+    reg.add_argument("--priority", action="store_true",
+                     help="this operator's UAV may ask priority clearances")
+    return parser
+
+
+def _settings(args: argparse.Namespace, **flags: Any) -> Settings:
+    return load_settings(
+        {"database_url": args.database_url, "config": args.config, **flags}, os.environ
+    )
+
+
+def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        return await coro_fn()
+
+    if sys.platform != "win32":
+        import uvloop
+
+        return uvloop.run(main())
+    return asyncio.run(main())
+
+
+async def _with_store(settings: Settings, job: Callable[[Any], Awaitable[T]]) -> T:
+    from lowalt.migrate import migrate
+    from lowalt.storage import create_store
+
+    await migrate(settings)
+    store = create_store(settings)
+    await store.open()
+    try:
+        return await job(store)
+    finally:
+        await store.close()
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from lowalt.auth import hash_token, new_token
+
+    if args.role == "operator" and not args.operator:
+        raise ConfigError("--operator is required for an operator token")
+    settings = _settings(args)
+    token = new_token()
+    now = time.time()
+    expires = now + args.expires_in if args.expires_in else None
+    name = args.name or (args.operator if args.role == "operator" else args.role)
+
+    async def job(store: Any) -> int:
+        result: int = await store.insert_token(
+            hash_token(token), name, args.role, args.operator, expires, now
+        )
+        return result
+
+    _run(lambda: _with_store(settings, job))
+    print(token)
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    from lowalt.auth import hash_token
+
+    settings = _settings(args)
+
+    async def job(store: Any) -> bool:
+        result: bool = await store.revoke_token(hash_token(args.token))
+        return result
+
+    if not _run(lambda: _with_store(settings, job)):
+        print("lowalt: no such active token", file=sys.stderr)
+        return 1
+    print("revoked", file=sys.stderr)
+    return 0
+
+
+def cmd_uav_register(args: argparse.Namespace) -> int:
+    from lowalt.storage import UavRecord
+
+    settings = _settings(args)
+    record = UavRecord(args.uav, args.operator, tuple(args.alias), args.priority)
+
+    async def job(store: Any) -> None:
+        await store.upsert_uav(record)
+
+    _run(lambda: _with_store(settings, job))
+    print(f"registered {args.uav} to {args.operator}", file=sys.stderr)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from lowalt.migrate import migrate
+
+    settings = _settings(args)
+    _run(lambda: migrate(settings))
+    print(f"schema up to date ({settings.backend})", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lowalt.app import serve
+
+    settings = _settings(args, http=args.http, gateway=args.gateway)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _run(lambda: serve(settings))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "serve": cmd_serve,
+        "migrate": cmd_migrate,
+        "token.create": cmd_token_create,
+        "token.revoke": cmd_token_revoke,
+        "uav.register": cmd_uav_register,
+    }
+    key = args.command
+    if key == "token":
+        key = f"token.{args.token_command}"
+    elif key == "uav":
+        key = f"uav.{args.uav_command}"
+    try:
+        return commands[key](args)
+    except ConfigError as exc:
+        print(f"lowalt: {exc}", file=sys.stderr)
+        return 2
+    except StorageUnavailable as exc:
+        print(f"lowalt: storage unavailable: {exc}", file=sys.stderr)
+        return 1
+    except LowaltError as exc:
+        print(f"lowalt: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Settings: one frozen, typed object read once at start-up from flags, env and a TOML file.
+
+Precedence, highest first: command-line flags, environment (`LOWALT_<NAME>`, plus `DATABASE_URL`),
+the TOML file given by `--config` / `LOWALT_CONFIG`, then the defaults below. Every value is
+validated here; a bad one raises ConfigError with a one-line message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from lowalt.errors import ConfigError
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite:///./lowalt.db"
+    http: str = "127.0.0.1:8080"
+    gateway: str = "127.0.0.1:7700"
+    # Observation acceptance window (API.md section 1).
+    max_age_s: float = 86400.0
+    max_future_s: float = 5.0
+    # Limits.
+    max_frame_bytes: int = 1 * MIB
+    max_body_bytes: int = 8 * MIB
+    max_obs_per_batch: int = 10_000
+    max_ws_message_bytes: int = 1 * MIB
+    # Group commit: one write per batch of at most this many observations; observations waiting
+    # beyond max_pending_obs make transports push back (HTTP 503, gateway stops reading).
+    commit_max_obs: int = 5_000
+    max_pending_obs: int = 100_000
+    # Per connection: the gateway pauses reading while this many observations await their ack.
+    conn_max_inflight_obs: int = 20_000
+    retention_days: float = 30.0
+    retention_interval_s: float = 3600.0
+    retry_after_s: int = 2
+    handshake_timeout_s: float = 10.0
+    idle_timeout_s: float = 300.0
+    shutdown_grace_s: float = 10.0
+    log_level: str = "INFO"
+    demo: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def http_host(self) -> str:
+        return split_host_port(self.http, "http")[0]
+
+    @property
+    def http_port(self) -> int:
+        return split_host_port(self.http, "http")[1]
+
+    @property
+    def gateway_host(self) -> str:
+        return split_host_port(self.gateway, "gateway")[0]
+
+    @property
+    def gateway_port(self) -> int:
+        return split_host_port(self.gateway, "gateway")[1]
+
+    @property
+    def backend(self) -> str:
+        is_pg = self.database_url.startswith(("postgresql://", "postgres://"))
+        return "postgres" if is_pg else "sqlite"
+
+    @property
+    def sqlite_path(self) -> str:
+        return self.database_url.removeprefix("sqlite:///")
+
+
+def split_host_port(value: str, name: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name}: expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+_POSITIVE = {
+    "max_age_s", "max_frame_bytes", "max_body_bytes", "max_obs_per_batch", "max_ws_message_bytes",
+    "commit_max_obs", "max_pending_obs", "conn_max_inflight_obs", "retention_days",
+    "retention_interval_s", "retry_after_s", "handshake_timeout_s", "idle_timeout_s",
+}
+_NON_NEGATIVE = {"max_future_s", "shutdown_grace_s"}
+
+
+def _coerce(name: str, kind: Any, raw: Any) -> Any:
+    try:
+        if kind in (bool, "bool"):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(text)
+        if kind in (int, "int"):
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return int(raw)
+        if kind in (float, "float"):
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError(raw)
+            return value
+        if not isinstance(raw, str):
+            raise ValueError(raw)
+        return raw
+    except (TypeError, ValueError):
+        type_name = getattr(kind, "__name__", str(kind))
+        raise ConfigError(f"{name}: expected {type_name}, got {raw!r}") from None
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """Merge flags > env > TOML file > defaults into a validated Settings."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    env = env or {}
+    path = flags.pop("config", None) or env.get("LOWALT_CONFIG") or config_file
+    file_values: dict[str, Any] = {}
+    if path:
+        try:
+            file_values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config: file not found: {path}") from None
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config: cannot read {path}: {exc}") from None
+    known = {f.name: f for f in fields(Settings) if f.name != "extra"}
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, raw in file_values.items():
+        if key in known:
+            values[key] = raw
+        elif isinstance(raw, dict | list):
+            extra[key] = raw  # sections owned by later subsystems (subscriptions, ...)
+        else:
+            raise ConfigError(f"config: unknown setting {key!r} in {path}")
+    for name in known:
+        env_key = f"LOWALT_{name.upper()}"
+        if env_key in env:
+            values[name] = env[env_key]
+    if "database_url" not in flags and "LOWALT_DATABASE_URL" not in env and "DATABASE_URL" in env:
+        values["database_url"] = env["DATABASE_URL"]
+    for key, raw in flags.items():
+        if key not in known:
+            raise ConfigError(f"unknown setting {key!r}")
+        values[key] = raw
+    typed = {name: _coerce(name, known[name].type, raw) for name, raw in values.items()}
+    settings = Settings(**typed, extra=extra)
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    for name in _POSITIVE:
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"{name}: must be positive, got {getattr(s, name)!r}")
+    for name in _NON_NEGATIVE:
+        if getattr(s, name) < 0:
+            raise ConfigError(f"{name}: must not be negative, got {getattr(s, name)!r}")
+    if not s.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigError(
+            f"database_url: expected sqlite:///PATH or postgresql://..., got {s.database_url!r}"
+        )
+    if s.backend == "sqlite" and not s.sqlite_path:
+        raise ConfigError("database_url: sqlite:/// needs a file path")
+    split_host_port(s.http, "http")
+    split_host_port(s.gateway, "gateway")
+    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {s.log_level!r}")
+    if s.commit_max_obs > s.max_pending_obs:
+        raise ConfigError("commit_max_obs: must not exceed max_pending_obs")
+
+
+def replace(s: Settings, **changes: Any) -> Settings:
+    """A copy with changes, validated like the original (tests and the CLI use it)."""
+    new = dataclasses.replace(s, **changes)
+    validate(new)
+    return new

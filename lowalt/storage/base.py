@@ -1,0 +1,81 @@
+"""The storage interface every backend implements, and the records it returns."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from lowalt.models import Observation
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    token_id: int
+    name: str
+    role: str
+    operator: str | None
+    expires_at: float | None
+    revoked: bool
+
+
+@dataclass(frozen=True)
+class UavRecord:
+    uav: str
+    operator: str
+    aliases: tuple[str, ...] = ()
+    priority: bool = False
+    serial: str | None = None
+    model: str | None = None
+    uav_class: str | None = None
+    max_speed_mps: float | None = None
+
+
+class Store(abc.ABC):
+    """Durable state. Every method may raise StorageUnavailable when the database is away."""
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Return when storage answers; raise StorageUnavailable otherwise."""
+
+    @abc.abstractmethod
+    async def insert_observations(self, rows: Sequence[Observation]) -> list[bool]:
+        """Commit rows (distinct (uav, t) keys) in one transaction; True where a row was new."""
+
+    @abc.abstractmethod
+    async def track(
+        self, uav: str, t_from: float, t_to: float, limit: int
+    ) -> list[Observation]:
+        """Stored observations of one UAV with t_from <= t <= t_to, oldest first."""
+
+    @abc.abstractmethod
+    async def latest_observations(self, t_min: float) -> list[Observation]:
+        """The newest observation of every UAV that has one with t >= t_min."""
+
+    @abc.abstractmethod
+    async def delete_observations_before(self, t: float) -> int:
+        """Retention: delete observations measured before t; return how many."""
+
+    @abc.abstractmethod
+    async def insert_token(
+        self, token_hash: str, name: str, role: str, operator: str | None,
+        expires_at: float | None, created_at: float,
+    ) -> int: ...
+
+    @abc.abstractmethod
+    async def token_by_hash(self, token_hash: str) -> TokenRecord | None: ...
+
+    @abc.abstractmethod
+    async def revoke_token(self, token_hash: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def upsert_uav(self, record: UavRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def uavs(self) -> list[UavRecord]: ...

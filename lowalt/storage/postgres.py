@@ -1,0 +1,183 @@
+"""PostgreSQL + PostGIS storage through an asyncpg pool.
+
+Observations are written with binary COPY into a per-connection temporary staging table, then
+one `INSERT ... SELECT ... ON CONFLICT (uav, t) DO NOTHING RETURNING uav, t` moves them into the
+history in the same transaction: the returned keys say which rows were new, the rest were
+duplicates. The history has its (uav, t) primary key and a BRIN index on t (retention); no GiST
+index, since spatial questions are answered by the in-memory live picture (../shared/MEASURED.md).
+The schema itself comes from the Alembic migrations in migrations/.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from lowalt.errors import StorageUnavailable
+from lowalt.models import OBSERVATION_COLUMNS, Observation
+from lowalt.storage.base import Store, TokenRecord, UavRecord
+
+_COLUMNS = ", ".join(OBSERVATION_COLUMNS)
+_STAGING = """
+CREATE TEMPORARY TABLE IF NOT EXISTS obs_staging (
+    uav text, t float8, lat float8, lon float8, alt_m float8, speed_mps float8, track_deg float8,
+    vspeed_mps float8, agl_m float8, status text, acc_h_m float8, acc_v_m float8, source text,
+    received_at float8
+) ON COMMIT DELETE ROWS
+"""
+_MOVE = f"""
+INSERT INTO observations ({_COLUMNS}, geom)
+SELECT {_COLUMNS}, ST_SetSRID(ST_MakePoint(lon, lat), 4326) FROM obs_staging
+ON CONFLICT (uav, t) DO NOTHING
+RETURNING uav, t
+"""
+# Errors that mean "the database is not there right now", as opposed to a bug in a query.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    ConnectionError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.QueryCanceledError,
+)
+
+
+async def _init_connection(conn: Any) -> None:
+    await conn.execute(_STAGING)
+
+
+class PostgresStore(Store):
+    def __init__(self, dsn: str, *, min_size: int = 2, max_size: int = 8) -> None:
+        self.dsn = dsn
+        self.min_size, self.max_size = min_size, max_size
+        self._pool: Any = None
+
+    def _pool_or_raise(self) -> Any:
+        if self._pool is None:
+            raise StorageUnavailable("postgres: store is not open")
+        return self._pool
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=self.min_size, max_size=self.max_size, init=_init_connection,
+                command_timeout=60,
+            )
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable(f"postgres: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        try:
+            async with self._pool_or_raise().acquire() as conn:
+                return list(await conn.fetch(sql, *args))
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable(f"postgres: {exc}") from exc
+
+    async def _execute(self, sql: str, *args: Any) -> str:
+        try:
+            async with self._pool_or_raise().acquire() as conn:
+                return str(await conn.execute(sql, *args))
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable(f"postgres: {exc}") from exc
+
+    async def ping(self) -> None:
+        await self._fetch("SELECT 1")
+
+    async def insert_observations(self, rows: Sequence[Observation]) -> list[bool]:
+        try:
+            async with self._pool_or_raise().acquire() as conn, conn.transaction():
+                await conn.copy_records_to_table(
+                    "obs_staging", records=rows, columns=OBSERVATION_COLUMNS
+                )
+                new_keys = {(r[0], r[1]) for r in await conn.fetch(_MOVE)}
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable(f"postgres: {exc}") from exc
+        return [(row.uav, row.t) in new_keys for row in rows]
+
+    async def track(self, uav: str, t_from: float, t_to: float, limit: int) -> list[Observation]:
+        rows = await self._fetch(
+            f"SELECT {_COLUMNS} FROM observations WHERE uav = $1 AND t >= $2 AND t <= $3 "
+            "ORDER BY t LIMIT $4",
+            uav, t_from, t_to, limit,
+        )
+        return [Observation(*row) for row in rows]
+
+    async def latest_observations(self, t_min: float) -> list[Observation]:
+        rows = await self._fetch(
+            f"SELECT DISTINCT ON (uav) {_COLUMNS} FROM observations WHERE t >= $1 "
+            "ORDER BY uav, t DESC",
+            t_min,
+        )
+        return [Observation(*row) for row in rows]
+
+    async def delete_observations_before(self, t: float) -> int:
+        total = 0
+        while True:  # in slices, so no transaction holds locks for long
+            status = await self._execute(
+                "DELETE FROM observations WHERE ctid = ANY(ARRAY("
+                "SELECT ctid FROM observations WHERE t < $1 LIMIT 50000))",
+                t,
+            )
+            deleted = int(status.split()[-1])
+            total += deleted
+            if deleted < 50000:
+                return total
+
+    async def insert_token(
+        self, token_hash: str, name: str, role: str, operator: str | None,
+        expires_at: float | None, created_at: float,
+    ) -> int:
+        rows = await self._fetch(
+            "INSERT INTO tokens (hash, name, role, operator, expires_at, created_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            token_hash, name, role, operator, expires_at, created_at,
+        )
+        return int(rows[0][0])
+
+    async def token_by_hash(self, token_hash: str) -> TokenRecord | None:
+        rows = await self._fetch(
+            "SELECT id, name, role, operator, expires_at, revoked FROM tokens WHERE hash = $1",
+            token_hash,
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return TokenRecord(r[0], r[1], r[2], r[3], r[4], bool(r[5]))
+
+    async def revoke_token(self, token_hash: str) -> bool:
+        status = await self._execute(
+            "UPDATE tokens SET revoked = true WHERE hash = $1 AND NOT revoked", token_hash
+        )
+        return status.endswith(" 1")
+
+    async def upsert_uav(self, record: UavRecord) -> None:
+        await self._execute(
+            "INSERT INTO uavs (uav, operator, aliases, priority, serial, model, uav_class, "
+            "max_speed_mps) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (uav) DO UPDATE "
+            "SET operator = excluded.operator, aliases = excluded.aliases, "
+            "priority = excluded.priority, serial = excluded.serial, model = excluded.model, "
+            "uav_class = excluded.uav_class, max_speed_mps = excluded.max_speed_mps",
+            record.uav, record.operator, json.dumps(list(record.aliases)), record.priority,
+            record.serial, record.model, record.uav_class, record.max_speed_mps,
+        )
+
+    async def uavs(self) -> list[UavRecord]:
+        rows = await self._fetch(
+            "SELECT uav, operator, aliases, priority, serial, model, uav_class, max_speed_mps "
+            "FROM uavs ORDER BY uav"
+        )
+        return [
+            UavRecord(r[0], r[1], tuple(json.loads(r[2])), bool(r[3]), r[4], r[5], r[6], r[7])
+            for r in rows
+        ]

@@ -1,0 +1,227 @@
+"""Embedded storage: one SQLite file in WAL mode, written from one thread off the event loop.
+
+Writes go through a single writer thread (SQLite allows one writer); reads use a second
+connection on their own thread, so a read never waits for a commit (WAL readers see the last
+committed state). `synchronous=FULL` makes a returned commit durable against power loss too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lowalt.errors import StorageUnavailable
+from lowalt.models import OBSERVATION_COLUMNS, Observation
+from lowalt.storage.base import Store, TokenRecord, UavRecord
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS observations (
+    uav TEXT NOT NULL, t REAL NOT NULL, lat REAL NOT NULL, lon REAL NOT NULL,
+    alt_m REAL NOT NULL, speed_mps REAL, track_deg REAL, vspeed_mps REAL, agl_m REAL,
+    status TEXT, acc_h_m REAL, acc_v_m REAL, source TEXT NOT NULL, received_at REAL NOT NULL,
+    PRIMARY KEY (uav, t)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS observations_t ON observations (t);
+CREATE TABLE IF NOT EXISTS tokens (
+    id INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, name TEXT NOT NULL, role TEXT NOT NULL,
+    operator TEXT, expires_at REAL, revoked INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS uavs (
+    uav TEXT PRIMARY KEY, operator TEXT NOT NULL, aliases TEXT NOT NULL DEFAULT '[]',
+    priority INTEGER NOT NULL DEFAULT 0, serial TEXT, model TEXT, uav_class TEXT,
+    max_speed_mps REAL
+);
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+"""
+
+_COLUMNS = ", ".join(OBSERVATION_COLUMNS)
+_INSERT = (
+    f"INSERT OR IGNORE INTO observations ({_COLUMNS}) "
+    f"VALUES ({', '.join('?' * len(OBSERVATION_COLUMNS))})"
+)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class SqliteStore(Store):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-write")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-read")
+        self._wconn: sqlite3.Connection | None = None
+        self._rconn: sqlite3.Connection | None = None
+
+    async def _run(self, executor: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(executor, fn)
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"sqlite: {exc}") from exc
+
+    def _w(self) -> sqlite3.Connection:
+        if self._wconn is None:
+            raise StorageUnavailable("sqlite: store is not open")
+        return self._wconn
+
+    def _r(self) -> sqlite3.Connection:
+        if self._rconn is None:
+            raise StorageUnavailable("sqlite: store is not open")
+        return self._rconn
+
+    async def open(self) -> None:
+        def setup() -> None:
+            parent = Path(self.path).parent
+            parent.mkdir(parents=True, exist_ok=True)
+            conn = _connect(self.path)
+            conn.executescript(SCHEMA)
+            if conn.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:
+                conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            self._wconn = conn
+
+        await self._run(self._writer, setup)
+
+        def setup_reader() -> None:
+            self._rconn = _connect(self.path)
+
+        await self._run(self._reader, setup_reader)
+
+    async def close(self) -> None:
+        def shut(conn: sqlite3.Connection | None) -> Callable[[], None]:
+            return lambda: conn.close() if conn is not None else None
+
+        await self._run(self._writer, shut(self._wconn))
+        await self._run(self._reader, shut(self._rconn))
+        self._wconn = self._rconn = None
+        self._writer.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        await self._run(self._reader, lambda: self._r().execute("SELECT 1").fetchone())
+
+    async def insert_observations(self, rows: Sequence[Observation]) -> list[bool]:
+        def write() -> list[bool]:
+            conn = self._w()
+            execute = conn.execute
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                inserted = [execute(_INSERT, row).rowcount == 1 for row in rows]
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return inserted
+
+        return await self._run(self._writer, write)
+
+    async def track(self, uav: str, t_from: float, t_to: float, limit: int) -> list[Observation]:
+        sql = (
+            f"SELECT {_COLUMNS} FROM observations WHERE uav = ? AND t >= ? AND t <= ? "
+            "ORDER BY t LIMIT ?"
+        )
+        rows = await self._run(
+            self._reader, lambda: self._r().execute(sql, (uav, t_from, t_to, limit)).fetchall()
+        )
+        return [Observation(*row) for row in rows]
+
+    async def latest_observations(self, t_min: float) -> list[Observation]:
+        cols = ", ".join(f"o.{c}" for c in OBSERVATION_COLUMNS)
+        sql = (
+            f"SELECT {cols} FROM observations o JOIN (SELECT uav, max(t) AS t FROM observations "
+            "WHERE t >= ? GROUP BY uav) m ON o.uav = m.uav AND o.t = m.t"
+        )
+        rows = await self._run(self._reader, lambda: self._r().execute(sql, (t_min,)).fetchall())
+        return [Observation(*row) for row in rows]
+
+    async def delete_observations_before(self, t: float) -> int:
+        def delete() -> int:
+            total = 0
+            while True:  # in slices, so the writer is never held for long
+                cur = self._w().execute(
+                    "DELETE FROM observations WHERE (uav, t) IN (SELECT uav, t FROM observations "
+                    "WHERE t < ? LIMIT 10000)",
+                    (t,),
+                )
+                total += cur.rowcount
+                if cur.rowcount < 10000:
+                    return total
+
+        return await self._run(self._writer, delete)
+
+    async def insert_token(
+        self, token_hash: str, name: str, role: str, operator: str | None,
+        expires_at: float | None, created_at: float,
+    ) -> int:
+        def insert() -> int:
+            cur = self._w().execute(
+                "INSERT INTO tokens (hash, name, role, operator, expires_at, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (token_hash, name, role, operator, expires_at, created_at),
+            )
+            return int(cur.lastrowid or 0)
+
+        return await self._run(self._writer, insert)
+
+    async def token_by_hash(self, token_hash: str) -> TokenRecord | None:
+        def fetch() -> Any:
+            return self._r().execute(
+                "SELECT id, name, role, operator, expires_at, revoked FROM tokens WHERE hash = ?",
+                (token_hash,),
+            ).fetchone()
+
+        row = await self._run(self._reader, fetch)
+        if row is None:
+            return None
+        return TokenRecord(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+
+    async def revoke_token(self, token_hash: str) -> bool:
+        def revoke() -> bool:
+            cur = self._w().execute(
+                "UPDATE tokens SET revoked = 1 WHERE hash = ? AND revoked = 0", (token_hash,)
+            )
+            return cur.rowcount == 1
+
+        return await self._run(self._writer, revoke)
+
+    async def upsert_uav(self, record: UavRecord) -> None:
+        def upsert() -> None:
+            self._w().execute(
+                "INSERT INTO uavs (uav, operator, aliases, priority, serial, model, uav_class, "
+                "max_speed_mps) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (uav) DO UPDATE SET "
+                "operator = excluded.operator, aliases = excluded.aliases, "
+                "priority = excluded.priority, serial = excluded.serial, model = excluded.model, "
+                "uav_class = excluded.uav_class, max_speed_mps = excluded.max_speed_mps",
+                (
+                    record.uav, record.operator, json.dumps(list(record.aliases)),
+                    int(record.priority), record.serial, record.model, record.uav_class,
+                    record.max_speed_mps,
+                ),
+            )
+
+        await self._run(self._writer, upsert)
+
+    async def uavs(self) -> list[UavRecord]:
+        def fetch() -> list[Any]:
+            return self._r().execute(
+                "SELECT uav, operator, aliases, priority, serial, model, uav_class, max_speed_mps "
+                "FROM uavs ORDER BY uav"
+            ).fetchall()
+
+        rows = await self._run(self._reader, fetch)
+        return [
+            UavRecord(r[0], r[1], tuple(json.loads(r[2])), bool(r[3]), r[4], r[5], r[6], r[7])
+            for r in rows
+        ]

@@ -1,0 +1,75 @@
+"""Both backends keep the same promises: (uav, t) uniqueness, tracks, latest, retention, tokens."""
+
+from __future__ import annotations
+
+from lowalt.models import Observation
+from lowalt.storage import Store, UavRecord
+
+T0 = 1_764_000_000.0
+
+
+def row(uav: str, t: float, lat: float = 29.7, **kw: object) -> Observation:
+    base = dict(uav=uav, t=t, lat=lat, lon=106.6, alt_m=100.0, speed_mps=None, track_deg=None,
+                vspeed_mps=None, agl_m=None, status=None, acc_h_m=None, acc_v_m=None,
+                source="gw/gateway/native", received_at=t + 0.5)
+    base.update(kw)
+    return Observation(**base)  # type: ignore[arg-type]
+
+
+async def test_insert_reports_new_rows_and_duplicates(store: Store) -> None:
+    first = [row("A", T0), row("A", T0 + 1), row("B", T0)]
+    assert await store.insert_observations(first) == [True, True, True]
+    again = [row("A", T0 + 1, lat=1.0), row("A", T0 + 2), row("B", T0)]
+    assert await store.insert_observations(again) == [False, True, False]
+    track = await store.track("A", T0 - 10, T0 + 10, 100)
+    assert [r.t for r in track] == [T0, T0 + 1, T0 + 2]
+    assert track[1].lat == 29.7  # the first copy stays; a duplicate never overwrites
+
+
+async def test_all_columns_round_trip(store: Store) -> None:
+    full = row("C", T0 + 0.123456, speed_mps=12.5, track_deg=359.5, vspeed_mps=-2.0,
+               agl_m=80.0, status="emergency", acc_h_m=3.0, acc_v_m=10.0, source="op1/http/f3411")
+    await store.insert_observations([full])
+    assert await store.track("C", T0, T0 + 1, 10) == [full]
+
+
+async def test_track_window_order_and_limit(store: Store) -> None:
+    await store.insert_observations([row("A", T0 + i) for i in (5, 1, 3, 2, 4)])
+    assert [r.t for r in await store.track("A", T0 + 2, T0 + 4, 100)] == [T0 + 2, T0 + 3, T0 + 4]
+    assert [r.t for r in await store.track("A", T0, T0 + 10, 2)] == [T0 + 1, T0 + 2]
+    assert await store.track("nobody", T0, T0 + 10, 10) == []
+
+
+async def test_latest_is_newest_by_t_not_by_arrival(store: Store) -> None:
+    await store.insert_observations([row("A", T0 + 10, lat=10.0), row("B", T0, lat=20.0)])
+    await store.insert_observations([row("A", T0 + 5, lat=5.0)])  # late satellite report
+    latest = {r.uav: r for r in await store.latest_observations(T0 - 100)}
+    assert latest["A"].lat == 10.0 and latest["B"].lat == 20.0
+    assert {r.uav for r in await store.latest_observations(T0 + 1)} == {"A"}
+
+
+async def test_retention_deletes_only_older(store: Store) -> None:
+    await store.insert_observations([row("A", T0 + i) for i in range(10)])
+    assert await store.delete_observations_before(T0 + 4) == 4
+    assert [r.t for r in await store.track("A", 0, T0 + 100, 100)] == [T0 + i for i in range(4, 10)]
+
+
+async def test_tokens(store: Store) -> None:
+    token_id = await store.insert_token("h1", "gw", "gateway", None, None, T0)
+    rec = await store.token_by_hash("h1")
+    assert rec is not None and rec.token_id == token_id and rec.role == "gateway"
+    assert not rec.revoked
+    assert await store.token_by_hash("other") is None
+    assert await store.revoke_token("h1") is True
+    assert await store.revoke_token("h1") is False
+    rec = await store.token_by_hash("h1")
+    assert rec is not None and rec.revoked
+
+
+async def test_uav_registry_upsert(store: Store) -> None:
+    await store.upsert_uav(UavRecord("U1", "op1", ("SN123", "780A27")))
+    await store.upsert_uav(UavRecord("U2", "op2"))
+    await store.upsert_uav(UavRecord("U1", "op3", (), True))
+    records = {r.uav: r for r in await store.uavs()}
+    assert records["U1"] == UavRecord("U1", "op3", (), True)
+    assert records["U2"].operator == "op2"
