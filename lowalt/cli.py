@@ -39,6 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http", metavar="HOST:PORT", help="HTTP listen address (127.0.0.1:8080)")
     serve.add_argument("--gateway", metavar="HOST:PORT",
                        help="gateway stream listen address (127.0.0.1:7700)")
+    serve.add_argument("--demo", action="store_true", default=None,
+                       help="print ready-made tokens and where to look (and, once the "
+                       "simulator lands, run demo traffic)")
+
+    bench = sub.add_parser("bench", help="run benchmarks and print their figures")
+    bench.add_argument("parts", nargs="*", default=[], metavar="PART",
+                       help="ingest, conflicts (default: all)")
+    bench.add_argument("--backend", action="append", choices=("sqlite", "postgres"),
+                       help="storage for the ingest benchmark (default: both)")
+    bench.add_argument("--seconds", type=float, default=30.0, help="ingest run length")
+    bench.add_argument("--connections", type=int, default=4)
+    bench.add_argument("--out", default="bench-output", help="directory for results JSON")
 
     mig = sub.add_parser("migrate", help="create or upgrade the schema")
     _common(mig)
@@ -159,12 +171,67 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from lowalt.app import serve
+    from lowalt.app import Runtime, serve
 
-    settings = _settings(args, http=args.http, gateway=args.gateway)
+    settings = _settings(args, http=args.http, gateway=args.gateway, demo=args.demo)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _run(lambda: serve(settings))
+    tokens: dict[str, str] = {}
+    if settings.demo:
+        from lowalt.auth import hash_token, new_token
+
+        async def make_tokens(store: Any) -> None:
+            for role in ("regulator", "gateway"):
+                token = new_token()
+                await store.insert_token(hash_token(token), f"demo-{role}", role, None,
+                                         time.time() + 7 * 86400, time.time())
+                tokens[role] = token
+
+        _run(lambda: _with_store(settings, make_tokens))
+
+    def ready(rt: Runtime) -> None:
+        if not tokens:
+            return
+        base = f"http://{settings.http}"
+        print(
+            f"\nlowalt demo is up ({settings.backend}: {settings.database_url})\n"
+            f"  regulator token: {tokens['regulator']}\n"
+            f"  gateway token:   {tokens['gateway']}  (gateway stream on {settings.gateway})\n"
+            f"  live traffic:    curl -H 'Authorization: Bearer {tokens['regulator']}' "
+            f"{base}/v1/uavs\n"
+            f"  metrics:         curl -H 'Authorization: Bearer {tokens['regulator']}' "
+            f"{base}/metrics\n",
+            flush=True,
+        )
+
+    _run(lambda: serve(settings, ready=ready))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    parts = args.parts or ["ingest", "conflicts"]
+    unknown = set(parts) - {"ingest", "conflicts"}
+    if unknown:
+        raise ConfigError(f"bench: unknown part(s) {', '.join(sorted(unknown))}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                               "cpus": os.cpu_count()}
+    if "ingest" in parts:
+        from benchmarks import ingest
+
+        results["ingest"] = ingest.run(args.backend or ["sqlite", "postgres"],
+                                       seconds=args.seconds, connections=args.connections)
+    if "conflicts" in parts:
+        from benchmarks import bench_conflicts
+
+        results["conflicts"] = bench_conflicts.run([10_000, 100_000])
+    text = json.dumps(results, indent=2)
+    (out / "bench.json").write_text(text + "\n")
+    print(text)
     return 0
 
 
@@ -176,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "token.create": cmd_token_create,
         "token.revoke": cmd_token_revoke,
         "uav.register": cmd_uav_register,
+        "bench": cmd_bench,
     }
     key = args.command
     if key == "token":
