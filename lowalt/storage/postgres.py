@@ -58,6 +58,11 @@ class PostgresStore(Store):
         self.min_size, self.max_size = min_size, max_size
         self._pool: Any = None
 
+    @property
+    def pool(self) -> Any:
+        """The asyncpg pool (other subsystems' tables use it); StorageUnavailable if closed."""
+        return self._pool_or_raise()
+
     def _pool_or_raise(self) -> Any:
         if self._pool is None:
             raise StorageUnavailable("postgres: store is not open")

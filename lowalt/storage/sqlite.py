@@ -72,6 +72,14 @@ class SqliteStore(Store):
         except sqlite3.OperationalError as exc:
             raise StorageUnavailable(f"sqlite: {exc}") from exc
 
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run fn(connection) on the writer thread (other subsystems' tables use this)."""
+        return await self._run(self._writer, lambda: fn(self._w()))
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run fn(connection) on the reader thread; sees the last committed state."""
+        return await self._run(self._reader, lambda: fn(self._r()))
+
     def _w(self) -> sqlite3.Connection:
         if self._wconn is None:
             raise StorageUnavailable("sqlite: store is not open")
