@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ingest.codecs.odid import OdidAssembler
+from ingest.codecs.sbs import SbsTracker
 from ingest.pipeline import Pipeline
 from ingest.validate import Validator
 from lowalt.auth import Registry
@@ -63,6 +65,8 @@ class FrameSession:
         self.source = source  # "<name>/<transport>"
         self.frames = 0
         self.inflight_obs = 0
+        self._odid: OdidAssembler | None = None
+        self._sbs: SbsTracker | None = None
         self.on_settled: Callable[[], None] | None = None
 
     def handle(self, payload: Any) -> Reply | Awaitable[Reply]:
@@ -73,24 +77,57 @@ class FrameSession:
         seq = payload.get("seq")
         if isinstance(seq, bool) or not isinstance(seq, int):
             return {"error": "seq: missing or not an integer", "frame": self.frames}
-        items = payload.get("obs", [])
-        if not isinstance(items, list):
-            return {"error": "obs: must be a list", "frame": self.frames, "seq": seq}
-        if len(items) > self.ctx.max_obs_per_batch:
+        lists = {key: payload.get(key, []) for key in ("obs", "odid")}
+        sbs_text = payload.get("sbs", "")
+        for key, items in lists.items():
+            if not isinstance(items, list):
+                return {"error": f"{key}: must be a list", "frame": self.frames, "seq": seq}
+        if not isinstance(sbs_text, str):
+            return {"error": "sbs: must be a string of lines", "frame": self.frames, "seq": seq}
+        count = len(lists["obs"]) + len(lists["odid"]) + sbs_text.count("\n")
+        if count > self.ctx.max_obs_per_batch:
             return {
-                "error": f"obs: {len(items)} observations exceed the limit of "
+                "error": f"obs: {count} observations exceed the limit of "
                 f"{self.ctx.max_obs_per_batch} per frame",
                 "frame": self.frames, "seq": seq,
             }
+        now = time.time()
         rows, indexes, rejected = self.ctx.validator.batch(
-            items, time.time(), f"{self.source}/native"
+            lists["obs"], now, f"{self.source}/native"
         )
         rows = filter_owned(self.ctx.registry, self.principal, rows, indexes, rejected)
+        if lists["odid"]:
+            rows += self._decoded("odid", *self.odid.feed(lists["odid"]), now, rejected)
+        if sbs_text:
+            rows += self._decoded("sbs", *self.sbs.feed(sbs_text, now), now, rejected)
         count_rejections(self.ctx.metrics, rejected)
         future = self.ctx.pipeline.submit(rows, retry=True)
         self.inflight_obs += len(rows)
         future.add_done_callback(lambda _: self._settled(len(rows)))
         return self._ack(seq, self.frames, future, rejected)
+
+    @property
+    def odid(self) -> OdidAssembler:
+        if self._odid is None:
+            self._odid = OdidAssembler()
+        return self._odid
+
+    @property
+    def sbs(self) -> SbsTracker:
+        if self._sbs is None:
+            self._sbs = SbsTracker()
+        return self._sbs
+
+    def _decoded(
+        self, fmt: str, items: list[dict[str, object]], errors: list[tuple[int, str]],
+        now: float, rejected: list[tuple[int, str]],
+    ) -> list[Observation]:
+        """Validate a codec's observations; its errors join `rejected` as (index, "fmt: ...")."""
+        rejected.extend((i, f"{fmt}: {reason}") for i, reason in errors)
+        source = f"{self.source}/{'f3411' if fmt == 'odid' else fmt}"
+        rows, indexes, bad = self.ctx.validator.batch(items, now, source)
+        rejected.extend((-1, f"{fmt}: {items[i].get('uav')}: {reason}") for i, reason in bad)
+        return filter_owned(self.ctx.registry, self.principal, rows, indexes, [])
 
     def _settled(self, n: int) -> None:
         self.inflight_obs -= n

@@ -52,9 +52,6 @@ class Validator:
             values = [get(k) for k in ARRAY_KEYS]
             status = get("status")
             acc_h, acc_v = get("acc_h_m"), get("acc_v_m")
-            fmt = get("format")
-            if fmt is not None and isinstance(fmt, str) and not source.endswith(f"/{fmt}"):
-                source = f"{source.rpartition('/')[0]}/{fmt}"
         elif isinstance(item, Sequence) and not isinstance(item, str | bytes):
             if not 5 <= len(item) <= len(ARRAY_KEYS):
                 raise ItemError(f"array form needs 5 to {len(ARRAY_KEYS)} items, got {len(item)}")

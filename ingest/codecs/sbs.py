@@ -1,0 +1,303 @@
+"""SBS-1 BaseStation text (ADS-B, "port 30003" as dump1090 and readsb serve it) into observations.
+
+One record per line (LF or CRLF), 22 comma-separated fields; an empty field means "not in this
+message". Only MSG records carry what is used here; SEL, ID, AIR, STA and CLK are skipped.
+
+     #  field               unit, form                              becomes
+     1  message type        MSG
+     2  transmission type   1 identification, 2 surface position, 3 airborne position,
+                            4 airborne velocity, 5 surveillance altitude, 6 surveillance id
+                            (squawk), 7 air-to-air (ACAS), 8 all-call reply
+     3  session id          -                                       ignored
+     4  aircraft id         -                                       ignored
+     5  hex ident           ICAO 24-bit address, 6 hex digits       icao, uav "ICAO-<HEX>"
+     6  flight id           -                                       ignored
+     7  date generated      YYYY/MM/DD, UTC                         t (with field 8)
+     8  time generated      HH:MM:SS.sss, UTC
+     9  date logged         -                                       ignored
+    10  time logged         -                                       ignored
+    11  callsign            up to 8 characters, space padded        callsign
+    12  altitude            ft, barometric (1013.25 hPa)            alt_m = ft * 0.3048
+    13  ground speed        kt                                      speed_mps = kt * 1852 / 3600
+    14  track               deg true, over ground                   track_deg
+    15  latitude            deg WGS84                               lat
+    16  longitude           deg WGS84                               lon
+    17  vertical rate       ft/min, up positive                     vspeed_mps = ft/min * 0.00508
+    18  squawk              4 octal digits                          squawk
+    19  alert               flag: squawk changed                    ignored
+    20  emergency           flag                                    status "emergency"
+    21  SPI                 flag: ident pressed                     ignored
+    22  is on ground        flag                                    status "ground"
+    Flags: 0 false, 1 or -1 true (BaseStation itself writes -1).
+
+Decoders send each MSG type with a few of these fields (callsign in 1, position in 2/3, velocity
+in 4, altitude in 5/6/7, squawk in 6), so state is merged per aircraft: any non-empty field
+updates it (latitude and longitude from types 2 and 3 only), and every MSG,2/3 with a position
+gives one observation from the merged state, timed by its generated date/time (the receive
+time when that is absent or unreadable). A MSG,3 without position but with the on-ground flag
+updates the status and gives no observation.
+
+alt_m here is the barometric (pressure) altitude that ADS-B reports, not the geodetic altitude
+of API.md section 1: the two differ by the day's pressure and the geoid, typically by tens of
+metres. status is "emergency" for the emergency flag or squawk 7500/7700, "lost_link" for
+squawk 7600 (radio failure), else "ground" or "airborne".
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from dataclasses import dataclass
+
+__all__ = ["FMT", "FPM_MPS", "FT_M", "KT_MPS", "AircraftState", "SbsTracker"]
+
+FMT = "sbs"
+FT_M = 0.3048
+KT_MPS = 1852.0 / 3600.0
+FPM_MPS = FT_M / 60.0
+
+_FIELDS = 22
+_TRANSMISSION_TYPES = frozenset("12345678")
+_POSITION_TYPES = frozenset("23")
+_SKIPPED_RECORDS = frozenset({"SEL", "ID", "AIR", "STA", "CLK"})
+_HEX_DIGITS = "0123456789ABCDEF"
+_OCTAL_DIGITS = "01234567"
+_FLAGS = {"0": False, "1": True, "-1": True}
+_EMERGENCY_SQUAWKS = {"7500": "emergency", "7600": "lost_link", "7700": "emergency"}
+_UNIX_EPOCH = datetime.date(1970, 1, 1)
+
+
+@dataclass(slots=True)
+class AircraftState:
+    """What is known of one aircraft, merged over its messages; None where never reported."""
+
+    icao: str
+    callsign: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    alt_m: float | None = None
+    speed_mps: float | None = None
+    track_deg: float | None = None
+    vspeed_mps: float | None = None
+    squawk: str | None = None
+    on_ground: bool | None = None
+    emergency: bool = False
+    last_seen_t: float = 0.0  # receive time of its last message, Unix s
+
+    @property
+    def status(self) -> str:
+        if self.emergency:
+            return "emergency"
+        alarm = _EMERGENCY_SQUAWKS.get(self.squawk) if self.squawk is not None else None
+        if alarm is not None:
+            return alarm
+        return "ground" if self.on_ground else "airborne"
+
+
+class _BadLine(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SbsTracker:
+    """Per-connection SBS state: feed text, get observations (API.md section 1, plus kind,
+    format, icao, callsign, squawk) and per-line errors. The state of an aircraft not heard for
+    `expire_s` (by receive time) is never merged into a new message, and is dropped from
+    `aircraft` within a minute after that."""
+
+    def __init__(self, expire_s: float = 300.0) -> None:
+        self.aircraft: dict[str, AircraftState] = {}
+        self.expire_s = expire_s
+        self._last_expiry_t = -math.inf
+        self._midnights: dict[str, float] = {}  # "YYYY/MM/DD" -> Unix s of its 00:00 UTC
+
+    def feed(
+        self, text: str, receive_t: float
+    ) -> tuple[list[dict[str, object]], list[tuple[int, str]]]:
+        """Observations from the lines of `text`, and (line number from 1, reason) for each bad
+        line; a bad line changes no state and the other lines still decode."""
+        self._expire(receive_t)
+        observations: list[dict[str, object]] = []
+        errors: list[tuple[int, str]] = []
+        for number, line in enumerate(text.split("\n"), 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                observation = self._apply(line, receive_t)
+            except _BadLine as exc:
+                errors.append((number, exc.reason))
+            else:
+                if observation is not None:
+                    observations.append(observation)
+        return observations, errors
+
+    def _apply(self, line: str, receive_t: float) -> dict[str, object] | None:
+        fields = line.split(",")
+        if fields[0] != "MSG":
+            if fields[0] in _SKIPPED_RECORDS:
+                return None
+            raise _BadLine(f"unknown record type {fields[0][:16]!r}")
+        if len(fields) != _FIELDS:
+            raise _BadLine(f"expected {_FIELDS} fields, got {len(fields)}")
+        kind = fields[1]
+        if kind not in _TRANSMISSION_TYPES:
+            raise _BadLine(f"field 2: transmission type {kind[:16]!r} is not 1..8")
+        icao = fields[4].upper()
+        if len(icao) != 6 or icao.strip(_HEX_DIGITS):
+            raise _BadLine(f"field 5: hex ident {fields[4][:16]!r} is not 6 hex digits")
+
+        callsign = fields[10].strip()
+        alt_ft = _number(fields, 11, "altitude")
+        speed_kt = _number(fields, 12, "ground speed")
+        track_deg = _number(fields, 13, "track")
+        lat = _number(fields, 14, "latitude")
+        lon = _number(fields, 15, "longitude")
+        vrate_fpm = _number(fields, 16, "vertical rate")
+        squawk = fields[17].strip()
+        emergency = _flag(fields, 19, "emergency")
+        on_ground = _flag(fields, 21, "is on ground")
+        if speed_kt is not None and speed_kt < 0.0:
+            raise _BadLine(f"field 13: ground speed {speed_kt} is negative")
+        if track_deg is not None:
+            if not 0.0 <= track_deg <= 360.0:
+                raise _BadLine(f"field 14: track {track_deg} outside 0..360")
+            track_deg %= 360.0
+        if squawk and (len(squawk) > 4 or squawk.strip(_OCTAL_DIGITS)):
+            raise _BadLine(f"field 18: squawk {squawk[:16]!r} is not 4 octal digits")
+        has_position = kind in _POSITION_TYPES and (lat is not None or lon is not None)
+        if has_position:
+            if lat is None or lon is None:
+                raise _BadLine("fields 15-16: latitude and longitude must come together")
+            if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+                raise _BadLine(f"fields 15-16: position ({lat}, {lon}) out of range")
+
+        state = self.aircraft.get(icao)
+        if state is None or receive_t - state.last_seen_t > self.expire_s:
+            state = self.aircraft[icao] = AircraftState(icao)
+        state.last_seen_t = receive_t
+        if callsign:
+            state.callsign = callsign
+        if alt_ft is not None:
+            state.alt_m = alt_ft * FT_M
+        if speed_kt is not None:
+            state.speed_mps = speed_kt * KT_MPS
+        if track_deg is not None:
+            state.track_deg = track_deg
+        if vrate_fpm is not None:
+            state.vspeed_mps = vrate_fpm * FPM_MPS
+        if squawk:
+            state.squawk = squawk.zfill(4)
+        if emergency is not None:
+            state.emergency = emergency
+        if on_ground is not None:
+            state.on_ground = on_ground
+        elif kind == "2":
+            state.on_ground = True  # a surface position is on the ground
+        if not has_position:
+            return None
+        state.lat, state.lon = lat, lon
+        if state.alt_m is None:
+            raise _BadLine("position without a known altitude: no observation")
+        t = self._generated_t(fields[6], fields[7])
+        return _observation(state, receive_t if t is None else t)
+
+    def _generated_t(self, date: str, time: str) -> float | None:
+        midnight = self._midnights.get(date)
+        if midnight is None:
+            midnight = _midnight_unix_s(date)
+            if midnight is None:
+                return None
+            if len(self._midnights) >= 8:
+                self._midnights.clear()
+            self._midnights[date] = midnight
+        seconds = _seconds_of_day(time)
+        return None if seconds is None else midnight + seconds
+
+    def _expire(self, now: float) -> None:
+        if now - self._last_expiry_t < 60.0:
+            return
+        self._last_expiry_t = now
+        cutoff = now - self.expire_s
+        for icao in [icao for icao, s in self.aircraft.items() if s.last_seen_t < cutoff]:
+            del self.aircraft[icao]
+
+
+def _observation(state: AircraftState, t: float) -> dict[str, object]:
+    obs: dict[str, object] = {
+        "uav": "ICAO-" + state.icao,
+        "t": t,
+        "lat": state.lat,
+        "lon": state.lon,
+        "alt_m": state.alt_m,
+    }
+    if state.speed_mps is not None:
+        obs["speed_mps"] = state.speed_mps
+    if state.track_deg is not None:
+        obs["track_deg"] = state.track_deg
+    if state.vspeed_mps is not None:
+        obs["vspeed_mps"] = state.vspeed_mps
+    obs["status"] = state.status
+    obs["kind"] = "crewed"
+    obs["format"] = FMT
+    obs["icao"] = state.icao
+    if state.callsign is not None:
+        obs["callsign"] = state.callsign
+    if state.squawk is not None:
+        obs["squawk"] = state.squawk
+    return obs
+
+
+def _number(fields: list[str], index: int, name: str) -> float | None:
+    text = fields[index]
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise _BadLine(f"field {index + 1}: {name} {text[:16]!r} is not a number") from None
+    if not math.isfinite(value):
+        raise _BadLine(f"field {index + 1}: {name} {text[:16]!r} is not finite")
+    return value
+
+
+def _flag(fields: list[str], index: int, name: str) -> bool | None:
+    text = fields[index].strip()
+    if not text:
+        return None
+    flag = _FLAGS.get(text)
+    if flag is None:
+        raise _BadLine(f"field {index + 1}: {name} flag {text[:16]!r} is not 0, 1 or -1")
+    return flag
+
+
+def _midnight_unix_s(date: str) -> float | None:
+    """Unix s of 00:00 UTC on `date` (YYYY/MM/DD or YYYY-MM-DD), None if it is not one."""
+    parts = date.replace("-", "/").split("/")
+    if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
+        return None
+    try:
+        day = datetime.date(int(parts[0]), int(parts[1]), int(parts[2]))
+    except ValueError:
+        return None
+    return float((day - _UNIX_EPOCH).days * 86400)
+
+
+def _seconds_of_day(time: str) -> float | None:
+    """Seconds since midnight of HH:MM:SS[.fff], None if it is not one."""
+    if len(time) < 8 or time[2] != ":" or time[5] != ":":
+        return None
+    hours, minutes, seconds = time[:2], time[3:5], time[6:]
+    if not (hours.isascii() and hours.isdigit() and minutes.isascii() and minutes.isdigit()):
+        return None
+    if not (seconds[:2].isascii() and seconds[:2].isdigit()):
+        return None
+    try:
+        s = float(seconds)
+    except ValueError:
+        return None
+    h, m = int(hours), int(minutes)
+    if h > 23 or m > 59 or not 0.0 <= s < 61.0:
+        return None
+    return h * 3600 + m * 60 + s

@@ -1,0 +1,286 @@
+"""SBS-1 BaseStation codec: the golden sample, merging, units, bad lines, and fuzzed text."""
+
+from __future__ import annotations
+
+import calendar
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ingest.codecs.sbs import SbsTracker
+
+SAMPLE = Path("/work/shared/testdata/sbs_sample.txt").read_text()
+RECEIVE_T = 1_795_500_010.0  # 2026-11-24T06:00:10Z, just after the sample
+FUZZ = settings(database=None, deadline=None, max_examples=400)
+
+
+def _utc(hms: str) -> float:
+    h, m, s = hms.split(":")
+    return calendar.timegm((2026, 11, 24, int(h), int(m), 0)) + float(s)
+
+
+def _line(kind: int, icao: str = "780A27", *, alt: str = "", speed: str = "", track: str = "",
+          lat: str = "", lon: str = "", vrate: str = "", squawk: str = "", callsign: str = "",
+          emergency: str = "0", ground: str = "0", time: str = "06:00:05.000") -> str:  # fmt: skip
+    return (
+        f"MSG,{kind},1,1,{icao},1,2026/11/24,{time},2026/11/24,{time},{callsign},{alt},"
+        f"{speed},{track},{lat},{lon},{vrate},{squawk},0,{emergency},0,{ground}"
+    )
+
+
+def _by_uav(observations: list[dict[str, object]], uav: str) -> list[dict[str, object]]:
+    return [o for o in observations if o["uav"] == uav]
+
+
+# The golden sample
+
+
+def test_sample_decodes_without_errors_into_four_positions() -> None:
+    observations, errors = SbsTracker().feed(SAMPLE, RECEIVE_T)
+    assert errors == []
+    assert [(o["uav"], o["t"]) for o in observations] == [
+        ("ICAO-780A27", _utc("06:00:00.500")),
+        ("ICAO-780A27", _utc("06:00:01.500")),
+        ("ICAO-7812C5", _utc("06:00:02.200")),
+        ("ICAO-7812C5", _utc("06:00:03.200")),
+    ]
+    for obs in observations:
+        assert obs["kind"] == "crewed" and obs["format"] == "sbs" and obs["status"] == "airborne"
+        assert obs["icao"] == str(obs["uav"]).removeprefix("ICAO-")
+
+
+def test_sample_780a27_as_stated() -> None:
+    tracker = SbsTracker()
+    observations, _ = tracker.feed(SAMPLE, RECEIVE_T)
+    first, last = _by_uav(observations, "ICAO-780A27")
+    assert first["alt_m"] == pytest.approx(3025 * 0.3048)
+    assert "speed_mps" not in first  # the velocity message comes after the first position
+    assert last["lat"] == pytest.approx(29.80020) and last["lon"] == pytest.approx(106.60300)
+    assert last["alt_m"] == pytest.approx(914.4)
+    assert last["speed_mps"] == pytest.approx(93.63, abs=0.005)
+    assert last["track_deg"] == pytest.approx(152.3)
+    assert last["vspeed_mps"] == pytest.approx(-3.576, abs=0.0005)
+    assert last["callsign"] == "CCA4371"
+    state = tracker.aircraft["780A27"]
+    assert state.callsign == "CCA4371"
+    assert state.lat == pytest.approx(29.80020) and state.lon == pytest.approx(106.60300)
+    assert state.alt_m == pytest.approx(914.4)
+    assert state.speed_mps == pytest.approx(93.63, abs=0.005)
+    assert state.track_deg == pytest.approx(152.3)
+    assert state.vspeed_mps == pytest.approx(-3.576, abs=0.0005)
+    assert state.squawk == "4512"
+    assert state.on_ground is False
+
+
+def test_sample_7812c5_as_stated() -> None:
+    tracker = SbsTracker()
+    observations, _ = tracker.feed(SAMPLE, RECEIVE_T)
+    first, last = _by_uav(observations, "ICAO-7812C5")
+    assert first["alt_m"] == pytest.approx(1200 * 0.3048)
+    assert last["lat"] == pytest.approx(29.72700) and last["lon"] == pytest.approx(106.63110)
+    assert last["alt_m"] == pytest.approx(388.62)
+    assert last["speed_mps"] == pytest.approx(95 * 1852 / 3600)
+    assert last["track_deg"] == pytest.approx(47.0)
+    assert last["vspeed_mps"] == pytest.approx(640 * 0.3048 / 60)
+    assert last["status"] == "airborne"
+    assert "callsign" not in last and "squawk" not in last
+    # The last MSG,3 has no position and says on ground: status changes, position does not.
+    state = tracker.aircraft["7812C5"]
+    assert state.on_ground is True and state.status == "ground"
+    assert state.lat == pytest.approx(29.72700) and state.lon == pytest.approx(106.63110)
+    assert state.alt_m == pytest.approx(388.62)
+
+
+def test_sample_with_crlf_and_fed_line_by_line_gives_the_same() -> None:
+    expected = SbsTracker().feed(SAMPLE, RECEIVE_T)
+    assert SbsTracker().feed(SAMPLE.replace("\n", "\r\n"), RECEIVE_T) == expected
+    tracker = SbsTracker()
+    observations: list[dict[str, object]] = []
+    for line in SAMPLE.splitlines():
+        got, errors = tracker.feed(line + "\r\n", RECEIVE_T)
+        assert errors == []
+        observations += got
+    assert observations == expected[0]
+
+
+# Units and merging
+
+
+def test_unit_conversions() -> None:
+    tracker = SbsTracker()
+    text = "\n".join(
+        [
+            _line(4, speed="100", track="90.5", vrate="-1000"),
+            _line(3, alt="1000", lat="29.5", lon="106.5"),
+        ]
+    )
+    observations, errors = tracker.feed(text, RECEIVE_T)
+    assert errors == []
+    assert observations[0]["alt_m"] == pytest.approx(304.8)
+    assert observations[0]["speed_mps"] == pytest.approx(51.44444, abs=1e-5)
+    assert observations[0]["vspeed_mps"] == pytest.approx(-5.08)
+    assert observations[0]["track_deg"] == 90.5
+
+
+def test_position_observation_carries_callsign_and_squawk_when_known() -> None:
+    text = "\n".join(
+        [
+            _line(1, callsign="CSN3301 "),
+            _line(6, alt="2000", squawk="0123"),
+            _line(3, alt="2100", lat="29.6", lon="106.6"),
+        ]
+    )
+    observations, _ = SbsTracker().feed(text, RECEIVE_T)
+    assert observations == [
+        {
+            "uav": "ICAO-780A27",
+            "t": _utc("06:00:05"),
+            "lat": 29.6,
+            "lon": 106.6,
+            "alt_m": pytest.approx(2100 * 0.3048),
+            "status": "airborne",
+            "kind": "crewed",
+            "format": "sbs",
+            "icao": "780A27",
+            "callsign": "CSN3301",
+            "squawk": "0123",
+        }
+    ]
+
+
+def test_lower_case_hex_ident_is_normalised() -> None:
+    observations, _ = SbsTracker().feed(_line(3, "780a27", alt="1", lat="1", lon="1"), RECEIVE_T)
+    assert observations[0]["uav"] == "ICAO-780A27" and observations[0]["icao"] == "780A27"
+
+
+@pytest.mark.parametrize(
+    ("lines", "status"),
+    [
+        ([_line(3, alt="0", lat="29.7", lon="106.6", ground="-1")], "ground"),
+        ([_line(2, alt="0", lat="29.7", lon="106.6", ground="")], "ground"),  # surface position
+        ([_line(6, squawk="7700"), _line(3, alt="900", lat="29.7", lon="106.6")], "emergency"),
+        ([_line(6, squawk="7600"), _line(3, alt="900", lat="29.7", lon="106.6")], "lost_link"),
+        (
+            [_line(6, emergency="-1"), _line(3, alt="9", lat="2", lon="1", emergency="")],
+            "emergency",
+        ),
+        ([_line(6, emergency="1"), _line(3, alt="9", lat="2", lon="1", emergency="0")], "airborne"),
+    ],
+)
+def test_status(lines: list[str], status: str) -> None:
+    observations, errors = SbsTracker().feed("\n".join(lines), RECEIVE_T)
+    assert errors == [] and observations[-1]["status"] == status
+
+
+def test_missing_or_bad_generated_time_falls_back_to_receive_time() -> None:
+    line = _line(3, alt="900", lat="29.7", lon="106.6")
+    no_time = line.replace("2026/11/24,06:00:05.000,2026", ",,2026", 1)
+    bad_time = line.replace("06:00:05.000", "25:61:05.000", 1)
+    bad_date = line.replace("2026/11/24", "2026/13/24", 1)
+    for text in (no_time, bad_time, bad_date):
+        observations, errors = SbsTracker().feed(text, RECEIVE_T)
+        assert errors == [] and observations[0]["t"] == RECEIVE_T, text
+
+
+def test_state_of_a_silent_aircraft_is_not_merged_and_is_forgotten() -> None:
+    tracker = SbsTracker(expire_s=300.0)
+    tracker.feed(_line(4, speed="100"), RECEIVE_T)
+    observations, _ = tracker.feed(_line(3, alt="900", lat="2", lon="1"), RECEIVE_T + 300.5)
+    assert "speed_mps" not in observations[0]  # the velocity is 300.5 s old
+    tracker.feed(_line(4, "7812C5", speed="100"), RECEIVE_T + 400.0)
+    tracker.feed(_line(4, "7812C5", speed="100"), RECEIVE_T + 700.0)
+    assert list(tracker.aircraft) == ["7812C5"]  # dropped within a minute past expire_s
+
+
+# Bad lines
+
+
+GOOD = _line(3, alt="1000", lat="29.5", lon="106.5")
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("MSG,3,1,1,780A27", "expected 22 fields, got 5"),
+        (GOOD + ",0", "expected 22 fields, got 23"),
+        ("HELLO,1,2", "unknown record type"),
+        (GOOD.replace("MSG,3", "MSG,9", 1), "transmission type '9'"),
+        (GOOD.replace("780A27", "780A2", 1), "hex ident '780A2'"),
+        (GOOD.replace("780A27", "78OA27", 1), "hex ident"),
+        (GOOD.replace("29.5", "29.5x", 1), "field 15: latitude '29.5x' is not a number"),
+        (GOOD.replace("29.5", "nan", 1), "not finite"),
+        (GOOD.replace("29.5", "91.0", 1), "out of range"),
+        (GOOD.replace("106.5", "", 1), "latitude and longitude must come together"),
+        (GOOD.replace(",1000,", ",1e999,", 1), "not finite"),
+        (_line(4, speed="-3"), "negative"),
+        (_line(4, track="361"), "track"),
+        (_line(6, squawk="7800"), "squawk"),
+        (_line(3, ground="2"), "is on ground flag '2'"),
+        (_line(3, "7812C5", lat="29.5", lon="106.5"), "position without a known altitude"),
+    ],
+)
+def test_bad_line_is_an_error_and_the_rest_still_decodes(line: str, reason: str) -> None:
+    tracker = SbsTracker()
+    observations, errors = tracker.feed("\n".join([GOOD, line, GOOD]), RECEIVE_T)
+    assert len(observations) == 2
+    assert len(errors) == 1 and errors[0][0] == 2
+    assert reason in errors[0][1]
+
+
+def test_bad_line_changes_no_state() -> None:
+    tracker = SbsTracker()
+    tracker.feed(_line(4, speed="100", track="10"), RECEIVE_T)
+    tracker.feed(_line(4, speed="200", track="400"), RECEIVE_T)
+    assert tracker.aircraft["780A27"].track_deg == 10.0
+    assert tracker.aircraft["780A27"].speed_mps == pytest.approx(100 * 1852 / 3600)
+
+
+def test_blank_and_other_record_lines_are_not_errors() -> None:
+    text = "\r\n\nSTA,,5,179,400AE7,10103,2008/11/28,14:58:51.153,2008/11/28,14:58:51.153,RM\n  \n"
+    assert SbsTracker().feed(text, RECEIVE_T) == ([], [])
+
+
+def test_line_numbers_count_every_line() -> None:
+    _, errors = SbsTracker().feed("\n\nbad\r\n" + GOOD + "\nworse", RECEIVE_T)
+    assert [number for number, _ in errors] == [3, 5]
+
+
+# Fuzzing
+
+CHARS = st.one_of(
+    st.sampled_from(list("MSG,0123456789.-:/ \r\nABCDEFabcdef+eEnaif")),
+    st.integers(0, 0x10FFFF).map(chr),
+)
+TEXT = st.lists(CHARS, max_size=400).map("".join)
+FIELD = st.one_of(
+    st.just(""),
+    st.sampled_from(["0", "1", "-1", "3000", "29.8", "-704", "4512", "7700", "nan", "1e999"]),
+    st.sampled_from(["2026/11/24", "06:00:01.5", "780A27", "9999/99/99", "99:99:99", "CCA4371 "]),
+    st.lists(CHARS, max_size=8).map("".join),
+)
+MSG_LINE = st.tuples(
+    st.sampled_from(["1", "2", "3", "4", "5", "6", "7", "8", "0", "x"]),
+    st.lists(FIELD, min_size=18, max_size=22),
+).map(lambda p: ",".join(["MSG", p[0], "1", "1", "780A27", *p[1]]))
+
+
+@FUZZ
+@given(TEXT, st.floats(allow_nan=False))
+def test_arbitrary_text_never_raises(text: str, receive_t: float) -> None:
+    observations, errors = SbsTracker().feed(text, receive_t)
+    assert all(isinstance(n, int) and isinstance(r, str) for n, r in errors)
+    assert len(observations) + len(errors) <= text.count("\n") + 1
+
+
+@FUZZ
+@given(st.lists(MSG_LINE, max_size=12))
+def test_arbitrary_msg_lines_never_raise(lines: list[str]) -> None:
+    tracker = SbsTracker()
+    text = "\r\n".join(lines)
+    observations, errors = tracker.feed(text, RECEIVE_T)
+    assert len(observations) + len(errors) <= text.count("\n") + 1
+    for obs in observations:
+        assert -90.0 <= obs["lat"] <= 90.0 and -180.0 <= obs["lon"] <= 180.0  # type: ignore[operator]
+        assert obs["kind"] == "crewed" and obs["alt_m"] is not None
