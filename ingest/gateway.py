@@ -17,7 +17,7 @@ import logging
 import struct
 from collections import deque
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -28,6 +28,7 @@ from lowalt.errors import AuthError, StorageUnavailable
 log = logging.getLogger("lowalt.gateway")
 _LEN = struct.Struct(">I")
 MAX_WAITING_FRAMES = 64
+LINGER_S = 2.0  # after our last frame, how long to wait for the peer to close
 
 
 def encode_frame(payload: Any) -> bytes:
@@ -68,11 +69,14 @@ class GatewayProtocol(asyncio.Protocol):
         self._background: set[asyncio.Future[None]] = set()
         self._frames_empty = asyncio.Event()
         self._frames_empty.set()
+        # Set when the peer sent an oversize length: answered after the frames cut before it.
+        self._input_error: str | None = None
+        self._eof = False  # the peer has sent everything it will send
+        self._peer_done = asyncio.Event()  # set on the peer's FIN or on connection loss
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         if self.connections is not None:
             self.connections.add(self)
         self.replies = OrderedReplies(self._write)
@@ -81,6 +85,7 @@ class GatewayProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        self._peer_done.set()
         if self.connections is not None:
             self.connections.discard(self)
         if self._timer is not None:
@@ -91,7 +96,7 @@ class GatewayProtocol(asyncio.Protocol):
             self._spawn(self.replies.close(flush=False))
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or self._input_error is not None:
             return
         self._arm_timer(self.idle_timeout_s if self.session else self.handshake_timeout_s)
         buf = self._buffer
@@ -99,8 +104,12 @@ class GatewayProtocol(asyncio.Protocol):
         while len(buf) >= 4:
             (length,) = _LEN.unpack_from(buf)
             if length > self.max_frame_bytes:
-                self._fatal(f"frame of {length} bytes exceeds max_frame ({self.max_frame_bytes})")
-                return
+                self._input_error = (
+                    f"frame of {length} bytes exceeds max_frame ({self.max_frame_bytes})"
+                )
+                buf.clear()
+                self._wakeup.set()
+                break
             if len(buf) < 4 + length:
                 break
             self._frames.append(bytes(buf[4 : 4 + length]))
@@ -109,6 +118,13 @@ class GatewayProtocol(asyncio.Protocol):
             self._frames_empty.clear()
             self._wakeup.set()
         self._update_flow()
+
+    def eof_received(self) -> bool:
+        """The peer half-closed: answer the frames it sent, then close (keep the socket open)."""
+        self._eof = True
+        self._peer_done.set()
+        self._wakeup.set()
+        return True
 
     def pause_writing(self) -> None:  # the peer is not reading our acks: stop reading its frames
         self._paused_for_write = True
@@ -149,6 +165,7 @@ class GatewayProtocol(asyncio.Protocol):
             or inflight >= self.conn_max_inflight_obs
             or not self.ctx.pipeline.has_room()
             or self._paused_for_write
+            or self._input_error is not None
         )
         if busy and not self._paused:
             self._paused = True
@@ -171,10 +188,26 @@ class GatewayProtocol(asyncio.Protocol):
         self._spawn(self._close_after_replies())
 
     async def _close_after_replies(self) -> None:
+        """Write every answer owed, then close without losing them.
+
+        Closing a socket with unread input makes the kernel reset the connection and drop what
+        we wrote but the peer has not yet read. So: send FIN after the answers, read (and
+        discard) until the peer closes or LINGER_S passes, then close.
+        """
         if self.replies is not None:
             await self.replies.close(flush=True)
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        try:
+            if not self._eof and transport.can_write_eof():
+                transport.write_eof()
+                transport.resume_reading()  # data_received discards: we are closing
+                await asyncio.wait_for(self._peer_done.wait(), LINGER_S)
+        except TimeoutError:
+            pass
+        finally:
+            transport.close()
 
     async def _hello(self, body: bytes) -> bool:
         try:
@@ -211,6 +244,13 @@ class GatewayProtocol(asyncio.Protocol):
         while True:
             while not self._frames:
                 self._frames_empty.set()
+                if self._input_error is not None:  # after answering every frame before it
+                    self._fatal(self._input_error, hello=self.session is None)
+                    return
+                if self._eof and not self._closing:
+                    self._closing = True
+                    self._spawn(self._close_after_replies())
+                    return
                 self._wakeup.clear()
                 await self._wakeup.wait()
             body = self._frames.popleft()

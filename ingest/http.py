@@ -94,7 +94,8 @@ async def telemetry_ws(request: web.Request) -> web.StreamResponse:
     ctx = request.app[INGEST]
     principal = request[PRINCIPAL]
     require_role(principal, SENDER_ROLES)
-    ws = web.WebSocketResponse(max_msg_size=request.app[WS_MAX_BYTES], heartbeat=30.0)
+    # aiohttp refuses messages of max_msg_size bytes or more; ours allows exactly the limit.
+    ws = web.WebSocketResponse(max_msg_size=request.app[WS_MAX_BYTES] + 1, heartbeat=30.0)
     await ws.prepare(request)
     session = FrameSession(ctx, principal, f"{principal.name}/ws")
     binary = True

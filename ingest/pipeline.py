@@ -145,12 +145,33 @@ class Pipeline:
                 if not self._queue:
                     self._idle.set()
                     self._wakeup.clear()
-                    await self._wakeup.wait()
+                    if self.available:
+                        await self._wakeup.wait()
+                    else:
+                        await self._probe()
                     continue
                 await self._commit(self._take_group())
         finally:
             stage_task.cancel()
             await asyncio.gather(stage_task, return_exceptions=True)
+
+    async def _probe(self) -> None:
+        """Storage is down and nothing waits to be retried: check it every retry_delay_s, since
+        HTTP submissions are refused (503) until `available` is true again."""
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), self.retry_delay_s)
+            return  # a submission arrived: its commit is the probe
+        except TimeoutError:
+            pass
+        try:
+            await self.store.ping()
+        except StorageUnavailable:
+            return
+        except Exception:  # a bug in ping must not stop the committer
+            log.exception("storage probe failed")
+            return
+        log.warning("storage available again")
+        self.available = True
 
     async def _commit(self, group: list[_Submission]) -> None:
         unique: list[Observation] = []

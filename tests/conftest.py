@@ -28,6 +28,7 @@ from lowalt.storage import Store, create_store
 ADMIN_URL = os.environ.get("LOWALT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI") == "true"
 BACKENDS = ["sqlite", "postgres"]
+GOLDEN = Path(__file__).parent / "golden"  # copies of ../shared/testdata
 
 
 def _replace_db(url: str, name: str) -> str:

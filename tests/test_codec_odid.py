@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -26,8 +25,9 @@ from ingest.codecs.odid import (
     place_in_hour,
 )
 from lowalt.errors import DecodeError
+from tests.conftest import GOLDEN
 
-VECTORS = json.loads(Path("/work/shared/testdata/odid_vectors.json").read_text())
+VECTORS = json.loads((GOLDEN / "odid_vectors.json").read_text())
 HOUR = 1_764_000_000.0  # a full UTC hour (2025-11-24T16:00Z)
 FUZZ = settings(database=None, deadline=None, max_examples=400)
 PROPERTY = settings(database=None, deadline=None, max_examples=200)

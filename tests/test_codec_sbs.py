@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import calendar
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.codecs.sbs import SbsTracker
+from tests.conftest import GOLDEN
 
-SAMPLE = Path("/work/shared/testdata/sbs_sample.txt").read_text()
+SAMPLE = (GOLDEN / "sbs_sample.txt").read_text()
 RECEIVE_T = 1_795_500_010.0  # 2026-11-24T06:00:10Z, just after the sample
 FUZZ = settings(database=None, deadline=None, max_examples=400)
 

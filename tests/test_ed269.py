@@ -9,7 +9,6 @@ import dataclasses
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +19,10 @@ from shapely.geometry import MultiPolygon, Point, Polygon
 from geofence.ed269 import zones_from_ed269, zones_to_ed269
 from geofence.zones import Zone
 from lowalt.errors import ValidationError
+from tests.conftest import GOLDEN
 from tests.test_zones import zones
 
-SAMPLE_PATH = Path(__file__).parents[2] / "shared" / "testdata" / "ed269_sample.json"
+SAMPLE_PATH = GOLDEN / "ed269_sample.json"
 SAMPLE: dict[str, Any] = json.loads(SAMPLE_PATH.read_text())
 
 

@@ -6,13 +6,12 @@ import json
 import math
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 from ingest.client import GatewayClient
-from tests.conftest import Server
+from tests.conftest import GOLDEN, Server
 
 VECTORS = json.loads(
-    (Path(__file__).parents[2] / "shared" / "testdata" / "odid_vectors.json").read_text()
+    (GOLDEN / "odid_vectors.json").read_text()
 )
 
 
