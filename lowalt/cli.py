@@ -40,8 +40,36 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--gateway", metavar="HOST:PORT",
                        help="gateway stream listen address (127.0.0.1:7700)")
     serve.add_argument("--demo", action="store_true", default=None,
-                       help="print ready-made tokens and where to look (and, once the "
-                       "simulator lands, run demo traffic)")
+                       help="print ready-made tokens and where to look, and run demo traffic")
+
+    sim = sub.add_parser("simulate", help="generate UAV traffic and send it to a server")
+    sim.add_argument("--token", required=True, help="a gateway (or admin) bearer token")
+    where = sim.add_mutually_exclusive_group()
+    where.add_argument("--gateway", metavar="HOST:PORT",
+                       help="gateway stream (the default, at 127.0.0.1:7700)")
+    where.add_argument("--http", metavar="URL", help="POST /v1/telemetry at this base URL")
+    where.add_argument("--ws", metavar="URL", help="the telemetry WebSocket at this base URL")
+    sim.add_argument("--format", default="native", choices=("native", "f3411", "sbs"))
+    sim.add_argument("--array", action="store_true",
+                     help="native observations in the compact array form")
+    sim.add_argument("--uavs", type=int, default=20, help="random city UAVs (20)")
+    sim.add_argument("--rate-hz", type=float, default=1.0, help="reports per aircraft per s (1)")
+    sim.add_argument("--duration", type=float, default=60.0, metavar="S",
+                     help="seconds to run, 0 until interrupted (60)")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--scenario", default="city,logistics,conflicts,intruder,crewed",
+                     help="comma-separated kinds of traffic (all)")
+    sim.add_argument("--delay-mean-s", type=float, default=0.0, help="satellite delay, mean")
+    sim.add_argument("--delay-jitter-s", type=float, default=0.0,
+                     help="satellite delay, standard deviation")
+    sim.add_argument("--burst-s", type=float, default=0.0,
+                     help="hold observations and release them together every S seconds")
+    sim.add_argument("--reorder", type=float, default=0.0, metavar="P",
+                     help="fraction delivered after later ones")
+    sim.add_argument("--duplicate", type=float, default=0.0, metavar="P",
+                     help="fraction delivered twice")
+    sim.add_argument("--loss", type=float, default=0.0, metavar="P",
+                     help="fraction never delivered")
 
     bench = sub.add_parser("bench", help="run benchmarks and print their figures")
     bench.add_argument("parts", nargs="*", default=[], metavar="PART",
@@ -189,14 +217,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         _run(lambda: _with_store(settings, make_tokens))
 
+    demo_traffic: list[asyncio.Task[Any]] = []  # owned here; it ends when the gateway closes
+
     def ready(rt: Runtime) -> None:
         if not tokens:
             return
+        from lowalt.simulator import DEMO_UAVS, start_demo
+
+        host = settings.gateway_host if settings.gateway_host not in ("", "0.0.0.0", "::") \
+            else "127.0.0.1"
+        demo_traffic.append(start_demo(f"{host}:{rt.gateway_port}", tokens["gateway"]))
         base = f"http://{settings.http}"
         print(
             f"\nlowalt demo is up ({settings.backend}: {settings.database_url})\n"
             f"  regulator token: {tokens['regulator']}\n"
             f"  gateway token:   {tokens['gateway']}  (gateway stream on {settings.gateway})\n"
+            f"  demo traffic:    {DEMO_UAVS} city UAVs, logistics, conflicts, an airport "
+            f"intruder and crewed arrivals, sent on the gateway\n"
             f"  live traffic:    curl -H 'Authorization: Bearer {tokens['regulator']}' "
             f"{base}/v1/uavs\n"
             f"  metrics:         curl -H 'Authorization: Bearer {tokens['regulator']}' "
@@ -206,6 +243,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     _run(lambda: serve(settings, ready=ready))
     return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import signal
+
+    from lowalt.simulator import SatelliteLink, Scenario, Summary, Target, run_simulation
+
+    target = Target.parse(gateway=args.gateway, http=args.http, ws=args.ws)
+    kinds = [k.strip() for k in args.scenario.split(",") if k.strip()]
+    scenario = Scenario(args.seed, args.uavs, kinds, t0=time.time())
+    link = SatelliteLink(
+        args.seed, delay_mean_s=args.delay_mean_s, delay_jitter_s=args.delay_jitter_s,
+        burst_s=args.burst_s, reorder=args.reorder, duplicate=args.duplicate, loss=args.loss,
+    )
+    if args.duration < 0:
+        raise ConfigError("--duration must be 0 or more seconds")
+
+    async def simulate() -> Summary:
+        stop = asyncio.Event()
+        if sys.platform != "win32":
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        return await run_simulation(
+            target, args.token, args.format, scenario, link, args.duration or None, args.rate_hz,
+            stop, array_form=args.array, progress=lambda s: print(s.line(), flush=True),
+        )
+
+    try:
+        summary = _run(simulate)
+    except OSError as exc:  # refused, unreachable, or the server refused the token
+        print(f"lowalt: simulate: {target.address}: {exc}", file=sys.stderr)
+        return 1
+    print(summary.line(), flush=True)
+    return 1 if summary.errors else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -244,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "token.revoke": cmd_token_revoke,
         "uav.register": cmd_uav_register,
         "bench": cmd_bench,
+        "simulate": cmd_simulate,
     }
     key = args.command
     if key == "token":
