@@ -248,12 +248,15 @@ class Pipeline:
                 except Exception:
                     log.exception("check stage %s failed", stage.name)
                     self.metrics.inc("lowalt_stage_errors_total", stage=stage.name)
+            self._stage_queue.task_done()
 
     async def drain(self, timeout_s: float) -> bool:
-        """Stop taking submissions and wait until every queued one is committed."""
+        """Stop taking submissions; wait until every queued one is committed and checked."""
         self._closing = True
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+                await self._stage_queue.join()
         except TimeoutError:
             return False
         return True

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from dispatch.service import setup_dispatch
+from geofence.service_app import setup_checks
 from ingest.frames import IngestContext
 from ingest.gateway import GatewayProtocol
 from ingest.http import INGEST, RETRY_AFTER, WS_MAX_BYTES, post_telemetry, telemetry_ws
@@ -46,6 +48,7 @@ class Runtime:
     gateway_server: asyncio.Server | None = None
     gateway_connections: set[GatewayProtocol] = field(default_factory=set)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    ingest_task: asyncio.Task[None] | None = None
 
     @property
     def gateway_port(self) -> int:
@@ -93,7 +96,11 @@ async def _every(period_s: float, job: Callable[[], Awaitable[object]], name: st
 
 
 async def build_runtime(settings: Settings) -> Runtime:
-    """Open storage (migrating it), rebuild the live picture, start the committer."""
+    """Open storage (migrating it), rebuild the live picture and registry; start housekeeping.
+
+    The committer is not started here: `start_ingest` does that once every check stage is
+    plugged in, so no committed batch goes unchecked.
+    """
     if settings.backend == "postgres":
         await migrate(settings)
     store = create_store(settings)
@@ -115,7 +122,6 @@ async def build_runtime(settings: Settings) -> Runtime:
     metrics.gauge("lowalt_live_uavs", "UAVs in the live picture.", lambda: float(len(live)))
     metrics.gauge("lowalt_gateway_connections", "Open gateway connections.",
                   lambda: float(len(rt.gateway_connections)))
-    rt.tasks.append(asyncio.create_task(pipeline.run(), name="lowalt-committer"))
     retention_s = settings.retention_days * 86400.0
     rt.tasks.append(asyncio.create_task(_every(
         settings.retention_interval_s,
@@ -123,6 +129,13 @@ async def build_runtime(settings: Settings) -> Runtime:
     )))
     rt.tasks.append(asyncio.create_task(_every(REGISTRY_REFRESH_S, registry.refresh, "registry")))
     return rt
+
+
+async def start_ingest(rt: Runtime, *, with_gateway: bool = True) -> None:
+    """Start committing, then open the gateway port."""
+    rt.ingest_task = asyncio.create_task(rt.pipeline.run(), name="lowalt-committer")
+    if with_gateway:
+        await start_gateway(rt)
 
 
 async def start_gateway(rt: Runtime) -> None:
@@ -139,8 +152,8 @@ async def start_gateway(rt: Runtime) -> None:
     )
 
 
-async def shutdown_runtime(rt: Runtime) -> None:
-    """Drain: stop accepting, commit and ack what was received, close."""
+async def stop_ingest(rt: Runtime) -> None:
+    """Drain: stop accepting, commit, check and ack what was received, close connections."""
     grace = rt.settings.shutdown_grace_s
     if rt.gateway_server is not None:
         rt.gateway_server.close()
@@ -151,10 +164,22 @@ async def shutdown_runtime(rt: Runtime) -> None:
         log.warning("shutdown: %d observations not committed in time", rt.pipeline.pending_obs)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*(c.finish() for c in conns)), grace)
+    if rt.ingest_task is not None:
+        rt.ingest_task.cancel()
+        await asyncio.gather(rt.ingest_task, return_exceptions=True)
+
+
+async def close_runtime(rt: Runtime) -> None:
     for task in rt.tasks:
         task.cancel()
     await asyncio.gather(*rt.tasks, return_exceptions=True)
     await rt.store.close()
+
+
+async def shutdown_runtime(rt: Runtime) -> None:
+    """Everything `stop_ingest` and `close_runtime` do, for callers without the app."""
+    await stop_ingest(rt)
+    await close_runtime(rt)
 
 
 def create_app(settings: Settings, *, with_gateway: bool = True) -> web.Application:
@@ -172,12 +197,21 @@ def create_app(settings: Settings, *, with_gateway: bool = True) -> web.Applicat
         app[api.LIVE] = rt.live
         app[api.REGISTRY] = rt.registry
         app[api.METRICS] = rt.metrics
-        if with_gateway:
-            await start_gateway(rt)
         yield
-        await shutdown_runtime(rt)
+        await close_runtime(rt)
 
+    async def ingest_ctx(app: web.Application) -> AsyncIterator[None]:
+        rt = app[RUNTIME]
+        await start_ingest(rt, with_gateway=with_gateway)
+        yield
+        await stop_ingest(rt)
+
+    # Start in this order, stop in the reverse: storage, dispatch, checks, then ingest, so a
+    # draining shutdown commits, checks and alerts everything received before storage closes.
     app.cleanup_ctx.append(runtime_ctx)
+    setup_dispatch(app)
+    setup_checks(app)
+    app.cleanup_ctx.append(ingest_ctx)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/metrics", api.metrics)

@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--alias", action="append", default=[], metavar="ID")
     reg.add_argument("--priority", action="store_true",
                      help="this operator's UAV may ask priority clearances")
+
+    zones = sub.add_parser("zones", help="manage geofence zones")
+    zsub = zones.add_subparsers(dest="zones_command", required=True, parser_class=_Parser)
+    zimport = zsub.add_parser("import", help="import zones (all or none) from a file")
+    _common(zimport)
+    zimport.add_argument("file")
+    zimport.add_argument("--format", choices=("ed269", "geojson"),
+                         help="default: ed269 unless the file is a GeoJSON Feature(Collection)")
     return parser
 
 
@@ -186,6 +194,39 @@ def cmd_uav_register(args: argparse.Namespace) -> int:
 
     _run(lambda: _with_store(settings, job))
     print(f"registered {args.uav} to {args.operator}", file=sys.stderr)
+    return 0
+
+
+def cmd_zones_import(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from geofence.ed269 import zones_from_ed269
+    from geofence.service import ZoneExists, zone_store_for, zones_from_request
+
+    settings = _settings(args)
+    try:
+        doc = json.loads(Path(args.file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"zones import: cannot read {args.file}: {exc}") from None
+    fmt = args.format or (
+        "geojson" if isinstance(doc, dict) and doc.get("type") in ("Feature", "FeatureCollection")
+        else "ed269"
+    )
+    zones = zones_from_ed269(doc) if fmt == "ed269" else zones_from_request(doc)
+
+    async def job(store: Any) -> None:
+        zone_store = zone_store_for(store)
+        await zone_store.setup()
+        await zone_store.insert(zones)
+
+    try:
+        _run(lambda: _with_store(settings, job))
+    except ZoneExists as exc:
+        print(f"lowalt: {exc}; nothing imported", file=sys.stderr)
+        return 1
+    for zone in zones:
+        print(zone.id)
     return 0
 
 
@@ -314,14 +355,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "token.create": cmd_token_create,
         "token.revoke": cmd_token_revoke,
         "uav.register": cmd_uav_register,
+        "zones.import": cmd_zones_import,
         "bench": cmd_bench,
         "simulate": cmd_simulate,
     }
     key = args.command
     if key == "token":
         key = f"token.{args.token_command}"
-    elif key == "uav":
-        key = f"uav.{args.uav_command}"
+    elif key in ("uav", "zones"):
+        key = f"{key}.{getattr(args, key + '_command')}"
     try:
         return commands[key](args)
     except ConfigError as exc:

@@ -47,6 +47,38 @@ class Settings:
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
     demo: bool = False
+    # Geofence heights: AGL = agl_m when sent, else alt_m - ground_elevation_m; AMSL = alt_m -
+    # geoid_undulation_m (constants by default; defaults for Chongqing's main urban area).
+    ground_elevation_m: float = 0.0
+    geoid_undulation_m: float = 0.0
+    max_agl_m: float = 120.0
+    # Traffic monitor (geofence/monitor.py).
+    monitor_tick_s: float = 1.0
+    separation_h_m: float = 50.0
+    separation_v_m: float = 15.0
+    crewed_separation_h_m: float = 500.0
+    crewed_separation_v_m: float = 100.0
+    lookahead_s: float = 30.0
+    lost_after_s: float = 5.0
+    max_plausible_speed_mps: float = 80.0
+    max_plausible_vspeed_mps: float = 30.0
+    # Alerts and their feeds (dispatch/). Hysteresis and update throttling run on observation t.
+    alert_clear_s: float = 3.0
+    alert_update_min_s: float = 1.0
+    alert_commit_delay_s: float = 0.002
+    alert_max_pending_events: int = 100_000
+    feed_max_clients: int = 256
+    feed_queue_events: int = 5_000
+    feed_heartbeat_s: float = 15.0
+    feed_write_timeout_s: float = 10.0
+    webhook_max_age_s: float = 3600.0
+    webhook_timeout_s: float = 10.0
+    webhook_retry_base_s: float = 0.5
+    webhook_retry_max_s: float = 60.0
+    webhook_batch_events: int = 100
+    nats_url: str | None = None
+    nats_stream: str = "LOWALT_ALERTS"
+    nats_subject_prefix: str = "lowalt.alerts"
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -86,6 +118,9 @@ _POSITIVE = {
     "max_age_s", "max_frame_bytes", "max_body_bytes", "max_obs_per_batch", "max_ws_message_bytes",
     "commit_max_obs", "max_pending_obs", "conn_max_inflight_obs", "retention_days",
     "retention_interval_s", "retry_after_s", "handshake_timeout_s", "idle_timeout_s",
+    "max_agl_m", "monitor_tick_s", "separation_h_m", "separation_v_m", "crewed_separation_h_m",
+    "crewed_separation_v_m", "lookahead_s", "lost_after_s", "max_plausible_speed_mps",
+    "max_plausible_vspeed_mps",
 }
 _NON_NEGATIVE = {"max_future_s", "shutdown_grace_s"}
 
@@ -182,6 +217,36 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {s.log_level!r}")
     if s.commit_max_obs > s.max_pending_obs:
         raise ConfigError("commit_max_obs: must not exceed max_pending_obs")
+    _validate_dispatch(s)
+
+
+_DISPATCH_POSITIVE = (
+    "alert_max_pending_events", "feed_max_clients", "feed_queue_events", "feed_heartbeat_s",
+    "feed_write_timeout_s", "webhook_max_age_s", "webhook_timeout_s", "webhook_retry_base_s",
+    "webhook_retry_max_s", "webhook_batch_events",
+)
+_DISPATCH_NON_NEGATIVE = ("alert_clear_s", "alert_update_min_s", "alert_commit_delay_s")
+
+
+def _validate_dispatch(s: Settings) -> None:
+    for name in _DISPATCH_POSITIVE:
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"{name}: must be positive, got {getattr(s, name)!r}")
+    for name in _DISPATCH_NON_NEGATIVE:
+        if getattr(s, name) < 0:
+            raise ConfigError(f"{name}: must not be negative, got {getattr(s, name)!r}")
+    if s.alert_commit_delay_s > 1.0:
+        raise ConfigError(f"alert_commit_delay_s: at most 1.0, got {s.alert_commit_delay_s!r}")
+    if s.webhook_batch_events > 1000:
+        raise ConfigError(f"webhook_batch_events: at most 1000, got {s.webhook_batch_events!r}")
+    if s.nats_url and not s.nats_url.startswith(("nats://", "tls://", "ws://", "wss://")):
+        raise ConfigError(f"nats_url: expected nats://HOST:PORT, got {s.nats_url!r}")
+    if not s.nats_stream or not all(c.isalnum() or c in "_-" for c in s.nats_stream):
+        raise ConfigError(f"nats_stream: expected letters, digits, _ or -, got {s.nats_stream!r}")
+    tokens = s.nats_subject_prefix.split(".")
+    if not all(t and not any(c in t for c in " *>\t") for t in tokens):
+        raise ConfigError(f"nats_subject_prefix: expected dot-separated tokens, got "
+                          f"{s.nats_subject_prefix!r}")
 
 
 def replace(s: Settings, **changes: Any) -> Settings:

@@ -18,7 +18,7 @@ import msgpack
 import pytest
 
 from ingest.gateway import GatewayProtocol, encode_frame
-from lowalt.app import Runtime, build_runtime, shutdown_runtime
+from lowalt.app import Runtime, build_runtime, shutdown_runtime, start_ingest
 from lowalt.settings import Settings, load_settings
 from tests.conftest import make_token
 
@@ -128,6 +128,7 @@ def settings(tmp_path: Path, overrides: dict[str, Any]) -> Settings:
 @pytest.fixture
 async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
     rt = await build_runtime(settings)
+    await start_ingest(rt, with_gateway=False)
     try:
         yield rt
     finally:

@@ -1,0 +1,206 @@
+"""The traffic monitor: conflicts every tick, lost telemetry, implausible motion.
+
+Every `monitor_tick_s` the monitor takes the live picture's airborne UAVs with fresh positions
+(reported within their `lost_after_s`), hands them to the vectorised conflict detector (which
+extrapolates each to the tick from its own `t`), and reports the pairs found as conditions to the
+alert manager, which keeps one alert per pair and resolves it with hysteresis. The same tick
+raises `telemetry_lost` for airborne UAVs silent past their expected interval (per gateway:
+`[gateways.<name>] lost_after_s = 30` in the config file, for satellite links) and resolves it as
+soon as the UAV reports again. `implausible_motion` is checked on every committed batch: a UAV
+whose consecutive reports imply a speed beyond what any UAV flies (after allowing for the
+reported position accuracy) is flagged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dispatch.alerts import AlertManager, Condition
+from geofence.conflicts import ConflictParams, detect_conflicts
+from lowalt.live import LiveState
+from lowalt.models import Observation
+from lowalt.settings import Settings
+
+log = logging.getLogger("lowalt.monitor")
+
+CONFLICT_TYPES = frozenset({"separation_loss", "conflict_predicted"})
+MOTION_TYPES = frozenset({"implausible_motion"})
+EARTH_RADIUS_M = 6_371_008.8
+DEFAULT_ACCURACY_M = 10.0
+
+
+def is_crewed(row: Observation) -> bool:
+    return row.source.endswith("/sbs")
+
+
+def gateway_name(row: Observation) -> str:
+    return row.source.split("/", 1)[0]
+
+
+def _floats(rows: Sequence[Observation], field: str) -> np.ndarray[Any, np.dtype[np.float64]]:
+    return np.array([getattr(r, field) for r in rows], dtype=np.float64)
+
+
+@dataclass
+class TickResult:
+    tick_t: float
+    aircraft: int
+    conflicts: int
+    lost: int
+    seconds: float
+
+
+class TrafficMonitor:
+    def __init__(
+        self, live: LiveState, alerts: AlertManager, settings: Settings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.live, self.alerts, self.settings, self.clock = live, alerts, settings, clock
+        self.params = ConflictParams(
+            h_m=settings.separation_h_m, v_m=settings.separation_v_m,
+            crewed_h_m=settings.crewed_separation_h_m, crewed_v_m=settings.crewed_separation_v_m,
+            lookahead_s=settings.lookahead_s,
+        )
+        gateways = settings.extra.get("gateways", {})
+        self.lost_after_by_gateway: dict[str, float] = {
+            name: float(table["lost_after_s"])
+            for name, table in (gateways.items() if isinstance(gateways, Mapping) else [])
+            if isinstance(table, Mapping) and "lost_after_s" in table
+        }
+        self.lost: set[str] = set()
+
+    def lost_after_s(self, row: Observation) -> float:
+        return self.lost_after_by_gateway.get(gateway_name(row), self.settings.lost_after_s)
+
+    async def tick(self, tick_t: float | None = None) -> TickResult:
+        started = time.perf_counter()
+        now = self.clock() if tick_t is None else tick_t
+        fresh: list[Observation] = []
+        silent: list[Observation] = []
+        for row in self.live.latest.values():
+            if row.status == "ground":
+                continue
+            (fresh if now - row.t <= self.lost_after_s(row) else silent).append(row)
+        conditions = self._conflicts(fresh, now)
+        evaluated = {r.uav: now for r in fresh}
+        await self.alerts.assess(CONFLICT_TYPES, evaluated, conditions)
+        await self._telemetry_lost(fresh, silent, now)
+        return TickResult(now, len(fresh), len(conditions), len(self.lost),
+                          time.perf_counter() - started)
+
+    def _conflicts(self, rows: list[Observation], now: float) -> list[Condition]:
+        if len(rows) < 2:
+            return []
+        pairs = detect_conflicts(
+            _floats(rows, "lat"), _floats(rows, "lon"), _floats(rows, "alt_m"),
+            _floats(rows, "t"), _floats(rows, "speed_mps"), _floats(rows, "track_deg"),
+            _floats(rows, "vspeed_mps"), np.array([is_crewed(r) for r in rows], dtype=bool),
+            now, self.params,
+        )
+        conditions = []
+        for p in pairs:
+            a, b = sorted((rows[p.i], rows[p.j]), key=lambda r: r.uav)
+            lost_now = p.kind == "separation_loss"
+            conditions.append(Condition(
+                type=p.kind, uav=a.uav, other_uav=b.uav,
+                severity="critical" if lost_now else "warning",
+                t=now, lat=a.lat, lon=a.lon, alt_m=a.alt_m,
+                detail={
+                    "h_now_m": round(p.h_now_m, 1), "v_now_m": round(p.v_now_m, 1),
+                    "t_los_s": round(p.t_los_s, 1), "cpa_s": round(p.cpa_s, 1),
+                    "cpa_m": round(p.cpa_m, 1), "cpa_v_m": round(p.cpa_v_m, 1),
+                    "crewed": is_crewed(a) or is_crewed(b),
+                },
+            ))
+        return conditions
+
+    async def _telemetry_lost(
+        self, fresh: list[Observation], silent: list[Observation], now: float
+    ) -> None:
+        for row in fresh:
+            if row.uav in self.lost:
+                self.lost.discard(row.uav)
+                await self.alerts.resolve(("telemetry_lost", row.uav, ""), now,
+                                          {"silent_s": round(now - row.t, 1)})
+        for row in silent:
+            if row.uav not in self.lost:
+                self.lost.add(row.uav)
+                await self.alerts.open_or_update(Condition(
+                    type="telemetry_lost", uav=row.uav, severity="warning", t=row.t,
+                    lat=row.lat, lon=row.lon, alt_m=row.alt_m,
+                    detail={"last_report_t": row.t, "expected_interval_s": self.lost_after_s(row),
+                            "source": row.source},
+                ))
+
+    async def run(self) -> None:
+        """Tick forever at monitor_tick_s; a failing tick is logged, never fatal."""
+        period = self.settings.monitor_tick_s
+        while True:
+            started = time.monotonic()
+            try:
+                result = await self.tick()
+                if result.seconds > period:
+                    log.warning("monitor tick took %.3f s for %d aircraft", result.seconds,
+                                result.aircraft)
+            except Exception:
+                log.exception("monitor tick failed")
+            await asyncio.sleep(max(0.0, period - (time.monotonic() - started)))
+
+
+class MotionCheck:
+    """Check stage: flags reports whose implied speed from the previous one is impossible."""
+
+    name = "motion"
+
+    def __init__(self, alerts: AlertManager, settings: Settings) -> None:
+        self.alerts = alerts
+        self.max_speed_mps = settings.max_plausible_speed_mps
+        self.max_vspeed_mps = settings.max_plausible_vspeed_mps
+        self.previous: dict[str, Observation] = {}
+
+    def implausible(self, rows: Sequence[Observation]) -> list[Condition]:
+        pairs = [(self.previous[r.uav], r) for r in rows if r.uav in self.previous]
+        for row in rows:
+            self.previous[row.uav] = row
+        if not pairs:
+            return []
+        prev = pairs
+        lat0 = np.radians([p.lat for p, _ in prev])
+        lat1 = np.radians([c.lat for _, c in prev])
+        dlon = np.radians([c.lon - p.lon for p, c in prev])
+        a = (np.sin((lat1 - lat0) / 2) ** 2
+             + np.cos(lat0) * np.cos(lat1) * np.sin(dlon / 2) ** 2)
+        dist_m = 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+        dt_s = np.array([c.t - p.t for p, c in prev])
+        slack_m = np.array([(p.acc_h_m or DEFAULT_ACCURACY_M) + (c.acc_h_m or DEFAULT_ACCURACY_M)
+                            for p, c in prev])
+        dz_m = np.abs(np.array([c.alt_m - p.alt_m for p, c in prev]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h_speed = np.maximum(dist_m - slack_m, 0.0) / dt_s
+            v_speed = np.maximum(dz_m - 2 * DEFAULT_ACCURACY_M, 0.0) / dt_s
+        bad = (dt_s > 0) & ((h_speed > self.max_speed_mps) | (v_speed > self.max_vspeed_mps))
+        found = []
+        for k in np.flatnonzero(bad):
+            p, c = prev[k]
+            found.append(Condition(
+                type="implausible_motion", uav=c.uav, severity="warning", t=c.t, lat=c.lat,
+                lon=c.lon, alt_m=c.alt_m,
+                detail={"implied_speed_mps": round(float(h_speed[k]), 1),
+                        "implied_vspeed_mps": round(float(v_speed[k]), 1),
+                        "distance_m": round(float(dist_m[k]), 1), "dt_s": round(float(dt_s[k]), 3),
+                        "previous": {"t": p.t, "lat": p.lat, "lon": p.lon, "alt_m": p.alt_m}},
+            ))
+        return found
+
+    async def on_committed(
+        self, rows: Sequence[Observation], advanced: Sequence[Observation]
+    ) -> None:
+        present = self.implausible(advanced)
+        await self.alerts.assess(MOTION_TYPES, {r.uav: r.t for r in advanced}, present)

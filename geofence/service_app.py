@@ -1,0 +1,68 @@
+"""Wiring of the checks into the server: the geofence stage, the traffic monitor, the motion
+check, the zone routes, and their lifecycle (started after dispatch, stopped before it)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from dispatch.service import DISPATCH
+from geofence import http
+from geofence.monitor import MotionCheck, TrafficMonitor
+from geofence.service import Geofence, zone_store_for
+
+log = logging.getLogger("lowalt.checks")
+ZONE_RELOAD_S = 5.0
+
+
+@dataclass
+class Checks:
+    geofence: Geofence
+    monitor: TrafficMonitor
+    motion: MotionCheck
+
+
+CHECKS = web.AppKey("checks", Checks)
+
+
+async def _reload_zones(geofence: Geofence) -> None:
+    """Pick up zones changed by another process (the CLI) within ZONE_RELOAD_S."""
+    while True:
+        await asyncio.sleep(ZONE_RELOAD_S)
+        try:
+            await geofence.reload_if_changed()
+        except Exception:
+            log.exception("zone reload failed")
+
+
+def setup_checks(app: web.Application) -> None:
+    from lowalt.app import RUNTIME  # lowalt.app imports this module
+
+    async def checks_ctx(app: web.Application) -> AsyncIterator[None]:
+        rt = app[RUNTIME]
+        manager = app[DISPATCH].manager
+        geofence = Geofence(zone_store_for(rt.store), manager, rt.live, rt.settings)
+        await geofence.start()
+        checks = Checks(geofence, TrafficMonitor(rt.live, manager, rt.settings),
+                        MotionCheck(manager, rt.settings))
+        rt.pipeline.stages.extend([geofence, checks.motion])
+        app[CHECKS] = checks
+        app[http.GEOFENCE] = geofence
+        tasks = [
+            asyncio.create_task(checks.monitor.run(), name="lowalt-monitor"),
+            asyncio.create_task(_reload_zones(geofence), name="lowalt-zone-reload"),
+        ]
+        yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app.cleanup_ctx.append(checks_ctx)
+    http.add_routes(app)
