@@ -30,6 +30,10 @@ from lowalt.storage import Store, create_store
 
 log = logging.getLogger("lowalt")
 PUBLIC_PATHS = frozenset({"/healthz"})
+# Browsers cannot set headers on EventSource or WebSocket: these GET routes also take the token
+# as `?access_token=` (documented in docs/API.md).
+QUERY_TOKEN_PATHS = frozenset({"/v1/alerts/stream", "/v1/alerts/ws", "/v1/traffic/stream",
+                               "/v1/traffic/ws"})
 REGISTRY_REFRESH_S = 5.0
 
 
@@ -70,6 +74,8 @@ async def auth_middleware(
     try:
         if request.path not in PUBLIC_PATHS:
             token = bearer(request.headers.get("Authorization"))
+            if token is None and request.path in QUERY_TOKEN_PATHS:
+                token = request.query.get("access_token")
             request[PRINCIPAL] = await request.app[AUTH].principal(token)
         return await handler(request)
     except AuthError as exc:

@@ -168,3 +168,11 @@ async def test_metrics_count_what_happened(server: Server) -> None:
     assert "lowalt_observations_duplicate_total 1" in text
     assert 'lowalt_observations_rejected_total{reason="lat"} 1' in text
     assert "lowalt_commit_seconds_count 1" in text
+
+
+async def test_stream_routes_take_a_query_token_and_others_do_not(server: Server) -> None:
+    reg = await server.token("regulator")
+    r = await server.client.get("/v1/alerts", params={"access_token": reg})
+    assert r.status == 401  # only the stream routes read the query token
+    async with server.client.ws_connect(f"/v1/alerts/ws?access_token={reg}") as ws:
+        assert not ws.closed

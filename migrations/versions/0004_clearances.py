@@ -1,0 +1,20 @@
+"""Route clearances (4D corridors) and their state.
+
+Revision ID: 0004
+Revises: 0003
+"""
+
+from __future__ import annotations
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass  # filled in by the clearances work
+
+
+def downgrade() -> None:
+    pass
