@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import random
 import socket
@@ -128,25 +129,37 @@ async def _gateway_load(
 ) -> dict[str, Any]:
     latencies: list[float] = []
     acked = 0
-    t0 = time.time() - 3600.0  # every (uav, t) key is new: t advances per UAV
     stop_at = time.monotonic() + seconds
 
     async def one(conn_no: int) -> None:
         nonlocal acked
         client = await GatewayClient.connect("127.0.0.1", port, token, f"bench-{conn_no}")
         rnd = random.Random(conn_no)
+        share = uavs // connections  # this connection's UAVs: n = conn_no + connections * m
+        centres = {
+            conn_no + connections * m: (29.4 + rnd.random() * 0.4, 106.3 + rnd.random() * 0.5)
+            for m in range(share)
+        }
         sent_at: dict[int, float] = {}
         tick = 0
 
         def frame() -> list[list[Any]]:
+            """The next report of frame_obs UAVs, round robin: each flies its own circle at
+            12 m/s, so every report is plausible and the checks do their normal work."""
             nonlocal tick
             tick += 1
-            base = t0 + tick * 0.01 + conn_no * 1e-7  # distinct (uav, t) keys: no duplicates
-            return [
-                [f"U{rnd.randrange(uavs):05d}", base + k * 1e-5, 29.5 + rnd.random() * 0.4,
-                 106.4 + rnd.random() * 0.5, 50.0 + rnd.random() * 70.0, 10.0, 90.0]
-                for k in range(frame_obs)
-            ]
+            t = time.time() - 0.5  # each UAV reports about once a second, like real traffic
+            rows = []
+            for k in range(frame_obs):
+                n = conn_no + connections * ((tick * frame_obs + k) % share)
+                lat0, lon0 = centres[n]
+                angle = (t * 12.0 / 300.0) + n  # 300 m radius, 12 m/s
+                rows.append([
+                    f"U{n:05d}", t, lat0 + 0.0027 * math.sin(angle),
+                    lon0 + 0.0031 * math.cos(angle), 260.0 + (n % 90), 12.0,
+                    (math.degrees(-angle) + 360.0) % 360.0, 0.0, 30.0 + (n % 90),
+                ])
+            return rows
 
         async def receiver() -> None:
             nonlocal acked

@@ -166,29 +166,30 @@ class MotionCheck:
         self.previous: dict[str, Observation] = {}
 
     def implausible(self, rows: Sequence[Observation]) -> list[Condition]:
-        pairs = [(self.previous[r.uav], r) for r in rows if r.uav in self.previous]
+        previous = self.previous
+        pairs = [(previous[r.uav], r) for r in rows if r.uav in previous]
         for row in rows:
-            self.previous[row.uav] = row
+            previous[row.uav] = row
         if not pairs:
             return []
-        prev = pairs
-        lat0 = np.radians([p.lat for p, _ in prev])
-        lat1 = np.radians([c.lat for _, c in prev])
-        dlon = np.radians([c.lon - p.lon for p, c in prev])
-        a = (np.sin((lat1 - lat0) / 2) ** 2
-             + np.cos(lat0) * np.cos(lat1) * np.sin(dlon / 2) ** 2)
-        dist_m = 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
-        dt_s = np.array([c.t - p.t for p, c in prev])
-        slack_m = np.array([(p.acc_h_m or DEFAULT_ACCURACY_M) + (c.acc_h_m or DEFAULT_ACCURACY_M)
-                            for p, c in prev])
-        dz_m = np.abs(np.array([c.alt_m - p.alt_m for p, c in prev]))
+        a = DEFAULT_ACCURACY_M
+        cols = np.array([
+            (p.lat, p.lon, p.t, p.alt_m, p.acc_h_m or a, c.lat, c.lon, c.t, c.alt_m, c.acc_h_m or a)
+            for p, c in pairs
+        ], dtype=np.float64).T
+        lat0, lon0, t0, z0, acc0, lat1, lon1, t1, z1, acc1 = cols
+        phi0, phi1 = np.radians(lat0), np.radians(lat1)
+        h = (np.sin((phi1 - phi0) / 2) ** 2
+             + np.cos(phi0) * np.cos(phi1) * np.sin(np.radians(lon1 - lon0) / 2) ** 2)
+        dist_m = 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+        dt_s = t1 - t0
         with np.errstate(divide="ignore", invalid="ignore"):
-            h_speed = np.maximum(dist_m - slack_m, 0.0) / dt_s
-            v_speed = np.maximum(dz_m - 2 * DEFAULT_ACCURACY_M, 0.0) / dt_s
+            h_speed = np.maximum(dist_m - acc0 - acc1, 0.0) / dt_s
+            v_speed = np.maximum(np.abs(z1 - z0) - 2 * a, 0.0) / dt_s
         bad = (dt_s > 0) & ((h_speed > self.max_speed_mps) | (v_speed > self.max_vspeed_mps))
         found = []
-        for k in np.flatnonzero(bad):
-            p, c = prev[k]
+        for k in np.flatnonzero(bad).tolist():
+            p, c = pairs[k]
             found.append(Condition(
                 type="implausible_motion", uav=c.uav, severity="warning", t=c.t, lat=c.lat,
                 lon=c.lon, alt_m=c.alt_m,

@@ -110,10 +110,49 @@ class Validator:
         indexes: list[int] = []
         rejected: list[tuple[int, str]] = []
         check = self.observation
+        fast = self._fast_array
+        t_min, t_max = now - self.max_age_s, now + self.max_future_s
         for index, item in enumerate(items):
+            row = fast(item, t_min, t_max, now, source) if type(item) is list else None
+            if row is not None:
+                good.append(row)
+                indexes.append(index)
+                continue
             try:
                 good.append(check(item, now, source))
                 indexes.append(index)
             except ItemError as exc:
                 rejected.append((index, str(exc)))
         return good, indexes, rejected
+
+    @staticmethod
+    def _fast_array(
+        item: list[Any], t_min: float, t_max: float, now: float, source: str
+    ) -> Observation | None:
+        """The common array-form item of floats, accepted in one expression; None sends the item
+        to `observation`, which applies the same rules one by one and names what failed."""
+        n = len(item)
+        if n == 9:
+            uav, t, lat, lon, alt_m, speed, track, vspeed, agl = item
+        elif n == 7:
+            uav, t, lat, lon, alt_m, speed, track = item
+            vspeed = agl = None
+        elif n == 5:
+            uav, t, lat, lon, alt_m = item
+            speed = track = vspeed = agl = None
+        else:
+            return None
+        F = float
+        if not (
+            type(t) is F and type(lat) is F and type(lon) is F and type(alt_m) is F
+            and t_min <= t <= t_max and -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0
+            and -500.0 <= alt_m <= 20000.0
+            and (speed is None or (type(speed) is F and 0.0 <= speed <= 300.0))
+            and (track is None or (type(track) is F and 0.0 <= track < 360.0))
+            and (vspeed is None or (type(vspeed) is F and -1e9 < vspeed < 1e9))
+            and (agl is None or (type(agl) is F and -500.0 <= agl <= 20000.0))
+            and type(uav) is str and UAV_RE.match(uav) is not None
+        ):
+            return None
+        return Observation(uav, t, lat, lon, alt_m, speed, track, vspeed, agl, None, None, None,
+                           source, now)

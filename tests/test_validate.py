@@ -6,6 +6,8 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ingest.validate import ItemError, Validator
 
@@ -110,3 +112,31 @@ def test_batch_rejects_per_item_and_keeps_the_rest() -> None:
     assert [g.uav for g in good] == ["CQ-0007", "U2", "U3"]
     assert indexes == [0, 2, 4]
     assert rejected == [(1, "lat: outside [-90, 90]"), (3, "t: missing")]
+
+
+_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.text(max_size=3),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(-600, 21000), st.floats(NOW - 90000, NOW + 10),
+)
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(st.lists(st.one_of(
+    st.lists(_values, min_size=4, max_size=10),
+    st.tuples(st.sampled_from(["U1", "bad uav", "x" * 65]), st.floats(NOW - 90000, NOW + 10),
+              st.floats(-91, 91), st.floats(-181, 181), st.floats(-600, 21000),
+              st.floats(-1, 301), st.floats(-1, 361), st.floats(-50, 50),
+              st.floats(-600, 21000)).map(list),
+), max_size=20))
+def test_batch_fast_path_agrees_with_the_rules(items: list[list[Any]]) -> None:
+    """batch() accepts array items on a fast path: it must agree with observation() exactly."""
+    good, indexes, rejected = V.batch(items, NOW, "s")
+    expected_good, expected_rejected = [], []
+    for index, item in enumerate(items):
+        try:
+            expected_good.append((index, V.observation(item, NOW, "s")))
+        except ItemError as exc:
+            expected_rejected.append((index, str(exc)))
+    assert list(zip(indexes, good, strict=True)) == expected_good
+    assert rejected == expected_rejected
