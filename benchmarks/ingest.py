@@ -283,3 +283,48 @@ def run(backends: list[str], seconds: float = 30.0, connections: int = 4, frame_
             "connections": connections, "frame_obs": frame_obs, "uavs": uavs,
         })
     return results
+
+
+async def _fill(port: int, token: str, uavs: int, frame_obs: int = 500) -> None:
+    client = await GatewayClient.connect("127.0.0.1", port, token, "memory")
+    now = time.time() - 1.0
+    try:
+        for start in range(0, uavs, frame_obs):
+            client.send_obs([
+                [f"M{n:06d}", now, 29.0 + (n % 320) * 3e-3, 106.0 + (n // 320) * 3e-3, 300.0,
+                 5.0, 90.0, 0.0, 60.0]
+                for n in range(start, min(uavs, start + frame_obs))
+            ])
+            ack = await client.recv_ack()
+            if "ack" not in ack:
+                raise RuntimeError(f"server error frame: {ack}")
+    finally:
+        await client.close()
+
+
+def memory_per_uav(backend: str = "sqlite", uavs: int = 100_000) -> dict[str, Any]:
+    """Server RSS growth per live UAV: RSS after one report from each of `uavs` distinct UAVs
+    minus RSS after the same number of reports from 100 UAVs (same buffers, same code paths)."""
+    with database(backend) as url, server(url) as srv:
+        token = srv.cli("token", "create", "--role", "gateway", "--name", "bench")
+        asyncio.run(_fill_few(srv.gateway_port, token, uavs))
+        time.sleep(2.0)
+        base = rss_kib(srv.proc.pid)
+        asyncio.run(_fill(srv.gateway_port, token, uavs))
+        time.sleep(2.0)
+        after = rss_kib(srv.proc.pid)
+    return {"backend": backend, "uavs": uavs, "rss_base_mib": round(base / 1024, 1),
+            "rss_after_mib": round(after / 1024, 1),
+            "bytes_per_live_uav": round((after - base) * 1024 / uavs)}
+
+
+async def _fill_few(port: int, token: str, reports: int) -> None:
+    client = await GatewayClient.connect("127.0.0.1", port, token, "warmup")
+    t0 = time.time() - 60.0
+    try:
+        for start in range(0, reports, 500):
+            client.send_obs([[f"W{n % 100:03d}", t0 + n * 1e-4, 29.5, 106.5, 300.0, 5.0, 90.0,
+                              0.0, 60.0] for n in range(start, min(reports, start + 500))])
+            await client.recv_ack()
+    finally:
+        await client.close()

@@ -337,6 +337,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         results["ingest"] = ingest.run(args.backend or ["sqlite", "postgres"],
                                        seconds=args.seconds, connections=args.connections)
+        results["memory"] = ingest.memory_per_uav("sqlite")
     if "conflicts" in parts:
         from benchmarks import bench_conflicts
 
