@@ -25,6 +25,7 @@ typecheck: $(STAMP)
 
 test: $(STAMP)
 	scripts/ensure-postgis.sh
+	scripts/ensure-chromium.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest

@@ -9,7 +9,9 @@ hovering on a boundary does not flap.
 Every change is an `AlertEvent`. Events go to ONE writer task, which takes whatever is waiting
 (after a group-commit window of a few ms), numbers it with the next `seq`s and commits it in one
 transaction. Numbering and committing in one task makes seq order commit order: no reader can see
-seq n+1 before n. Committed events then go to the `Broadcaster`, which wakes the feeds.
+seq n+1 before n. Committed events then go to the `Broadcaster`, which wakes the feeds. Events of
+`URGENT_TYPES` (emergencies) wait in a lane of their own that the writer empties first and without
+the group-commit delay, so an emergency is never queued behind a batch of lesser events.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ ALERT_TYPES = frozenset({
 })
 # Severity order: higher is more urgent ("emergency first" sorts on this).
 SEVERITY_RANK: Mapping[str, int] = {"info": 0, "warning": 1, "critical": 2}
+# Committed ahead of the waiting group and without its delay; listed first among open alerts.
+URGENT_TYPES = frozenset({"emergency"})
 EVENT_STATES = frozenset({"open", "updated", "resolved"})
 AlertKey = tuple[str, str, str]
 
@@ -254,6 +258,7 @@ class AlertManager:
         self._alert_id = 0
         self._seq = 0
         self._queue: deque[AlertEvent] = deque()
+        self._urgent: deque[AlertEvent] = deque()  # URGENT_TYPES: committed first, at once
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -268,7 +273,7 @@ class AlertManager:
         m.histogram("lowalt_alert_commit_seconds", "Time to commit one group of alert events.")
         m.gauge("lowalt_alerts_open", "Open alerts.", lambda: float(len(self._open)))
         m.gauge("lowalt_alert_events_pending", "Alert events waiting to commit.",
-                lambda: float(len(self._queue)))
+                lambda: float(len(self._queue) + len(self._urgent)))
 
     @property
     def committed_seq(self) -> int:
@@ -290,7 +295,8 @@ class AlertManager:
         self._closed = True
         flushed = await self.flush(timeout_s)
         if not flushed:
-            log.warning("shutdown: %d alert events not committed in time", len(self._queue))
+            log.warning("shutdown: %d alert events not committed in time",
+                        len(self._queue) + len(self._urgent))
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
@@ -349,18 +355,19 @@ class AlertManager:
         await self._wait_for_room()
 
     def open_alerts(self) -> list[dict[str, Any]]:
-        """The open alerts, most severe first, each with its newest known position."""
-        ranked: list[tuple[int, int, dict[str, Any]]] = []
+        """The open alerts, most severe first (emergencies first of all), each with its newest
+        known position."""
+        ranked: list[tuple[int, bool, int, dict[str, Any]]] = []
         for alert in self._open.values():
             c = alert.latest
-            ranked.append((-SEVERITY_RANK[c.severity], alert.alert_id, {
+            ranked.append((-SEVERITY_RANK[c.severity], c.type not in URGENT_TYPES, alert.alert_id, {
                 "alert_id": alert.alert_id, "state": "open", "type": c.type,
                 "severity": c.severity, "uav": c.uav, "other_uav": c.other_uav, "zone": c.zone,
                 "clearance": c.clearance, "t": c.t, "opened_at": alert.opened_at, "lat": c.lat,
                 "lon": c.lon, "alt_m": c.alt_m, "detail": dict(c.detail),
             }))
-        ranked.sort(key=lambda r: (r[0], r[1]))
-        return [r[2] for r in ranked]
+        ranked.sort(key=lambda r: r[:3])
+        return [r[3] for r in ranked]
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -418,7 +425,7 @@ class AlertManager:
             self.metrics.inc("lowalt_alert_events_dropped_total")
             log.warning("alert event after shutdown dropped: %s %s %s", state, c.type, c.uav)
             return event
-        self._queue.append(event)
+        (self._urgent if c.type in URGENT_TYPES else self._queue).append(event)
         self._idle.clear()
         self._wakeup.set()
         return event
@@ -431,21 +438,23 @@ class AlertManager:
     # -- the writer ------------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
-        queue = self._queue
+        queue, urgent = self._queue, self._urgent
         while True:
-            if not queue:
+            if not queue and not urgent:
                 self._idle.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self.commit_delay_s > 0:
+            if not urgent and self.commit_delay_s > 0:
                 await asyncio.sleep(self.commit_delay_s)
-            n = min(len(queue), self.max_batch_events)
+            # Seq is given here, so an urgent event taken ahead still keeps seq = commit order.
+            lane = urgent if urgent else queue
+            n = min(len(lane), self.max_batch_events)
             first = self._seq + 1
-            events = [e.numbered(first + i) for i, e in enumerate(itertools.islice(queue, n))]
+            events = [e.numbered(first + i) for i, e in enumerate(itertools.islice(lane, n))]
             await self._commit(events)
             for _ in range(n):
-                queue.popleft()
+                lane.popleft()
             self._seq = events[-1].seq
             self.broadcaster.publish(events)  # same step as the seq update: feeds rely on it
             for event in events:

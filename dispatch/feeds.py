@@ -9,7 +9,8 @@ once live, a client that overflows it is disconnected with a reason and resumes 
 `Last-Event-ID` (or `since`), so a slow client costs bounded memory.
 
 Operators see the events of the UAVs registered to their operator (as `uav` or `other_uav`);
-regulators and admins see everything; gateways get 403.
+regulators and admins see everything; gateways get 403. Who may open which route is decided by the
+route table (lowalt/access.py); which events a reader sees, by `Registry.may_read` here.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from dispatch.alerts import ALERT_TYPES, EVENT_STATES, AlertEvent, AlertManager, Broadcaster
 from dispatch.store import AlertStore, EventQuery
 from lowalt.api import BadRequest, parse_bbox
-from lowalt.auth import PRINCIPAL, Registry, require_role
+from lowalt.auth import PRINCIPAL, Registry
 from lowalt.metrics import Metrics
 from lowalt.models import Principal
 
@@ -78,17 +79,13 @@ class AlertFeed:
         """The UAVs whose events principal may read; None = all."""
         if principal.reads_all:
             return None
-        operator = principal.operator
-        return frozenset(uav for uav, record in self.registry.by_uav.items()
-                         if operator is not None and record.operator == operator)
+        may_read = self.registry.may_read
+        return frozenset(uav for uav in self.registry.by_uav if may_read(principal, uav))
 
     def may_see(self, principal: Principal, e: AlertEvent) -> bool:
-        if principal.reads_all:
-            return True
-        operator_of = self.registry.operator_of
-        return principal.operator is not None and (
-            operator_of(e.uav) == principal.operator
-            or (e.other_uav is not None and operator_of(e.other_uav) == principal.operator)
+        may_read = self.registry.may_read
+        return may_read(principal, e.uav) or (
+            e.other_uav is not None and may_read(principal, e.other_uav)
         )
 
     async def follow(
@@ -142,10 +139,6 @@ class AlertFeed:
 FEED = web.AppKey("alert_feed", AlertFeed)
 
 
-def _require_reader(principal: Principal) -> None:
-    require_role(principal, ("regulator", "operator"))
-
-
 def _int_arg(raw: str, name: str, lo: int, hi: int | None = None) -> int:
     try:
         value = int(raw)
@@ -197,7 +190,6 @@ def _busy() -> web.Response:
 async def list_alerts(request: web.Request) -> web.Response:
     """GET /v1/alerts -> {"events": [...], "next": seq}; pass `next` as `since` to go on."""
     principal = request[PRINCIPAL]
-    _require_reader(principal)
     feed = request.app[FEED]
     query = dataclasses.replace(parse_filters(request),
                                 visible_uavs=feed.visible_uavs(principal))
@@ -213,7 +205,6 @@ async def list_alerts(request: web.Request) -> web.Response:
 async def open_alerts(request: web.Request) -> web.Response:
     """GET /v1/alerts/open: the alerts open now, most severe first."""
     principal = request[PRINCIPAL]
-    _require_reader(principal)
     feed = request.app[FEED]
     visible = feed.visible_uavs(principal)
     alerts = [a for a in feed.manager.open_alerts()
@@ -228,7 +219,6 @@ def sse_frame(e: AlertEvent) -> bytes:
 async def alert_stream(request: web.Request) -> web.StreamResponse:
     """GET /v1/alerts/stream: Server-Sent Events, resumable with Last-Event-ID."""
     principal = request[PRINCIPAL]
-    _require_reader(principal)
     feed = request.app[FEED]
     query = parse_filters(request)
     since = resume_point(request)
@@ -275,7 +265,6 @@ async def alert_stream(request: web.Request) -> web.StreamResponse:
 async def alert_ws(request: web.Request) -> web.StreamResponse:
     """GET /v1/alerts/ws: the same events as JSON text messages; {"since": n} may come first."""
     principal = request[PRINCIPAL]
-    _require_reader(principal)
     feed = request.app[FEED]
     query = parse_filters(request)
     since = resume_point(request)

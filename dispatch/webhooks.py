@@ -30,7 +30,8 @@ from aiohttp import web
 from dispatch.alerts import ALERT_TYPES, AlertEvent, Broadcaster
 from dispatch.store import AlertStore, EventQuery, NameTaken, Subscription, SubscriptionSpec
 from lowalt.api import BadRequest
-from lowalt.auth import PRINCIPAL, require_role
+from lowalt.audit import audit
+from lowalt.auth import PRINCIPAL
 from lowalt.errors import ConfigError
 from lowalt.metrics import Metrics
 
@@ -276,7 +277,6 @@ def _not_found() -> web.Response:
 
 
 async def post_subscription(request: web.Request) -> web.Response:
-    require_role(request[PRINCIPAL], ("regulator",))
     try:
         spec = parse_spec(await _body(request))
     except ValueError as exc:
@@ -285,32 +285,35 @@ async def post_subscription(request: web.Request) -> web.Response:
         sub = await request.app[WEBHOOKS].create(spec)
     except NameTaken as exc:
         return web.json_response({"error": str(exc)}, status=409)
+    await audit(request.app, request[PRINCIPAL], "subscription.create", str(sub.id),
+                {"name": sub.name, "url": sub.url, "types": list(sub.types)})
     return web.json_response(sub.as_json(), status=201)
 
 
 async def get_subscriptions(request: web.Request) -> web.Response:
-    require_role(request[PRINCIPAL], ("regulator",))
     subs = await request.app[WEBHOOKS].store.subscriptions()
     return web.json_response({"subscriptions": [s.as_json() for s in subs]})
 
 
 async def get_subscription(request: web.Request) -> web.Response:
-    require_role(request[PRINCIPAL], ("regulator",))
     sub = await request.app[WEBHOOKS].store.subscription(_sub_id(request))
     return web.json_response(sub.as_json()) if sub is not None else _not_found()
 
 
 async def delete_subscription(request: web.Request) -> web.Response:
-    require_role(request[PRINCIPAL], ("regulator",))
-    if not await request.app[WEBHOOKS].delete(_sub_id(request)):
+    sub_id = _sub_id(request)
+    if not await request.app[WEBHOOKS].delete(sub_id):
         return _not_found()
+    await audit(request.app, request[PRINCIPAL], "subscription.delete", str(sub_id))
     return web.Response(status=204)
 
 
 async def resume_subscription(request: web.Request) -> web.Response:
-    require_role(request[PRINCIPAL], ("regulator",))
     sub = await request.app[WEBHOOKS].resume(_sub_id(request))
-    return web.json_response(sub.as_json()) if sub is not None else _not_found()
+    if sub is None:
+        return _not_found()
+    await audit(request.app, request[PRINCIPAL], "subscription.resume", str(sub.id))
+    return web.json_response(sub.as_json())
 
 
 def add_routes(app: web.Application) -> None:

@@ -8,7 +8,8 @@ raises `telemetry_lost` for airborne UAVs silent past their expected interval (p
 `[gateways.<name>] lost_after_s = 30` in the config file, for satellite links) and resolves it as
 soon as the UAV reports again. `implausible_motion` is checked on every committed batch: a UAV
 whose consecutive reports imply a speed beyond what any UAV flies (after allowing for the
-reported position accuracy) is flagged.
+reported position accuracy) is flagged. With a fused picture (lowalt/fusion.py) the aircraft are
+the fused ones, by canonical id, and an aircraft is fresh while ANY of its sources is.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 from dispatch.alerts import AlertManager, Condition
 from geofence.conflicts import ConflictParams, detect_conflicts
+from lowalt.fusion import FusedPicture
 from lowalt.live import LiveState
 from lowalt.models import Observation
 from lowalt.settings import Settings
@@ -60,7 +62,7 @@ class TickResult:
 class TrafficMonitor:
     def __init__(
         self, live: LiveState, alerts: AlertManager, settings: Settings,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, fused: FusedPicture | None = None,
     ) -> None:
         self.live, self.alerts, self.settings, self.clock = live, alerts, settings, clock
         self.params = ConflictParams(
@@ -75,6 +77,9 @@ class TrafficMonitor:
             if isinstance(table, Mapping) and "lost_after_s" in table
         }
         self.lost: set[str] = set()
+        # When set, the monitor works on fused aircraft: one row per canonical aircraft, silent
+        # only when every one of its sources is.
+        self.fused = fused
 
     def lost_after_s(self, row: Observation) -> float:
         return self.lost_after_by_gateway.get(gateway_name(row), self.settings.lost_after_s)
@@ -84,10 +89,19 @@ class TrafficMonitor:
         now = self.clock() if tick_t is None else tick_t
         fresh: list[Observation] = []
         silent: list[Observation] = []
-        for row in self.live.latest.values():
-            if row.status == "ground":
-                continue
-            (fresh if now - row.t <= self.lost_after_s(row) else silent).append(row)
+        if self.fused is None:
+            for row in self.live.latest.values():
+                if row.status == "ground":
+                    continue
+                (fresh if now - row.t <= self.lost_after_s(row) else silent).append(row)
+        else:
+            self.fused.refresh()
+            for a in self.fused.aircraft.values():
+                state = a.state
+                if state is None or state.status == "ground":
+                    continue
+                heard = any(now - r.t <= self.lost_after_s(r) for r in a.newest_reports())
+                (fresh if heard else silent).append(state)
         conditions = self._conflicts(fresh, now)
         evaluated = {r.uav: now for r in fresh}
         await self.alerts.assess(CONFLICT_TYPES, evaluated, conditions)

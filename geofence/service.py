@@ -4,7 +4,8 @@ checked against every committed observation (the geofence check stage).
 A change (create, import, delete) is written to storage first, then the new snapshot replaces the
 old one before the request is answered, so every observation committed after the answer is
 checked against it. A new zone is also checked at once against the live picture, so airborne UAVs
-already inside a temporary (incident) zone are told without waiting for their next report.
+already inside a temporary (incident) zone are told without waiting for their next report; then
+the `zone_listeners` (the clearance service's priority operations) hear of it, before the answer.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
+import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,9 @@ from lowalt.models import Observation
 from lowalt.settings import Settings
 from lowalt.storage import Store
 
+log = logging.getLogger("lowalt.geofence")
+# Told of zones just put in effect, with the conditions the live check raised for them.
+ZoneListener = Callable[[Sequence[Zone], Sequence[Condition]], Awaitable[None]]
 GEOFENCE_TYPES = frozenset({"geofence_breach", "geofence_approach", "altitude_limit"})
 BREACH_SEVERITY = {
     "prohibited": "critical", "authorization_required": "critical", "conditional": "warning",
@@ -223,6 +228,7 @@ class Geofence:
         self.ground = ground or GroundModel(settings.ground_elevation_m)
         self.clock = clock
         self.index = ZoneIndex.empty()
+        self.zone_listeners: list[ZoneListener] = []
         self._lock = asyncio.Lock()
         self._signature: tuple[int, float] = (0, 0.0)
 
@@ -250,7 +256,12 @@ class Geofence:
             await self.store.insert(zones)
             self.index = ZoneIndex([*self.index.zones, *zones])
             self._signature = await self.store.signature()
-        await self._check_live(zones)
+        raised = await self._check_live(zones)
+        for listener in self.zone_listeners:
+            try:
+                await listener(zones, raised)
+            except Exception:  # the zones are stored and in effect: that answer stands
+                log.exception("zone listener failed")
 
     async def delete(self, zone_id: str) -> bool:
         async with self._lock:
@@ -266,7 +277,9 @@ class Geofence:
         """Every geofence condition the rows meet (zones and the national AGL ceiling).
 
         Zones' active windows are taken at each row's `t`, or at `at_t` when given (a UAV known
-        to be in the air now meets a zone that starts now)."""
+        to be in the air now meets a zone that starts now). UAV geofences and the UAV ceiling do
+        not apply to crewed aircraft (reports that came as ADS-B)."""
+        rows = [r for r in rows if not r.source.endswith("/sbs")]
         n = len(rows)
         lon = np.fromiter((r.lon for r in rows), np.float64, n)
         lat = np.fromiter((r.lat for r in rows), np.float64, n)
@@ -317,8 +330,11 @@ class Geofence:
                 evaluated[r.uav] = r.t
         await self.alerts.assess(GEOFENCE_TYPES, evaluated, present)
 
-    async def _check_live(self, zones: Sequence[Zone]) -> None:
-        """Tell airborne UAVs already inside new zones at once (temporary incident zones)."""
+    async def _check_live(self, zones: Sequence[Zone]) -> list[Condition]:
+        """Tell airborne UAVs already inside new zones at once (temporary incident zones);
+        the conditions raised."""
+        if not zones:  # an empty collection or import: no bounds to look in
+            return []
         now = self.clock()
         index = ZoneIndex(list(zones))
         box = shapely.bounds(shapely.union_all([z.polygon for z in zones]))
@@ -327,10 +343,11 @@ class Geofence:
                                              box[3] + margin)
                 if r.status != "ground" and now - r.t <= self.settings.max_age_s]
         if not rows:
-            return
-        for condition in self.conditions(rows, index, at_t=now):
-            if condition.type != "altitude_limit":
-                await self.alerts.open_or_update(condition)
+            return []
+        raised = [c for c in self.conditions(rows, index, at_t=now) if c.type != "altitude_limit"]
+        for condition in raised:
+            await self.alerts.open_or_update(condition)
+        return raised
 
 
 def zones_from_request(body: Any) -> list[Zone]:

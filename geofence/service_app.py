@@ -1,5 +1,6 @@
-"""Wiring of the checks into the server: the geofence stage, the traffic monitor, the motion
-check, the zone routes, and their lifecycle (started after dispatch, stopped before it)."""
+"""Wiring of the checks into the server: the emergency stage, the geofence stage, the traffic
+monitor, the motion check, the zone routes, and their lifecycle (started after dispatch, stopped
+before it)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from aiohttp import web
 from dispatch.service import DISPATCH
 from geofence import http
 from geofence.monitor import MotionCheck, TrafficMonitor
+from geofence.priority import EmergencyCheck
 from geofence.service import Geofence, zone_store_for
+from lowalt.fusion import fused_picture
 
 log = logging.getLogger("lowalt.checks")
 ZONE_RELOAD_S = 5.0
@@ -48,9 +51,10 @@ def setup_checks(app: web.Application) -> None:
         manager = app[DISPATCH].manager
         geofence = Geofence(zone_store_for(rt.store), manager, rt.live, rt.settings)
         await geofence.start()
-        checks = Checks(geofence, TrafficMonitor(rt.live, manager, rt.settings),
+        fused = fused_picture(rt.registry, rt.settings, rt.live.latest.values())
+        checks = Checks(geofence, TrafficMonitor(rt.live, manager, rt.settings, fused=fused),
                         MotionCheck(manager, rt.settings))
-        rt.pipeline.stages.extend([geofence, checks.motion])
+        rt.pipeline.stages.extend([EmergencyCheck(manager), geofence, checks.motion])
         app[CHECKS] = checks
         app[http.GEOFENCE] = geofence
         tasks = [

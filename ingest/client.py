@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from ssl import SSLContext
 from typing import Any
 
 import msgpack
@@ -18,8 +19,9 @@ class GatewayClient:
 
     @classmethod
     async def connect(cls, host: str, port: int, token: str, name: str = "gateway",
-                      *, hello: bool = True) -> GatewayClient:
-        reader, writer = await asyncio.open_connection(host, port)
+                      *, hello: bool = True, ssl: SSLContext | None = None) -> GatewayClient:
+        """Connect and say hello; `ssl` for a gateway port with TLS (tls_cert_file set)."""
+        reader, writer = await asyncio.open_connection(host, port, ssl=ssl)
         client = cls(reader, writer)
         if hello:
             client.send({"hello": 1, "token": token, "name": name})

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ingest.codecs.odid import OdidAssembler
 from ingest.codecs.sbs import SbsTracker
 from ingest.pipeline import Pipeline
+from ingest.push import PushHub
 from ingest.validate import Validator
 from lowalt.auth import Registry
+from lowalt.limits import Limits
 from lowalt.metrics import Metrics
 from lowalt.models import BatchResult, Observation, Principal
 
@@ -34,6 +36,17 @@ class IngestContext:
     registry: Registry
     metrics: Metrics
     max_obs_per_batch: int
+    limits: Limits = field(default_factory=Limits.unlimited)  # per-token rate and connections
+    push_hub: PushHub = field(default_factory=PushHub)  # open sessions by UAV (ingest/push.py)
+
+
+def frame_items(payload: Any) -> int:
+    """How many observations a data frame carries (what the per-token rate limit counts)."""
+    if not isinstance(payload, dict):
+        return 0
+    count = sum(len(v) for v in (payload.get("obs"), payload.get("odid")) if isinstance(v, list))
+    sbs = payload.get("sbs")
+    return count + (sbs.count("\n") if isinstance(sbs, str) else 0)
 
 
 def filter_owned(
@@ -68,6 +81,8 @@ class FrameSession:
         self._odid: OdidAssembler | None = None
         self._sbs: SbsTracker | None = None
         self.on_settled: Callable[[], None] | None = None
+        self.replies: OrderedReplies | None = None  # set by the transport: pushes go there
+        self.closed = False
 
     def handle(self, payload: Any) -> Reply | Awaitable[Reply]:
         """Answer one decoded data frame (counted from 1 on this connection)."""
@@ -84,7 +99,7 @@ class FrameSession:
                 return {"error": f"{key}: must be a list", "frame": self.frames, "seq": seq}
         if not isinstance(sbs_text, str):
             return {"error": "sbs: must be a string of lines", "frame": self.frames, "seq": seq}
-        count = len(lists["obs"]) + len(lists["odid"]) + sbs_text.count("\n")
+        count = frame_items(payload)
         if count > self.ctx.max_obs_per_batch:
             return {
                 "error": f"obs: {count} observations exceed the limit of "
@@ -101,10 +116,24 @@ class FrameSession:
         if sbs_text:
             rows += self._decoded("sbs", *self.sbs.feed(sbs_text, now), now, rejected)
         count_rejections(self.ctx.metrics, rejected)
+        if rows and self.replies is not None:
+            self.ctx.push_hub.register(self, {r.uav for r in rows})
         future = self.ctx.pipeline.submit(rows, retry=True)
         self.inflight_obs += len(rows)
         future.add_done_callback(lambda _: self._settled(len(rows)))
         return self._ack(seq, self.frames, future, rejected)
+
+    def deliver(self, payload: Mapping[str, Any]) -> bool:
+        """Queue a server-initiated frame after the answers owed (ingest/push.py)."""
+        if self.replies is None or self.closed:
+            return False
+        self.replies.push(dict(payload))
+        return True
+
+    def close(self) -> None:
+        """The connection is gone: take no more pushes."""
+        self.closed = True
+        self.ctx.push_hub.unregister(self)
 
     @property
     def odid(self) -> OdidAssembler:

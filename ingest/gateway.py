@@ -7,7 +7,8 @@
 `data_received` only cuts frames; a per-connection task processes them in order (the hello needs
 a token lookup). Backpressure is by `pause_reading`: the socket stops being read while this
 connection has more than `conn_max_inflight_obs` observations awaiting commit, or the pipeline
-is full, or too many cut frames wait to be processed.
+is full, or too many cut frames wait to be processed, or the token's rate limit (observations
+per second) makes the next frame wait: a limited sender is slowed, never cut off or dropped.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any, cast
 
 import msgpack
 
-from ingest.frames import FrameSession, IngestContext, OrderedReplies, Reply
+from ingest.frames import FrameSession, IngestContext, OrderedReplies, Reply, frame_items
+from lowalt import access
 from lowalt.auth import Authenticator
 from lowalt.errors import AuthError, StorageUnavailable
 
@@ -73,6 +75,8 @@ class GatewayProtocol(asyncio.Protocol):
         self._input_error: str | None = None
         self._eof = False  # the peer has sent everything it will send
         self._peer_done = asyncio.Event()  # set on the peer's FIN or on connection loss
+        self._rate_wait = False  # the next frame waits for the token's rate limit
+        self._counted: int | None = None  # the token id this connection is counted against
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -85,6 +89,11 @@ class GatewayProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        if self._counted is not None:
+            self.ctx.limits.connections.release(self._counted, self._fatal)
+            self._counted = None
+        if self.session is not None:
+            self.session.close()
         self._peer_done.set()
         if self.connections is not None:
             self.connections.discard(self)
@@ -151,7 +160,8 @@ class GatewayProtocol(asyncio.Protocol):
     def _on_timeout(self) -> None:
         if self.session is None:
             self._fatal("no hello within the handshake timeout")
-        elif self.replies is not None and self.replies.inflight == 0:
+        elif (self.replies is not None and self.replies.inflight == 0 and not self._frames
+              and not self._rate_wait):
             self._fatal("idle timeout")
         else:
             self._arm_timer(self.idle_timeout_s)
@@ -166,6 +176,7 @@ class GatewayProtocol(asyncio.Protocol):
             or not self.ctx.pipeline.has_room()
             or self._paused_for_write
             or self._input_error is not None
+            or self._rate_wait
         )
         if busy and not self._paused:
             self._paused = True
@@ -230,11 +241,17 @@ class GatewayProtocol(asyncio.Protocol):
         except StorageUnavailable:
             self._fatal("storage unavailable, try again later", hello=True)
             return False
-        if principal.role not in ("gateway", "operator", "admin"):
+        if not access.SEND_TELEMETRY.allows(principal.role):
             self._fatal(f"role {principal.role!r} may not send telemetry", hello=True)
             return False
+        # Counted against the token; revoking the token ends the session with _fatal.
+        if not self.ctx.limits.connections.acquire(principal.token_id, self._fatal):
+            self._fatal(self.ctx.limits.connections.refusal(), hello=True)
+            return False
+        self._counted = principal.token_id
         self.session = FrameSession(self.ctx, principal, f"{name[:64]}/gateway")
         self.session.on_settled = self._update_flow
+        self.session.replies = self.replies
         assert self.replies is not None
         self.replies.push({"ok": True})
         self._arm_timer(self.idle_timeout_s)
@@ -268,12 +285,26 @@ class GatewayProtocol(asyncio.Protocol):
                 assert self.replies is not None
                 self.replies.push(reply)
                 continue
+            await self._take_rate(frame_items(payload))
             try:
                 answer = self.session.handle(payload)
             except StorageUnavailable as exc:  # shutting down
                 answer = {"error": str(exc), "frame": self.session.frames}
             assert self.replies is not None
             self.replies.push(answer)
+            self._update_flow()
+
+    async def _take_rate(self, n: int) -> None:
+        """Wait, with the socket not read, until the token's bucket holds n observations."""
+        assert self.session is not None
+        token_id = self.session.principal.token_id
+        while not self._closing and (wait_s := self.ctx.limits.rates.take(token_id, n)) > 0:
+            if not self._rate_wait:
+                self._rate_wait = True
+                self._update_flow()
+            await asyncio.sleep(wait_s)
+        if self._rate_wait:
+            self._rate_wait = False
             self._update_flow()
 
     async def stop_reading(self) -> None:

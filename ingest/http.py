@@ -1,13 +1,20 @@
-"""HTTP and WebSocket telemetry (API.md sections 2.1 and 2.3)."""
+"""HTTP and WebSocket telemetry (API.md sections 2.1 and 2.3).
+
+Who may send is decided by the route table (lowalt/access.py). Per token: HTTP answers 429 with
+Retry-After when a request holds more observations than the token's bucket has now; a WebSocket
+waits for the bucket instead (it reads no further message meanwhile), and a token may hold at
+most `conn_max_per_token` gateway and WebSocket connections together.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
 import msgpack
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from ingest.frames import (
     FrameSession,
@@ -16,13 +23,14 @@ from ingest.frames import (
     Reply,
     count_rejections,
     filter_owned,
+    frame_items,
 )
 from ingest.gateway import decode_payload
-from lowalt.auth import PRINCIPAL, require_role
+from lowalt.auth import PRINCIPAL
 from lowalt.errors import StorageUnavailable
+from lowalt.limits import retry_after_s
 
 INGEST = web.AppKey("ingest", IngestContext)
-SENDER_ROLES = ("operator", "gateway")
 
 
 def error_response(status: int, message: str, **headers: str) -> web.Response:
@@ -57,7 +65,6 @@ def _items(payload: Any) -> list[Any]:
 async def post_telemetry(request: web.Request) -> web.Response:
     ctx = request.app[INGEST]
     principal = request[PRINCIPAL]
-    require_role(principal, SENDER_ROLES)
     retry_after = str(request.app[RETRY_AFTER])
     if not ctx.pipeline.available or not ctx.pipeline.has_room():
         return error_response(503, "storage unavailable or busy; nothing was stored",
@@ -71,6 +78,14 @@ async def post_telemetry(request: web.Request) -> web.Response:
         return error_response(
             413,
             f"{len(items)} observations exceed the limit of {ctx.max_obs_per_batch} per request",
+        )
+    rates = ctx.limits.rates
+    wait_s = rates.take(principal.token_id, len(items))
+    if wait_s > 0:
+        return error_response(
+            429, f"rate limit: this token may send {rates.rate_per_s:g} observations per second "
+            f"(bursts of {rates.burst}); nothing was stored",
+            **{"Retry-After": str(retry_after_s(wait_s))},
         )
     source = f"{principal.name}/http/native"
     rows, indexes, rejected = ctx.validator.batch(items, time.time(), source)
@@ -93,10 +108,22 @@ WS_MAX_BYTES = web.AppKey("ws_max_bytes", int)
 async def telemetry_ws(request: web.Request) -> web.StreamResponse:
     ctx = request.app[INGEST]
     principal = request[PRINCIPAL]
-    require_role(principal, SENDER_ROLES)
     # aiohttp refuses messages of max_msg_size bytes or more; ours allows exactly the limit.
     ws = web.WebSocketResponse(max_msg_size=request.app[WS_MAX_BYTES] + 1, heartbeat=30.0)
-    await ws.prepare(request)
+    closing: set[asyncio.Task[bool]] = set()
+
+    def revoked(reason: str) -> None:  # the token was revoked: end this connection
+        closing.add(asyncio.ensure_future(
+            ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason.encode())))
+
+    connections = ctx.limits.connections
+    if not connections.acquire(principal.token_id, revoked):
+        return error_response(429, connections.refusal())
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        connections.release(principal.token_id, revoked)
+        raise
     session = FrameSession(ctx, principal, f"{principal.name}/ws")
     binary = True
 
@@ -109,6 +136,7 @@ async def telemetry_ws(request: web.Request) -> web.StreamResponse:
             await ws.send_str(json.dumps(reply))
 
     replies = OrderedReplies(write)
+    session.replies = replies
     try:
         async for msg in ws:
             if msg.type == WSMsgType.BINARY:
@@ -130,11 +158,15 @@ async def telemetry_ws(request: web.Request) -> web.StreamResponse:
             else:
                 break
             await ctx.pipeline.wait_for_room()
+            # Backpressure: no further message is read while the token's bucket refills.
+            await ctx.limits.rates.wait_for(principal.token_id, frame_items(payload))
             try:
                 replies.push(session.handle(payload))
             except StorageUnavailable as exc:
                 replies.push({"error": str(exc), "frame": session.frames})
     finally:
+        connections.release(principal.token_id, revoked)
+        session.close()
         await replies.close(flush=not ws.closed)
         await ws.close()
     return ws

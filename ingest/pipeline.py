@@ -60,12 +60,14 @@ class Pipeline:
         commit_max_obs: int,
         max_pending_obs: int,
         retry_delay_s: float = 0.5,
+        commit_concurrency: int = 1,
         stage_queue_batches: int = 256,
     ) -> None:
         self.store, self.live, self.metrics = store, live, metrics
         self.commit_max_obs = commit_max_obs
         self.max_pending_obs = max_pending_obs
         self.retry_delay_s = retry_delay_s
+        self.commit_concurrency = commit_concurrency
         self.stages: list[CheckStage] = []
         self.available = True
         self._queue: deque[_Submission] = deque()
@@ -138,11 +140,30 @@ class Pipeline:
             self._room.set()
 
     async def run(self) -> None:
-        """The committer loop; runs until cancelled."""
+        """The committer loop; runs until cancelled.
+
+        Up to `commit_concurrency` groups commit at once, so one group's round trip to the
+        database overlaps the next group's. Acks stay in frame order: each connection writes its
+        answers in order (OrderedReplies), whatever order the groups finish in; a key sent in two
+        groups at once is stored once (the primary key decides, the other copy is a duplicate).
+        """
         stage_task = asyncio.create_task(self._run_stages(), name="lowalt-stages")
+        commits: set[asyncio.Task[None]] = set()
         try:
             while True:
+                if len(commits) >= self.commit_concurrency:
+                    await asyncio.wait(commits, return_when=asyncio.FIRST_COMPLETED)
+                    continue
                 if not self._queue:
+                    if commits:
+                        self._wakeup.clear()
+                        waiter = asyncio.ensure_future(self._wakeup.wait())
+                        try:
+                            await asyncio.wait([*commits, waiter],
+                                               return_when=asyncio.FIRST_COMPLETED)
+                        finally:
+                            waiter.cancel()
+                        continue
                     self._idle.set()
                     self._wakeup.clear()
                     if self.available:
@@ -150,10 +171,17 @@ class Pipeline:
                     else:
                         await self._probe()
                     continue
-                await self._commit(self._take_group())
+                if not self.available and commits:
+                    await asyncio.wait(commits)  # while down, retry one group at a time
+                    continue
+                task = asyncio.create_task(self._commit(self._take_group()))
+                commits.add(task)
+                task.add_done_callback(commits.discard)
         finally:
+            for task in commits:
+                task.cancel()
             stage_task.cancel()
-            await asyncio.gather(stage_task, return_exceptions=True)
+            await asyncio.gather(stage_task, *commits, return_exceptions=True)
 
     async def _probe(self) -> None:
         """Storage is down and nothing waits to be retried: check it every retry_delay_s, since

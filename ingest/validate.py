@@ -7,13 +7,11 @@ string and never disturbs the rest of its batch.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lowalt.models import STATUSES, Observation
+from lowalt.models import STATUSES, UAV_RE, Observation
 
-UAV_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}\Z")
 ARRAY_KEYS = ("uav", "t", "lat", "lon", "alt_m", "speed_mps", "track_deg", "vspeed_mps", "agl_m")
 
 

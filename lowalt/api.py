@@ -1,4 +1,4 @@
-"""The read API (API.md section 7), the UAV registry endpoints and operations endpoints."""
+"""The read API (API.md section 7) and the operations endpoints (section 9)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from typing import Any
 
 from aiohttp import web
 
-from lowalt.auth import PRINCIPAL, Registry, require_role
+from lowalt.auth import PRINCIPAL, Registry
 from lowalt.errors import AuthError, StorageUnavailable
+from lowalt.fusion import FUSED, identity_of
 from lowalt.live import LiveState
 from lowalt.metrics import Metrics
 from lowalt.models import Observation, Principal
-from lowalt.storage import Store, UavRecord
+from lowalt.storage import Store
 
 STORE = web.AppKey("store", Store)
 LIVE = web.AppKey("live", LiveState)
@@ -67,7 +68,9 @@ async def get_uavs(request: web.Request) -> web.Response:
 
 async def get_track(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
-    uav = request.match_info["uav"]
+    # An alias or a registered id: the track of the whole aircraft, every identifier it is
+    # reported with (docs/API.md, "Fusion and live traffic").
+    uav, ids = identity_of(request.app[REGISTRY], request.match_info["uav"])
     if not request.app[REGISTRY].may_read(principal, uav):
         raise AuthError(f"uav {uav} is not yours", 404)
     now = time.time()
@@ -76,7 +79,11 @@ async def get_track(request: web.Request) -> web.Response:
     limit = int(_float_arg(request, "limit", TRACK_LIMIT))
     if not 1 <= limit <= TRACK_LIMIT:
         raise BadRequest(f"limit: must be 1..{TRACK_LIMIT}")
-    rows = await request.app[STORE].track(uav, t_from, t_to, limit)
+    store = request.app[STORE]
+    if len(ids) == 1:
+        rows = await store.track(uav, t_from, t_to, limit)
+    else:
+        rows = await store.track_many(ids, t_from, t_to, limit)
     return web.json_response({"uav": uav, "track": [observation_json(r) for r in rows]})
 
 
@@ -94,8 +101,15 @@ async def get_flights(request: web.Request) -> web.Response:
     if raw is None:
         raise BadRequest("view: required, lat1,lon1,lat2,lon2")
     lat1, lon1, lat2, lon2 = parse_floats(raw, 4, "view")
-    rows = request.app[LIVE].in_bbox(min(lon1, lon2), min(lat1, lat2), max(lon1, lon2),
-                                     max(lat1, lat2))
+    box = (min(lon1, lon2), min(lat1, lat2), max(lon1, lon2), max(lat1, lat2))
+    fused = request.app.get(FUSED)
+    blended: set[str] = set()
+    if fused is None:
+        rows = request.app[LIVE].in_bbox(*box)
+    else:  # the fused state, one flight per canonical aircraft
+        aircraft = fused.in_bbox(*box)
+        rows = [a.state for a in aircraft if a.state is not None]
+        blended = {a.uav for a in aircraft if len(a.used) > 1}
     now = time.time()
     flights = [
         {
@@ -107,7 +121,7 @@ async def get_flights(request: web.Request) -> web.Response:
                 "position": {
                     "lat": r.lat, "lng": r.lon, "alt": r.alt_m,
                     "accuracy_h": r.acc_h_m, "accuracy_v": r.acc_v_m,
-                    "extrapolated": False,
+                    "extrapolated": r.uav in blended,
                 },
                 "track": r.track_deg, "speed": r.speed_mps, "vertical_speed": r.vspeed_mps,
                 "height": {"distance": r.agl_m, "reference": "TakeoffLocation"}
@@ -126,37 +140,6 @@ def _f3411_status(status: str | None) -> str:
         "ground": "Ground", "airborne": "Airborne", "emergency": "Emergency",
         "lost_link": "RemoteIDSystemFailure",
     }.get(status or "", "Undeclared")
-
-
-async def post_uav(request: web.Request) -> web.Response:
-    principal = request[PRINCIPAL]
-    require_role(principal, ("regulator",))
-    try:
-        body = await request.json()
-    except ValueError:
-        raise BadRequest("body: not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("body: expected an object")
-    uav, operator = body.get("uav"), body.get("operator")
-    aliases = body.get("aliases", [])
-    if not isinstance(uav, str) or not uav:
-        raise BadRequest("uav: required string")
-    if not isinstance(operator, str) or not operator:
-        raise BadRequest("operator: required string")
-    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
-        raise BadRequest("aliases: expected a list of strings")
-    record = UavRecord(uav, operator, tuple(aliases), bool(body.get("priority", False)))
-    await request.app[REGISTRY].register(record)
-    return web.json_response({"uav": uav, "operator": operator, "aliases": aliases}, status=201)
-
-
-async def list_uav_registry(request: web.Request) -> web.Response:
-    principal = request[PRINCIPAL]
-    records = request.app[REGISTRY].by_uav.values()
-    return web.json_response({"uavs": [
-        {"uav": r.uav, "operator": r.operator, "aliases": list(r.aliases), "priority": r.priority}
-        for r in records if principal.reads_all or r.operator == principal.operator
-    ]})
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -13,27 +14,28 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from dispatch.service import setup_dispatch
+from geofence.clearance_http import setup_clearances
+from geofence.fusion_stage import setup_traffic
 from geofence.service_app import setup_checks
 from ingest.frames import IngestContext
 from ingest.gateway import GatewayProtocol
 from ingest.http import INGEST, RETRY_AFTER, WS_MAX_BYTES, post_telemetry, telemetry_ws
 from ingest.pipeline import Pipeline
 from ingest.validate import Validator
-from lowalt import api
-from lowalt.auth import PRINCIPAL, Authenticator, Registry, bearer
+from lowalt import access, api
+from lowalt.auth import AUTH, PRINCIPAL, Authenticator, Registry, bearer
 from lowalt.errors import AuthError, StorageUnavailable
+from lowalt.identity import setup_identity
+from lowalt.limits import ConnectionLimits, Limits, RateLimits
 from lowalt.live import LiveState
 from lowalt.metrics import Metrics
 from lowalt.migrate import migrate
-from lowalt.settings import Settings
+from lowalt.settings import Settings, server_ssl_context
 from lowalt.storage import Store, create_store
+from lowalt.web import setup_map
 
 log = logging.getLogger("lowalt")
-PUBLIC_PATHS = frozenset({"/healthz"})
-# Browsers cannot set headers on EventSource or WebSocket: these GET routes also take the token
-# as `?access_token=` (documented in docs/API.md).
-QUERY_TOKEN_PATHS = frozenset({"/v1/alerts/stream", "/v1/alerts/ws", "/v1/traffic/stream",
-                               "/v1/traffic/ws"})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 REGISTRY_REFRESH_S = 5.0
 
 
@@ -49,6 +51,7 @@ class Runtime:
     auth: Authenticator
     pipeline: Pipeline
     ingest: IngestContext
+    tls: ssl.SSLContext | None = None  # both listeners', when tls_cert_file is set
     gateway_server: asyncio.Server | None = None
     gateway_connections: set[GatewayProtocol] = field(default_factory=set)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -63,20 +66,39 @@ class Runtime:
 
 RUNTIME = web.AppKey("runtime", Runtime)
 SETTINGS = web.AppKey("settings", Settings)
-AUTH = web.AppKey("auth", Authenticator)
 
 
 @web.middleware
 async def auth_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Resolve the bearer token once per request; map our errors to JSON answers."""
+    """Resolve the bearer token once per request and check it against the route table
+    (lowalt/access.py); read the body within http_body_timeout_s; map our errors to JSON."""
     try:
-        if request.path not in PUBLIC_PATHS:
+        match = request.match_info
+        pattern = match.route.resource.canonical if match.route.resource is not None else ""
+        matched = match.http_exception is None  # else the router answers 404 / 405 (after auth)
+        rule = access.rule_for(request.method, pattern) if matched else None
+        if rule is None or not rule.public:
             token = bearer(request.headers.get("Authorization"))
-            if token is None and request.path in QUERY_TOKEN_PATHS:
+            if token is None and rule is not None and rule.query_token:
                 token = request.query.get("access_token")
-            request[PRINCIPAL] = await request.app[AUTH].principal(token)
+            principal = await request.app[AUTH].principal(token)
+            request[PRINCIPAL] = principal
+            if matched:
+                if rule is None:
+                    raise AuthError(f"no access rule for {request.method} {pattern}", 403)
+                access.authorize(principal, rule, match, request.app[api.REGISTRY])
+        if request.method in BODY_METHODS and request.body_exists:
+            timeout_s = request.app[SETTINGS].http_body_timeout_s
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await request.read()  # cached for the handler; over client_max_size: 413
+            except TimeoutError:
+                return web.json_response(
+                    {"error": f"request body not received within {timeout_s:g} s"}, status=408,
+                    headers={"Connection": "close"},
+                )
         return await handler(request)
     except AuthError as exc:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
@@ -118,13 +140,16 @@ async def build_runtime(settings: Settings) -> Runtime:
     live.update(await store.latest_observations(time.time() - settings.max_age_s))
     pipeline = Pipeline(
         store, live, metrics, commit_max_obs=settings.commit_max_obs,
-        max_pending_obs=settings.max_pending_obs,
+        max_pending_obs=settings.max_pending_obs, commit_concurrency=settings.commit_concurrency,
     )
+    limits = Limits(RateLimits(settings.rate_obs_per_s, settings.rate_burst_obs),
+                    ConnectionLimits(settings.conn_max_per_token))
     ingest = IngestContext(
         pipeline, Validator(settings.max_age_s, settings.max_future_s), registry, metrics,
-        settings.max_obs_per_batch,
+        settings.max_obs_per_batch, limits,
     )
-    rt = Runtime(settings, store, metrics, live, registry, Authenticator(store), pipeline, ingest)
+    rt = Runtime(settings, store, metrics, live, registry, Authenticator(store), pipeline, ingest,
+                 server_ssl_context(settings))
     metrics.gauge("lowalt_live_uavs", "UAVs in the live picture.", lambda: float(len(live)))
     metrics.gauge("lowalt_gateway_connections", "Open gateway connections.",
                   lambda: float(len(rt.gateway_connections)))
@@ -154,7 +179,8 @@ async def start_gateway(rt: Runtime) -> None:
             handshake_timeout_s=s.handshake_timeout_s, idle_timeout_s=s.idle_timeout_s,
             connections=rt.gateway_connections,
         ),
-        s.gateway_host, s.gateway_port, reuse_address=True,
+        s.gateway_host, s.gateway_port, reuse_address=True, ssl=rt.tls,
+        ssl_handshake_timeout=s.handshake_timeout_s if rt.tls is not None else None,
     )
 
 
@@ -217,6 +243,10 @@ def create_app(settings: Settings, *, with_gateway: bool = True) -> web.Applicat
     app.cleanup_ctx.append(runtime_ctx)
     setup_dispatch(app)
     setup_checks(app)
+    setup_clearances(app)
+    setup_identity(app)
+    setup_traffic(app)
+    setup_map(app)
     app.cleanup_ctx.append(ingest_ctx)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
@@ -224,8 +254,6 @@ def create_app(settings: Settings, *, with_gateway: bool = True) -> web.Applicat
     app.router.add_post("/v1/telemetry", post_telemetry)
     app.router.add_get("/v1/telemetry/ws", telemetry_ws)
     app.router.add_get("/v1/uavs", api.get_uavs)
-    app.router.add_post("/v1/uavs", api.post_uav)
-    app.router.add_get("/v1/registry/uavs", api.list_uav_registry)
     app.router.add_get("/v1/uavs/{uav}/track", api.get_track)
     app.router.add_get("/v1/flights", api.get_flights)
     return app
@@ -234,10 +262,7 @@ def create_app(settings: Settings, *, with_gateway: bool = True) -> web.Applicat
 async def serve(settings: Settings, *, ready: Callable[[Runtime], None] | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain and exit."""
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)
-    await site.start()
+    runner = await start_http(app, settings)
     rt = app[RUNTIME]
     log.info("lowalt listening: http %s, gateway %s, storage %s", settings.http,
              settings.gateway, settings.backend)
@@ -250,3 +275,19 @@ async def serve(settings: Settings, *, ready: Callable[[Runtime], None] | None =
     await stop.wait()
     log.info("shutting down: draining")
     await runner.cleanup()
+
+
+async def start_http(app: web.Application, settings: Settings) -> web.AppRunner:
+    """Start app and its HTTP listener: TLS when configured; a connection that has not sent a
+    whole request header within http_header_timeout_s of opening (or of its previous answer)
+    is closed, which bounds slowloris clients and idle keep-alive connections alike. A body
+    left unread by an answer (408, 413, 401, ...) is drained for at most http_body_timeout_s
+    before the connection closes, so the client can read the answer."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           keepalive_timeout=settings.http_header_timeout_s,
+                           lingering_time=settings.http_body_timeout_s)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True,
+                       ssl_context=app[RUNTIME].tls)
+    await site.start()
+    return runner

@@ -7,6 +7,7 @@ revocation made by another process (the CLI) takes effect within that time.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
@@ -72,6 +73,13 @@ class Authenticator:
         self._cache[digest] = (now + self.cache_ttl_s, principal)
         return principal
 
+    def forget(self, token_id: int) -> None:
+        """Drop a revoked token from the cache, so it stops working at once in this process."""
+        self._cache = {d: c for d, c in self._cache.items() if c[1].token_id != token_id}
+
+
+AUTH = web.AppKey("auth", Authenticator)
+
 
 def require_role(principal: Principal, roles: Iterable[str]) -> None:
     """AuthError(403) unless the principal holds one of roles (admin holds every role)."""
@@ -89,6 +97,7 @@ class Registry:
         self.store = store
         self.by_uav: dict[str, UavRecord] = {}
         self.alias_to_uav: dict[str, str] = {}
+        self.lock = asyncio.Lock()  # serialises read-modify-write changes (PATCH)
 
     async def refresh(self) -> None:
         records = await self.store.uavs()
@@ -102,6 +111,10 @@ class Registry:
     async def register(self, record: UavRecord) -> None:
         await self.store.upsert_uav(record)
         self._set([*[r for r in self.by_uav.values() if r.uav != record.uav], record])
+
+    def is_known(self, uav: str) -> bool:
+        """Whether uav is a registered UAV or one of a registered UAV's aliases."""
+        return uav in self.by_uav or uav in self.alias_to_uav
 
     def operator_of(self, uav: str) -> str | None:
         record = self.by_uav.get(uav)

@@ -157,9 +157,14 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     name = args.name or (args.operator if args.role == "operator" else args.role)
 
     async def job(store: Any) -> int:
+        from lowalt.audit import audit
+
         result: int = await store.insert_token(
             hash_token(token), name, args.role, args.operator, expires, now
         )
+        await audit(store, None, "token.create", str(result),
+                    {"name": name, "role": args.role, "operator": args.operator,
+                     "expires_at": expires})
         return result
 
     _run(lambda: _with_store(settings, job))
@@ -173,7 +178,13 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     async def job(store: Any) -> bool:
+        from lowalt.audit import audit
+
+        record = await store.token_by_hash(hash_token(args.token))
         result: bool = await store.revoke_token(hash_token(args.token))
+        if result:
+            await audit(store, None, "token.revoke", str(record.token_id),
+                        {"name": record.name, "role": record.role, "was_active": True})
         return result
 
     if not _run(lambda: _with_store(settings, job)):
@@ -190,7 +201,11 @@ def cmd_uav_register(args: argparse.Namespace) -> int:
     record = UavRecord(args.uav, args.operator, tuple(args.alias), args.priority)
 
     async def job(store: Any) -> None:
+        from lowalt.admin import uav_json
+        from lowalt.audit import audit
+
         await store.upsert_uav(record)
+        await audit(store, None, "uav.register", record.uav, uav_json(record))
 
     _run(lambda: _with_store(settings, job))
     print(f"registered {args.uav} to {args.operator}", file=sys.stderr)

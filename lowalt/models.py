@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -26,6 +27,7 @@ class Observation(NamedTuple):
 
 
 OBSERVATION_COLUMNS: tuple[str, ...] = Observation._fields
+UAV_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}\Z")  # a UAV id or alias (API.md section 1)
 STATUSES = frozenset({"ground", "airborne", "emergency", "lost_link"})
 ROLES = ("admin", "regulator", "operator", "gateway")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -36,6 +37,7 @@ class Settings:
     # Group commit: one write per batch of at most this many observations; observations waiting
     # beyond max_pending_obs make transports push back (HTTP 503, gateway stops reading).
     commit_max_obs: int = 5_000
+    commit_concurrency: int = 1  # groups committing at once (2 overlaps database round trips)
     max_pending_obs: int = 100_000
     # Per connection: the gateway pauses reading while this many observations await their ack.
     conn_max_inflight_obs: int = 20_000
@@ -79,6 +81,42 @@ class Settings:
     nats_url: str | None = None
     nats_stream: str = "LOWALT_ALERTS"
     nats_subject_prefix: str = "lowalt.alerts"
+    # Identity, access and hardening (docs/API.md section 8). Observations per second per token
+    # (token bucket of rate_burst_obs, which must hold one whole batch); long-lived telemetry
+    # connections (gateway + WebSocket) per token; HTTP: a complete request header within
+    # http_header_timeout_s of connecting or of the previous answer (also the keep-alive idle
+    # time), a whole request body within http_body_timeout_s. TLS on both listeners when set.
+    rate_obs_per_s: float = 200_000.0
+    rate_burst_obs: int = 400_000
+    conn_max_per_token: int = 32
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # Fusion and the live traffic feed (lowalt/fusion.py, geofence/fusion_stage.py,
+    # dispatch/traffic.py; docs/ARCHITECTURE.md "Fusion"). Accuracies are 95 % figures in metres.
+    fusion_window_s: float = 10.0
+    fusion_reports_per_source: int = 16
+    fusion_default_acc_h_m: float = 30.0
+    fusion_default_acc_v_m: float = 45.0
+    fusion_manoeuvre_mps2: float = 2.0
+    mismatch_floor_m: float = 100.0
+    mismatch_k: float = 2.0
+    traffic_gone_after_s: float = 60.0
+    traffic_max_clients: int = 256
+    traffic_buffer_bytes: int = 8 * MIB
+    # Route clearances (geofence/clearances.py, API.md section 5): time tolerance added to both
+    # ends of every piece's window; how far ahead a departure may be; the longest piece of a
+    # volume in seconds of flight; how long before its window a report can start a clearance;
+    # how often expiries are swept.
+    clearance_time_tolerance_s: float = 30.0
+    clearance_max_horizon_s: float = 86400.0
+    clearance_piece_s: float = 30.0
+    clearance_activation_lead_s: float = 600.0
+    clearance_expiry_interval_s: float = 1.0
+    # The live map page (lowalt/web/): an XYZ raster tile URL template with {z}, {x}, {y} for a
+    # base map; unset, the page draws a plain map (graticule and scale bar).
+    map_tile_url: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -116,8 +154,9 @@ def split_host_port(value: str, name: str) -> tuple[str, int]:
 
 _POSITIVE = {
     "max_age_s", "max_frame_bytes", "max_body_bytes", "max_obs_per_batch", "max_ws_message_bytes",
-    "commit_max_obs", "max_pending_obs", "conn_max_inflight_obs", "retention_days",
-    "retention_interval_s", "retry_after_s", "handshake_timeout_s", "idle_timeout_s",
+    "commit_max_obs", "commit_concurrency", "max_pending_obs", "conn_max_inflight_obs",
+    "retention_days", "retention_interval_s", "retry_after_s", "handshake_timeout_s",
+    "idle_timeout_s",
     "max_agl_m", "monitor_tick_s", "separation_h_m", "separation_v_m", "crewed_separation_h_m",
     "crewed_separation_v_m", "lookahead_s", "lost_after_s", "max_plausible_speed_mps",
     "max_plausible_vspeed_mps",
@@ -218,6 +257,40 @@ def validate(s: Settings) -> None:
     if s.commit_max_obs > s.max_pending_obs:
         raise ConfigError("commit_max_obs: must not exceed max_pending_obs")
     _validate_dispatch(s)
+    _validate_access(s)
+    _validate_traffic(s)
+    _validate_clearances(s)
+
+
+_ACCESS_POSITIVE = ("rate_obs_per_s", "rate_burst_obs", "conn_max_per_token",
+                    "http_header_timeout_s", "http_body_timeout_s")
+
+
+def _validate_access(s: Settings) -> None:
+    for name in _ACCESS_POSITIVE:
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"{name}: must be positive, got {getattr(s, name)!r}")
+    if s.rate_burst_obs < s.max_obs_per_batch:
+        raise ConfigError(f"rate_burst_obs: must hold one whole batch (max_obs_per_batch = "
+                          f"{s.max_obs_per_batch}), got {s.rate_burst_obs}")
+    if bool(s.tls_cert_file) != bool(s.tls_key_file):
+        raise ConfigError("tls_cert_file and tls_key_file: set both or neither")
+    server_ssl_context(s)  # a bad certificate or key stops the start here, in one line
+
+
+def server_ssl_context(s: Settings) -> ssl.SSLContext | None:
+    """The TLS context of both listeners (HTTP and gateway); None when TLS is off."""
+    if not s.tls_cert_file or not s.tls_key_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(s.tls_cert_file, s.tls_key_file)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"tls_cert_file/tls_key_file: file not found: {exc.filename}") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"tls_cert_file/tls_key_file: cannot load: {exc}") from None
+    return context
 
 
 _DISPATCH_POSITIVE = (
@@ -247,6 +320,34 @@ def _validate_dispatch(s: Settings) -> None:
     if not all(t and not any(c in t for c in " *>\t") for t in tokens):
         raise ConfigError(f"nats_subject_prefix: expected dot-separated tokens, got "
                           f"{s.nats_subject_prefix!r}")
+
+
+_TRAFFIC_POSITIVE = (
+    "fusion_window_s", "fusion_reports_per_source", "fusion_default_acc_h_m",
+    "fusion_default_acc_v_m", "mismatch_floor_m", "traffic_gone_after_s", "traffic_max_clients",
+    "traffic_buffer_bytes",
+)
+
+
+def _validate_traffic(s: Settings) -> None:
+    for name in _TRAFFIC_POSITIVE:
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"{name}: must be positive, got {getattr(s, name)!r}")
+    for name in ("fusion_manoeuvre_mps2", "mismatch_k"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"{name}: must not be negative, got {getattr(s, name)!r}")
+
+
+def _validate_clearances(s: Settings) -> None:
+    for name in ("clearance_max_horizon_s", "clearance_piece_s", "clearance_expiry_interval_s"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"{name}: must be positive, got {getattr(s, name)!r}")
+    for name in ("clearance_time_tolerance_s", "clearance_activation_lead_s"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"{name}: must not be negative, got {getattr(s, name)!r}")
+    if s.clearance_time_tolerance_s > 3600:
+        raise ConfigError(f"clearance_time_tolerance_s: at most 3600, got "
+                          f"{s.clearance_time_tolerance_s!r}")
 
 
 def replace(s: Settings, **changes: Any) -> Settings:

@@ -17,6 +17,7 @@ class TokenRecord:
     operator: str | None
     expires_at: float | None
     revoked: bool
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,13 @@ class Store(abc.ABC):
         """Stored observations of one UAV with t_from <= t <= t_to, oldest first."""
 
     @abc.abstractmethod
+    async def track_many(
+        self, uavs: Sequence[str], t_from: float, t_to: float, limit: int
+    ) -> list[Observation]:
+        """Stored observations of any of uavs (one aircraft's identifiers) with
+        t_from <= t <= t_to, oldest first (ties by uav)."""
+
+    @abc.abstractmethod
     async def latest_observations(self, t_min: float) -> list[Observation]:
         """The newest observation of every UAV that has one with t >= t_min."""
 
@@ -75,7 +83,21 @@ class Store(abc.ABC):
     async def revoke_token(self, token_hash: str) -> bool: ...
 
     @abc.abstractmethod
+    async def token_by_id(self, token_id: int) -> TokenRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_tokens(self) -> list[TokenRecord]:
+        """Every token's metadata (never its hash), oldest first."""
+
+    @abc.abstractmethod
+    async def revoke_token_id(self, token_id: int) -> bool:
+        """Revoke by id; True when the token was active until now."""
+
+    @abc.abstractmethod
     async def upsert_uav(self, record: UavRecord) -> None: ...
 
     @abc.abstractmethod
     async def uavs(self) -> list[UavRecord]: ...
+
+    @abc.abstractmethod
+    async def uav(self, uav: str) -> UavRecord | None: ...

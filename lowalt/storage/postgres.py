@@ -118,6 +118,16 @@ class PostgresStore(Store):
         )
         return [Observation(*row) for row in rows]
 
+    async def track_many(
+        self, uavs: Sequence[str], t_from: float, t_to: float, limit: int
+    ) -> list[Observation]:
+        rows = await self._fetch(
+            f"SELECT {_COLUMNS} FROM observations WHERE uav = ANY($1::text[]) AND t >= $2 "
+            "AND t <= $3 ORDER BY t, uav LIMIT $4",
+            list(uavs), t_from, t_to, limit,
+        )
+        return [Observation(*row) for row in rows]
+
     async def latest_observations(self, t_min: float) -> list[Observation]:
         rows = await self._fetch(
             f"SELECT DISTINCT ON (uav) {_COLUMNS} FROM observations WHERE t >= $1 "
@@ -151,14 +161,28 @@ class PostgresStore(Store):
         return int(rows[0][0])
 
     async def token_by_hash(self, token_hash: str) -> TokenRecord | None:
+        rows = await self._tokens("WHERE hash = $1", token_hash)
+        return rows[0] if rows else None
+
+    async def token_by_id(self, token_id: int) -> TokenRecord | None:
+        rows = await self._tokens("WHERE id = $1", token_id)
+        return rows[0] if rows else None
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        return await self._tokens("ORDER BY id")
+
+    async def _tokens(self, where: str, *args: Any) -> list[TokenRecord]:
         rows = await self._fetch(
-            "SELECT id, name, role, operator, expires_at, revoked FROM tokens WHERE hash = $1",
-            token_hash,
+            "SELECT id, name, role, operator, expires_at, revoked, created_at FROM tokens "
+            + where, *args,
         )
-        if not rows:
-            return None
-        r = rows[0]
-        return TokenRecord(r[0], r[1], r[2], r[3], r[4], bool(r[5]))
+        return [TokenRecord(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6]) for r in rows]
+
+    async def revoke_token_id(self, token_id: int) -> bool:
+        status = await self._execute(
+            "UPDATE tokens SET revoked = true WHERE id = $1 AND NOT revoked", token_id
+        )
+        return status.endswith(" 1")
 
     async def revoke_token(self, token_hash: str) -> bool:
         status = await self._execute(
@@ -178,9 +202,16 @@ class PostgresStore(Store):
         )
 
     async def uavs(self) -> list[UavRecord]:
+        return await self._uavs("ORDER BY uav")
+
+    async def uav(self, uav: str) -> UavRecord | None:
+        rows = await self._uavs("WHERE uav = $1", uav)
+        return rows[0] if rows else None
+
+    async def _uavs(self, where: str, *args: Any) -> list[UavRecord]:
         rows = await self._fetch(
             "SELECT uav, operator, aliases, priority, serial, model, uav_class, max_speed_mps "
-            "FROM uavs ORDER BY uav"
+            "FROM uavs " + where, *args,
         )
         return [
             UavRecord(r[0], r[1], tuple(json.loads(r[2])), bool(r[3]), r[4], r[5], r[6], r[7])

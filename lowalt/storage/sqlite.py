@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 """
 
 _COLUMNS = ", ".join(OBSERVATION_COLUMNS)
+_TOKEN_COLUMNS = "id, name, role, operator, expires_at, revoked, created_at"
 _INSERT = (
     f"INSERT OR IGNORE INTO observations ({_COLUMNS}) "
     f"VALUES ({', '.join('?' * len(OBSERVATION_COLUMNS))})"
@@ -145,6 +146,22 @@ class SqliteStore(Store):
         )
         return [Observation(*row) for row in rows]
 
+    async def track_many(
+        self, uavs: Sequence[str], t_from: float, t_to: float, limit: int
+    ) -> list[Observation]:
+        ids = list(dict.fromkeys(uavs))
+        if not ids:
+            return []
+        sql = (
+            f"SELECT {_COLUMNS} FROM observations WHERE uav IN ({', '.join('?' * len(ids))}) "
+            "AND t >= ? AND t <= ? ORDER BY t, uav LIMIT ?"
+        )
+        params = (*ids, t_from, t_to, limit)
+        rows = await self._run(
+            self._reader, lambda: self._r().execute(sql, params).fetchall()
+        )
+        return [Observation(*row) for row in rows]
+
     async def latest_observations(self, t_min: float) -> list[Observation]:
         cols = ", ".join(f"o.{c}" for c in OBSERVATION_COLUMNS)
         sql = (
@@ -184,16 +201,29 @@ class SqliteStore(Store):
         return await self._run(self._writer, insert)
 
     async def token_by_hash(self, token_hash: str) -> TokenRecord | None:
-        def fetch() -> Any:
-            return self._r().execute(
-                "SELECT id, name, role, operator, expires_at, revoked FROM tokens WHERE hash = ?",
-                (token_hash,),
-            ).fetchone()
+        rows = await self._tokens("WHERE hash = ?", (token_hash,))
+        return rows[0] if rows else None
 
-        row = await self._run(self._reader, fetch)
-        if row is None:
-            return None
-        return TokenRecord(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+    async def token_by_id(self, token_id: int) -> TokenRecord | None:
+        rows = await self._tokens("WHERE id = ?", (token_id,))
+        return rows[0] if rows else None
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        return await self._tokens("ORDER BY id", ())
+
+    async def _tokens(self, where: str, args: tuple[Any, ...]) -> list[TokenRecord]:
+        sql = f"SELECT {_TOKEN_COLUMNS} FROM tokens {where}"
+        rows = await self._run(self._reader, lambda: self._r().execute(sql, args).fetchall())
+        return [TokenRecord(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6]) for r in rows]
+
+    async def revoke_token_id(self, token_id: int) -> bool:
+        def revoke() -> bool:
+            cur = self._w().execute(
+                "UPDATE tokens SET revoked = 1 WHERE id = ? AND revoked = 0", (token_id,)
+            )
+            return cur.rowcount == 1
+
+        return await self._run(self._writer, revoke)
 
     async def revoke_token(self, token_hash: str) -> bool:
         def revoke() -> bool:
@@ -222,13 +252,18 @@ class SqliteStore(Store):
         await self._run(self._writer, upsert)
 
     async def uavs(self) -> list[UavRecord]:
-        def fetch() -> list[Any]:
-            return self._r().execute(
-                "SELECT uav, operator, aliases, priority, serial, model, uav_class, max_speed_mps "
-                "FROM uavs ORDER BY uav"
-            ).fetchall()
+        return await self._uavs("ORDER BY uav", ())
 
-        rows = await self._run(self._reader, fetch)
+    async def uav(self, uav: str) -> UavRecord | None:
+        rows = await self._uavs("WHERE uav = ?", (uav,))
+        return rows[0] if rows else None
+
+    async def _uavs(self, where: str, args: tuple[Any, ...]) -> list[UavRecord]:
+        sql = (
+            "SELECT uav, operator, aliases, priority, serial, model, uav_class, max_speed_mps "
+            f"FROM uavs {where}"
+        )
+        rows = await self._run(self._reader, lambda: self._r().execute(sql, args).fetchall())
         return [
             UavRecord(r[0], r[1], tuple(json.loads(r[2])), bool(r[3]), r[4], r[5], r[6], r[7])
             for r in rows

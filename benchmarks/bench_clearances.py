@@ -1,0 +1,153 @@
+"""Clearance decisions per second: the R-tree over reserved volumes against a naive scan.
+
+    .venv/bin/python -m benchmarks.bench_clearances [--clearances 1000] [--zones 1000]
+        [--requests 300] [--naive 60]
+
+Setup, around Chongqing (lon 106.4..106.8, lat 29.5..29.8): `--clearances` granted volumes
+already reserved (delivery routes of 2..6 points, 1..8 km, 60..110 m, 8..20 m/s, corridors
+20..50 m, departures over 24 h) and `--zones` zones (benchmarks/bench_geofence.py's generator:
+circles and polygons of 30..600 m, all prohibited, with bands, windows and schedules).
+
+A decision is what POST /v1/clearances does under its lock, without storage: build the 4D
+volume, screen it against the zones (STRtree) and the ceiling, and look for reserved volumes it
+meets. Indexed: `VolumeIndex` (3D R-tree over lon, lat, time). Naive: the same decision with the
+reserved volumes scanned one by one (`naive_conflicts`), on the first `--naive` requests; both
+must name the same clearances at the same instants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+from benchmarks.bench_geofence import random_zones
+from geofence.clearances import (
+    Heights,
+    RouteRequest,
+    Volume,
+    VolumeIndex,
+    ZoneScreen,
+    build_volume,
+    ceiling_reason,
+    naive_conflicts,
+)
+from geofence.index import ZoneIndex
+
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+TOLERANCE_S = 30.0
+PIECE_S = 30.0
+MAX_AGL_M = 120.0
+M_PER_DEG_LAT = 110_850.0
+M_PER_DEG_LON = 96_800.0
+
+
+def random_route(rng: np.random.Generator, uav: str) -> RouteRequest:
+    """A delivery route in the box: a start, then 1..5 legs heading roughly one way."""
+    n = int(rng.integers(2, 7))
+    total_m = float(rng.uniform(1000.0, 8000.0))
+    heading = float(rng.uniform(0.0, 2 * np.pi))
+    lon, lat = float(rng.uniform(106.42, 106.78)), float(rng.uniform(29.52, 29.78))
+    alt = float(rng.uniform(60.0, 110.0))
+    points = [(lon, lat, alt)]
+    for _ in range(n - 1):
+        leg = total_m / (n - 1)
+        h = heading + float(rng.normal(0.0, 0.5))
+        lon += leg * np.sin(h) / M_PER_DEG_LON
+        lat += leg * np.cos(h) / M_PER_DEG_LAT
+        alt = float(np.clip(alt + rng.normal(0.0, 10.0), 40.0, 105.0))
+        points.append((lon, lat, alt))
+    return RouteRequest(
+        uav=uav, coordinates=tuple(points), departure=T0 + float(rng.uniform(0.0, 86400.0)),
+        speed_mps=float(rng.uniform(8.0, 20.0)), corridor_m=float(rng.uniform(20.0, 50.0)),
+        vertical_m=float(rng.uniform(10.0, 15.0)),
+    )
+
+
+def _volume(req: RouteRequest) -> Volume:
+    return build_volume(req, tolerance_s=TOLERANCE_S, piece_s=PIECE_S)
+
+
+def _decide(req: RouteRequest, screen: ZoneScreen, heights: Heights,
+            conflicts: Any) -> tuple[list[dict[str, Any]], list[Any]]:
+    volume = _volume(req)
+    ground = heights.ground_range(volume)
+    reasons = screen.reasons(volume, req.uav, heights, ground)
+    ceiling = ceiling_reason(volume, heights, MAX_AGL_M, ground)
+    if ceiling is not None:
+        reasons.append(ceiling)
+    found = conflicts(volume)
+    return reasons, found
+
+
+def _stats(times_s: list[float]) -> dict[str, float]:
+    ordered = sorted(times_s)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {
+        "decisions_per_s": len(times_s) / sum(times_s),
+        "p50_ms": statistics.median(times_s) * 1e3,
+        "p99_ms": p99 * 1e3,
+    }
+
+
+def run(clearances: int = 1000, zones: int = 1000, requests: int = 300,
+        naive: int = 60, seed: int = 11) -> dict[str, Any]:
+    """Figures of one run: indexed and naive decisions/s, latencies, their ratio."""
+    rng = np.random.default_rng(seed)
+    t_setup = time.perf_counter()
+    existing = {f"c{k:05d}": _volume(random_route(rng, f"U{k}")) for k in range(clearances)}
+    screen = ZoneScreen(ZoneIndex(random_zones(zones, rng)))
+    index = VolumeIndex(existing.items())
+    setup_s = time.perf_counter() - t_setup
+    heights = Heights()
+    asks = [random_route(rng, f"N{k}") for k in range(requests)]
+    _decide(asks[0], screen, heights, index.conflicts)  # warm-up
+
+    indexed: list[float] = []
+    denied = met = 0
+    answers = []
+    for req in asks:
+        t0 = time.perf_counter()
+        reasons, found = _decide(req, screen, heights, index.conflicts)
+        indexed.append(time.perf_counter() - t0)
+        denied += bool(reasons or found)
+        met += bool(found)
+        answers.append(found)
+
+    scanned: list[float] = []
+    equal = True
+    for req, expected in zip(asks[:naive], answers, strict=False):
+        t0 = time.perf_counter()
+        _, found = _decide(req, screen, heights, lambda v: naive_conflicts(v, existing))
+        scanned.append(time.perf_counter() - t0)
+        equal = equal and found == expected
+
+    pieces = sum(len(v) for v in existing.values())
+    fast, slow = _stats(indexed), _stats(scanned)
+    return {
+        "clearances": clearances, "pieces": pieces, "zones": zones, "requests": requests,
+        "setup_s": round(setup_s, 2),
+        "indexed": {k: round(v, 2) for k, v in fast.items()},
+        "naive": {k: round(v, 2) for k, v in slow.items()},
+        "naive_requests": len(scanned),
+        "ratio": round(fast["decisions_per_s"] / slow["decisions_per_s"], 1),
+        "denied": denied, "meeting_a_clearance": met, "naive_equal": equal,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--clearances", type=int, default=1000)
+    parser.add_argument("--zones", type=int, default=1000)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--naive", type=int, default=60)
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.clearances, args.zones, args.requests, args.naive), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""Fusion and the live traffic feed at city scale: 5,000 aircraft reporting at 1 Hz.
+
+Traffic: N aircraft around lon 106.55, lat 29.65; 40 % are heard twice (native telemetry over a
+satellite relay, and their F3411 broadcast under an alias, 0.3 s later and 8 m off), the rest
+once. Reports arrive in commit-sized batches (500 rows).
+
+Parts, all in `run()`:
+- fusion: `FusedPicture.add` plus the cross-check's pairing and vectorised comparison, per
+  observation (the fusion check stage's work, without the alert manager);
+- fan-out: one second of the feed for 20 clients at rate_hz=1: every aircraft updated, then each
+  view flushed once; (a) all 20 clients with the same view (one shared diff), (b) 20 different
+  views (20 diffs). CPU per second of traffic, and bytes queued;
+- end to end (`--e2e`, seconds given): a real server process (`lowalt serve`, SQLite), one
+  gateway sending N aircraft at 1 Hz, 20 SSE clients at rate_hz=1; age of each state at its
+  arrival (arrival wall time - the state's `t`), which includes the up-to-1 s wait for the next
+  flush of a 1 Hz view.
+
+    .venv/bin/python -m benchmarks.bench_traffic [--n 5000] [--clients 20] [--e2e 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import random
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from dispatch.traffic import TrafficFeed
+from geofence.fusion_stage import CrossCheck
+from lowalt.fusion import M_PER_DEG, FusedPicture, Identities
+from lowalt.metrics import Metrics
+from lowalt.models import Observation, Principal
+from lowalt.storage import UavRecord
+
+CENTRE_LAT, CENTRE_LON = 29.65, 106.55
+BATCH = 500
+REGULATOR = Principal(0, "bench", "regulator")
+
+
+@dataclass
+class StaticRegistry:
+    by_uav: Mapping[str, UavRecord] = field(default_factory=dict)
+    alias_to_uav: Mapping[str, str] = field(default_factory=dict)
+
+
+def fleet(n: int, seed: int = 7) -> tuple[StaticRegistry, list[tuple[float, float, bool]]]:
+    """Registry (every aircraft registered, the heard-twice ones with an alias) and per aircraft
+    (lat, lon, heard twice)."""
+    rnd = random.Random(seed)
+    records, aliases, spots = {}, {}, []
+    for k in range(n):
+        twice = rnd.random() < 0.4
+        uav = f"U{k:05d}"
+        records[uav] = UavRecord(uav, f"op{k % 50}", (f"SN{k:08d}",) if twice else ())
+        if twice:
+            aliases[f"SN{k:08d}"] = uav
+        spots.append((CENTRE_LAT + rnd.uniform(-0.18, 0.18),
+                      CENTRE_LON + rnd.uniform(-0.2, 0.2), twice))
+    return StaticRegistry(records, aliases), spots
+
+
+def second_of_reports(spots: list[tuple[float, float, bool]], t: float) -> list[Observation]:
+    rows = []
+    for k, (lat, lon, twice) in enumerate(spots):
+        moved = lat + 12.0 * (t % 600) / M_PER_DEG
+        rows.append(Observation(f"U{k:05d}", t + k * 1e-4, moved, lon, 120.0, 12.0, 0.0, 0.0,
+                                60.0, "airborne", 10.0, 15.0, "sat/gateway/native", t))
+        if twice:
+            rows.append(Observation(f"SN{k:08d}", t + k * 1e-4 + 0.3, moved + 8 / M_PER_DEG, lon,
+                                    121.0, 12.0, 0.0, 0.0, None, "airborne", 30.0, 45.0,
+                                    "rx-1/gateway/f3411", t))
+    return rows
+
+
+def bench_fusion(n: int, seconds: int = 5) -> dict[str, Any]:
+    registry, spots = fleet(n)
+    picture = FusedPicture(Identities(registry))
+    check = CrossCheck(picture, floor_m=100.0, k=2.0, default_acc_h_m=30.0)
+    t0 = 1_764_000_000.0
+    batches = [second_of_reports(spots, t0 + s) for s in range(seconds + 1)]
+    for start in range(0, len(batches[0]), BATCH):  # warm-up: every aircraft exists
+        picture.add(batches[0][start:start + BATCH])
+    picture.refresh()
+    add_s = check_s = refresh_s = 0.0
+    observations = mismatches = fused = 0
+    for rows in batches[1:]:
+        for start in range(0, len(rows), BATCH):
+            batch = rows[start:start + BATCH]
+            t1 = time.perf_counter()
+            picture.add(batch)
+            t2 = time.perf_counter()
+            _, present = check.cross_check(check.pairs(batch))
+            t3 = time.perf_counter()
+            add_s += t2 - t1
+            check_s += t3 - t2
+            observations += len(batch)
+            mismatches += len(present)
+        t4 = time.perf_counter()
+        fused += len(picture.refresh())  # once a second, as the feed and the monitor do
+        refresh_s += time.perf_counter() - t4
+    return {
+        "aircraft": len(picture), "observations": observations,
+        "file_us_per_obs": round(add_s / observations * 1e6, 2),
+        "crosscheck_us_per_obs": round(check_s / observations * 1e6, 2),
+        "refresh_ms_per_s": round(refresh_s / seconds * 1e3, 2),
+        "fusion_us_per_obs": round((add_s + check_s + refresh_s) / observations * 1e6, 2),
+        "fused_states_per_s": round(fused / (add_s + check_s + refresh_s)),
+        "observations_per_s": round(observations / (add_s + check_s + refresh_s)),
+        "false_mismatches": mismatches,
+    }
+
+
+async def bench_fanout(n: int, clients: int, seconds: int = 5) -> dict[str, Any]:
+    registry, spots = fleet(n)
+    results: dict[str, Any] = {"aircraft": n, "clients": clients}
+    for case in ("same_view", "distinct_views"):
+        picture = FusedPicture(Identities(registry))
+        t0 = time.time() - seconds - 2
+        feed = TrafficFeed(picture, gone_after_s=60.0, max_clients=1000, buffer_bytes=1 << 30,
+                           heartbeat_s=15.0, write_timeout_s=10.0, metrics=Metrics(),
+                           clock=lambda t_end=t0 + seconds + 1: t_end)
+        conns = []
+        for c in range(clients):
+            bbox = ((-180.0, -90.0, 180.0, 90.0) if case == "same_view"
+                    else (CENTRE_LON - 0.2 - c * 1e-4, CENTRE_LAT - 0.18, CENTRE_LON + 0.2,
+                          CENTRE_LAT + 0.18))
+            client = feed.connect(REGULATOR, bbox, 1.0)
+            assert client is not None
+            conns.append(client)
+        now = time.monotonic() + 1.0  # the views' first flushes are due
+        rows = second_of_reports(spots, t0)
+        picture.add(rows)
+        feed.flush_due(now)  # the first flush: every client's snapshot
+        for client in conns:
+            await client.get(0)
+        flush_s, queued = [], 0
+        for s in range(1, seconds + 1):
+            picture.add(second_of_reports(spots, t0 + s))
+            picture.refresh()  # fusion: measured by bench_fusion, not here
+            now += 1.0
+            started = time.perf_counter()
+            feed.flush_due(now)
+            flush_s.append(time.perf_counter() - started)
+            for client in conns:
+                queued += sum(len(f.sse) for f in await client.get(0))
+        results[case] = {
+            "flush_ms_per_s": round(statistics.median(flush_s) * 1e3, 2),
+            "mb_queued_per_s": round(queued / seconds / 1e6, 2),
+        }
+    return results
+
+
+async def bench_e2e(n: int, clients: int, seconds: float) -> dict[str, Any]:
+    from benchmarks.ingest import database, percentile, server
+    from ingest.client import GatewayClient
+
+    with database("sqlite") as url, server(url) as srv:
+        reg = srv.cli("token", "create", "--role", "regulator")
+        gw = srv.cli("token", "create", "--role", "gateway")
+        base = f"http://127.0.0.1:{srv.http_port}"
+        ages: list[float] = []
+        counts = [0] * clients
+        sent = [0]
+        measuring = asyncio.Event()
+        _, spots = fleet(n)
+
+        async def subscriber(k: int, session: aiohttp.ClientSession) -> None:
+            async with session.get(f"{base}/v1/traffic/stream?rate_hz=1",
+                                   headers={"Authorization": f"Bearer {reg}"}) as resp:
+                buf = bytearray()
+                async for chunk in resp.content.iter_any():  # events are ~1 MB lines
+                    start = max(0, len(buf) - 1)
+                    buf += chunk
+                    end = buf.find(b"\n\n", start)
+                    while end >= 0:
+                        event, buf = bytes(buf[:end]), buf[end + 2:]
+                        end = buf.find(b"\n\n")
+                        arrived = time.time()
+                        at = event.find(b"data: ")
+                        if at < 0 or not measuring.is_set():
+                            continue
+                        if k == 0:  # one client parses and times every state
+                            items = json.loads(event[at + 6:])
+                            counts[k] += len(items)
+                            ages.extend(arrived - i["t"] for i in items if "t" in i)
+                        else:  # the others count states, to keep the load generator light
+                            counts[k] += event.count(b'{"uav"')
+
+        async def sender(stop_at: float) -> None:
+            client = await GatewayClient.connect("127.0.0.1", srv.gateway_port, gw, "sat")
+            slices = 10  # each aircraft once a second, in ten frames a second
+            reader = asyncio.create_task(acks(client))
+            try:
+                tick = time.monotonic()
+                while tick < stop_at:
+                    for part in range(slices):
+                        t = time.time()
+                        obs = [[f"U{k:05d}", t, lat + 12.0 * (t % 600) / M_PER_DEG, lon, 120.0,
+                                12.0, 0.0, 0.0, 60.0]
+                               for k, (lat, lon, _) in enumerate(spots) if k % slices == part]
+                        client.send_obs(obs)
+                        sent[0] += len(obs)
+                        await client.drain()
+                        tick += 1.0 / slices
+                        await asyncio.sleep(max(0.0, tick - time.monotonic()))
+            finally:
+                reader.cancel()
+                await client.close()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+
+        async def acks(client: GatewayClient) -> None:
+            with contextlib.suppress(EOFError):
+                while True:
+                    await client.recv()
+
+        async with aiohttp.ClientSession() as session:
+            subs = [asyncio.create_task(subscriber(k, session)) for k in range(clients)]
+            warmup = 5.0
+            send = asyncio.create_task(sender(time.monotonic() + warmup + seconds))
+            await asyncio.sleep(warmup)
+            measuring.set()
+            cpu_before = _cpu_s(srv.proc.pid)
+            await asyncio.sleep(seconds)
+            cpu_s = _cpu_s(srv.proc.pid) - cpu_before
+            measuring.clear()
+            await send
+            for task in subs:
+                task.cancel()
+            await asyncio.gather(*subs, return_exceptions=True)
+        return {
+            "aircraft": n, "clients": clients, "seconds": seconds,
+            "sent_per_s": round(sent[0] / (warmup + seconds)),
+            "updates_per_client_per_s": round(statistics.mean(counts) / seconds),
+            "age_p50_ms": round(percentile(ages, 0.5) * 1e3),
+            "age_p99_ms": round(percentile(ages, 0.99) * 1e3),
+            "age_max_ms": round(max(ages) * 1e3) if ages else math.nan,
+            "server_cpu_percent": round(100 * cpu_s / seconds),
+        }
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(n: int = 5000, clients: int = 20, e2e_s: float = 0.0) -> dict[str, Any]:
+    """Fusion per observation, feed fan-out per second, and (e2e_s > 0) the end-to-end run."""
+    result: dict[str, Any] = {"fusion": bench_fusion(n),
+                              "fanout": asyncio.run(bench_fanout(n, clients))}
+    if e2e_s > 0:
+        result["e2e"] = asyncio.run(bench_e2e(n, clients, e2e_s))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--e2e", type=float, default=0.0, metavar="SECONDS")
+    args = parser.parse_args()
+    print(json.dumps(run(args.n, args.clients, args.e2e), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Frames the server pushes to telemetry connections: which open session carries which UAV.
+
+A streaming session (gateway or WebSocket, `ingest.frames.FrameSession`) registers the UAVs of
+the observations it submits and unregisters when its connection closes. `PushHub.push` hands a
+payload to every session that carried the UAV; each writes it through its own `OrderedReplies`,
+after the answers it already owes, in the connection's encoding (API.md section 2.2: a client
+ignores keys it does not know). Pushing is best effort: a UAV with no open session gets nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+
+class PushTarget(Protocol):
+    """A session that can write a server-initiated frame to its peer."""
+
+    def deliver(self, payload: Mapping[str, Any]) -> bool:
+        """Queue payload for the peer; False when the connection can take nothing more."""
+
+
+class PushHub:
+    def __init__(self) -> None:
+        self._sessions_of: dict[str, set[PushTarget]] = {}
+        self._uavs_of: dict[PushTarget, set[str]] = {}
+
+    def register(self, session: PushTarget, uavs: Iterable[str]) -> None:
+        """Note that session carries uavs (repeats are cheap: a set lookup per UAV)."""
+        known = self._uavs_of.setdefault(session, set())
+        for uav in uavs:
+            if uav not in known:
+                known.add(uav)
+                self._sessions_of.setdefault(uav, set()).add(session)
+
+    def unregister(self, session: PushTarget) -> None:
+        for uav in self._uavs_of.pop(session, ()):
+            sessions = self._sessions_of.get(uav)
+            if sessions is not None:
+                sessions.discard(session)
+                if not sessions:
+                    del self._sessions_of[uav]
+
+    def sessions(self, uav: str) -> int:
+        """How many open sessions carry uav."""
+        return len(self._sessions_of.get(uav, ()))
+
+    def push(self, uav: str, payload: Mapping[str, Any]) -> int:
+        """Send payload on every open session that carried uav; how many took it."""
+        return sum(1 for s in list(self._sessions_of.get(uav, ())) if s.deliver(payload))

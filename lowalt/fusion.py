@@ -1,0 +1,528 @@
+"""The fused picture: one state per aircraft, built from every source that reports it.
+
+Identity: an observation keeps the identifier it was reported with (`uav`, stored unaltered).
+`Identities` maps that identifier to a canonical aircraft through the registry: a registered
+UAV's id is its own, each of its aliases (F3411 UAS ID / serial / session id, operator ids) maps
+to it, and a 6-hex-digit alias (an ADS-B ICAO address) also matches "ICAO-<HEX>", the id the SBS
+codec reports. Identifiers the registry does not know are aircraft of their own, unregistered.
+
+Per aircraft and source (the observation's `source`, "<name>/<transport>/<format>") the picture
+keeps the newest `reports_per_source` reports, sorted by `t`. The fused state (docs/ARCHITECTURE.md,
+"Fusion") takes the newest report of each source heard within `window_s` of the newest report of
+all (time T), extrapolates each to T at its own velocity, and averages them weighted by inverse
+variance, where a report's standard deviation is half its 95 % accuracy (a default when absent)
+plus a * age^2 / 2 for unmodelled manoeuvre: a source that stops fades out smoothly as it ages.
+
+Fusion is lazy: `add` (every committed batch) only files reports; `refresh` (each reader, before
+it reads: the feed's flush, the monitor's tick, the API) fuses the aircraft that changed since.
+Readers: `aircraft` (canonical id -> `Aircraft`, whose `state` is an Observation with the
+canonical id), and per-slot column arrays (`lat`, `lon`, `heard_t`, `version`, `epoch`, `owner`,
+`present`, `ids`) that the traffic feed filters with numpy. Each aircraft holds one slot while it
+exists; `epoch` changes when a slot is given to another aircraft, `version` on every fused update.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from aiohttp import web
+
+from lowalt.models import Observation
+from lowalt.settings import Settings
+from lowalt.storage import UavRecord
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+Bool = npt.NDArray[np.bool_]
+Obj = npt.NDArray[np.object_]
+
+EARTH_RADIUS_M = 6_371_008.8
+M_PER_DEG = EARTH_RADIUS_M * math.pi / 180.0
+ICAO_PREFIX = "ICAO-"
+_HEX6 = re.compile(r"[0-9A-Fa-f]{6}")
+# The fused status is the most urgent one any source in the blend reports.
+STATUS_RANK: dict[str | None, int] = {
+    None: 0, "ground": 1, "airborne": 2, "lost_link": 3, "emergency": 4,
+}
+MIN_ACC_M = 1.0  # a reported accuracy of 0 would take all the weight
+
+
+def source_name(source: str) -> str:
+    """The gateway or token name of a source "<name>/<transport>/<format>"."""
+    return source.split("/", 1)[0]
+
+
+def is_sbs(source: str) -> bool:
+    return source.endswith("/sbs")
+
+
+def reported_ids(uav: str, aliases: Iterable[str]) -> tuple[str, ...]:
+    """Every identifier a registered UAV's reports may carry: its id, its aliases and, for an
+    alias that is an ICAO address (6 hex digits), the SBS codec's "ICAO-<HEX>"."""
+    ids = [uav]
+    for alias in aliases:
+        ids.append(alias)
+        if _HEX6.fullmatch(alias):
+            ids.append(ICAO_PREFIX + alias.upper())
+    return tuple(dict.fromkeys(ids))
+
+
+class RegistryView(Protocol):
+    """What identity needs of lowalt.auth.Registry: its tables, swapped whole on change."""
+
+    @property
+    def by_uav(self) -> Mapping[str, UavRecord]: ...
+
+    @property
+    def alias_to_uav(self) -> Mapping[str, str]: ...
+
+
+def identity_of(registry: RegistryView, uav: str) -> tuple[str, tuple[str, ...]]:
+    """(canonical id, every identifier of that aircraft) for a reported or canonical id."""
+    canonical = uav if uav in registry.by_uav else registry.alias_to_uav.get(uav)
+    if canonical is None and uav.startswith(ICAO_PREFIX):
+        hex_id = uav[len(ICAO_PREFIX):]
+        canonical = registry.alias_to_uav.get(hex_id) or registry.alias_to_uav.get(hex_id.lower())
+    record = registry.by_uav.get(canonical) if canonical is not None else None
+    if record is None:
+        return uav, (uav,)
+    return record.uav, reported_ids(record.uav, record.aliases)
+
+
+class Identities:
+    """Reported identifier -> canonical aircraft, rebuilt when the registry's tables change."""
+
+    def __init__(self, registry: RegistryView) -> None:
+        self.registry = registry
+        self.canonical_of: dict[str, str] = {}
+        self.operator_of: dict[str, str] = {}  # canonical (registered) id -> operator
+        self._seen: tuple[object, object] | None = None
+
+    def sync(self) -> bool:
+        """Follow the registry (it swaps its dicts on every change or refresh); True when the
+        mapping or an owner actually changed."""
+        reg = self.registry
+        if self._seen is not None and reg.by_uav is self._seen[0] and (
+            reg.alias_to_uav is self._seen[1]
+        ):
+            return False
+        self._seen = (reg.by_uav, reg.alias_to_uav)
+        canonical_of: dict[str, str] = {}
+        for record in reg.by_uav.values():
+            for reported in reported_ids(record.uav, record.aliases)[1:]:
+                canonical_of.setdefault(reported, record.uav)
+        for uav in reg.by_uav:
+            canonical_of[uav] = uav  # a registered id is always its own aircraft
+        operator_of = {uav: record.operator for uav, record in reg.by_uav.items()}
+        changed = canonical_of != self.canonical_of or operator_of != self.operator_of
+        self.canonical_of, self.operator_of = canonical_of, operator_of
+        return changed
+
+    def resolve(self, uav: str) -> str:
+        return self.canonical_of.get(uav, uav)
+
+
+@dataclass(slots=True, eq=False)
+class Aircraft:
+    """One aircraft of the fused picture."""
+
+    uav: str  # canonical id
+    slot: int
+    registered: bool
+    operator: str | None
+    sources: dict[str, list[Observation]] = field(default_factory=dict)  # sorted by t
+    state: Observation | None = None  # fused; uav = canonical, source = newest source's
+    used: tuple[str, ...] = ()  # the sources blended into `state`, newest first
+    version: int = 0
+
+    @property
+    def kind(self) -> str:
+        """"crewed" for an unregistered aircraft heard by ADS-B (SBS), else "uav"."""
+        crewed = not self.registered and self.state is not None and is_sbs(self.state.source)
+        return "crewed" if crewed else "uav"
+
+    def newest_reports(self) -> list[Observation]:
+        return [reports[-1] for reports in self.sources.values()]
+
+    def as_json(self) -> dict[str, Any]:
+        """The traffic feed's state message (API.md section 7, docs/API.md)."""
+        s = self.state
+        assert s is not None
+        return {
+            "uav": self.uav, "t": s.t, "lat": round(s.lat, 7), "lon": round(s.lon, 7),
+            "alt_m": round(s.alt_m, 2), "agl_m": _round(s.agl_m),
+            "speed_mps": _round(s.speed_mps), "track_deg": _round(s.track_deg),
+            "vspeed_mps": _round(s.vspeed_mps), "kind": self.kind, "sources": list(self.used),
+            "status": s.status, "registered": self.registered,
+            "acc_h_m": _round(s.acc_h_m, 1), "acc_v_m": _round(s.acc_v_m, 1),
+        }
+
+
+def _round(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+class FusedPicture:
+    def __init__(
+        self,
+        identities: Identities,
+        *,
+        window_s: float = 10.0,
+        reports_per_source: int = 16,
+        default_acc_h_m: float = 30.0,
+        default_acc_v_m: float = 45.0,
+        manoeuvre_mps2: float = 2.0,
+        capacity: int = 1024,
+    ) -> None:
+        self.identities = identities
+        self.window_s = window_s
+        self.reports_per_source = reports_per_source
+        self.default_acc_h_m, self.default_acc_v_m = default_acc_h_m, default_acc_v_m
+        self.manoeuvre_mps2 = manoeuvre_mps2
+        self.aircraft: dict[str, Aircraft] = {}
+        self._dirty: dict[str, Aircraft] = {}  # new reports since the last refresh
+        self._version = 0
+        self._free: list[int] = []
+        self._next_slot = 0
+        self._operator_codes: dict[str, int] = {}
+        self.capacity = 0
+        self.lat: F64 = np.zeros(0)
+        self.lon: F64 = np.zeros(0)
+        self.heard_t: F64 = np.zeros(0)  # t of the fused state (newest report of any source)
+        self.version: I64 = np.zeros(0, dtype=np.int64)
+        self.epoch: I64 = np.zeros(0, dtype=np.int64)
+        self.owner: I64 = np.zeros(0, dtype=np.int64)  # operator code, -1 unregistered
+        self.present: Bool = np.zeros(0, dtype=bool)
+        self.ids: Obj = np.zeros(0, dtype=object)
+        self.by_slot: list[Aircraft | None] = []
+        self._grow(capacity)
+        identities.sync()
+
+    def __len__(self) -> int:
+        return len(self.aircraft)
+
+    @property
+    def slots_used(self) -> int:
+        """Slots below this index may hold an aircraft: the column arrays' live prefix."""
+        return self._next_slot
+
+    def operator_code(self, operator: str) -> int | None:
+        return self._operator_codes.get(operator)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Follow registry changes: ownership, and aircraft whose id became an alias."""
+        if self.identities.sync():
+            self._rekey()
+
+    def add(self, rows: Iterable[Observation]) -> None:
+        """Take committed rows (any order). The fused states of the aircraft whose newest
+        report changed are computed at the next `refresh`."""
+        self.sync()
+        resolve = self.identities.canonical_of.get
+        aircraft = self.aircraft
+        limit = self.reports_per_source
+        touched = self._dirty
+        for row in rows:
+            uav = resolve(row.uav, row.uav)
+            a = aircraft.get(uav)
+            if a is None:
+                a = self._new(uav)
+            reports = a.sources.get(row.source)
+            if reports is None:
+                a.sources[row.source] = [row]
+            elif row.t > reports[-1].t:
+                reports.append(row)
+                if len(reports) > limit:
+                    del reports[0]
+            else:  # late: kept for the cross-check; the fused state uses newest reports only
+                _insert_late(reports, row, limit)
+                continue
+            touched[uav] = a
+
+    def refresh(self) -> list[Aircraft]:
+        """Fuse the aircraft with new reports since the last refresh; return them. Readers call
+        it first: the cost is paid once per read tick, not per report."""
+        if not self._dirty:
+            return []
+        aircraft = self.aircraft
+        changed = [a for uav, a in self._dirty.items() if aircraft.get(uav) is a]
+        self._dirty.clear()
+        self._refresh(changed)
+        return changed
+
+    def forget_silent(self, before_t: float) -> int:
+        """Drop aircraft whose newest report is older than before_t; return how many."""
+        old = [a for a in self.aircraft.values() if a.state is not None and a.state.t < before_t]
+        for a in old:
+            self._remove(a)
+        return len(old)
+
+    def _new(self, uav: str) -> Aircraft:
+        if self._free:
+            slot = self._free.pop()
+        else:
+            slot = self._next_slot
+            self._next_slot += 1
+            if slot >= self.capacity:
+                self._grow(2 * self.capacity)
+        operator = self.identities.operator_of.get(uav)
+        a = Aircraft(uav, slot, operator is not None, operator)
+        self.aircraft[uav] = a
+        self.by_slot[slot] = a
+        self.epoch[slot] += 1
+        self.present[slot] = True
+        self.heard_t[slot] = -np.inf  # not in any view until its first refresh
+        self.ids[slot] = uav
+        self.owner[slot] = self._code(operator)
+        return a
+
+    def _remove(self, a: Aircraft) -> None:
+        del self.aircraft[a.uav]
+        self.by_slot[a.slot] = None
+        self.present[a.slot] = False
+        self._free.append(a.slot)
+
+    def _code(self, operator: str | None) -> int:
+        if operator is None:
+            return -1
+        return self._operator_codes.setdefault(operator, len(self._operator_codes))
+
+    def _grow(self, capacity: int) -> None:
+        extra = capacity - self.capacity
+        self.lat = np.concatenate([self.lat, np.zeros(extra)])
+        self.lon = np.concatenate([self.lon, np.zeros(extra)])
+        self.heard_t = np.concatenate([self.heard_t, np.full(extra, -np.inf)])
+        self.version = np.concatenate([self.version, np.zeros(extra, dtype=np.int64)])
+        self.epoch = np.concatenate([self.epoch, np.zeros(extra, dtype=np.int64)])
+        self.owner = np.concatenate([self.owner, np.full(extra, -1, dtype=np.int64)])
+        self.present = np.concatenate([self.present, np.zeros(extra, dtype=bool)])
+        self.ids = np.concatenate([self.ids, np.full(extra, None, dtype=object)])
+        self.by_slot.extend([None] * extra)
+        self.capacity = capacity
+
+    def _rekey(self) -> None:
+        """The registry changed: update ownership, and merge aircraft whose id became an alias."""
+        resolve, operator_of = self.identities.resolve, self.identities.operator_of
+        merged: dict[str, Aircraft] = {}
+        for uav, a in list(self.aircraft.items()):
+            canonical = resolve(uav)
+            if canonical != uav:
+                self._remove(a)
+                target = self.aircraft.get(canonical) or self._new(canonical)
+                for source, reports in a.sources.items():
+                    mine = target.sources.setdefault(source, [])
+                    for row in reports:
+                        _insert_late(mine, row, self.reports_per_source)
+                merged[canonical] = target
+                continue
+            operator = operator_of.get(uav)
+            if operator != a.operator:
+                a.operator, a.registered = operator, operator is not None
+                self.owner[a.slot] = self._code(operator)
+                merged[uav] = a  # registered/kind changed: a new version for the feeds
+        for a in merged.values():
+            a.registered = a.uav in operator_of
+            a.operator = operator_of.get(a.uav)
+            self.owner[a.slot] = self._code(a.operator)
+        for a in merged.values():
+            if a.sources:
+                self._dirty[a.uav] = a
+
+    # -- fusion -----------------------------------------------------------------------------
+
+    def _refresh(self, changed: Sequence[Aircraft]) -> None:
+        if not changed:
+            return
+        window = self.window_s
+        blends: list[tuple[Aircraft, list[Observation]]] = []
+        singles: list[Aircraft] = []
+        states: list[Observation] = []
+        for a in changed:
+            sources = a.sources
+            if len(sources) == 1:
+                for reports in sources.values():
+                    row = reports[-1]
+            else:
+                used = [reports[-1] for reports in sources.values()]
+                used.sort(key=_t_of, reverse=True)
+                t_newest = used[0].t
+                used = [r for r in used if t_newest - r.t <= window]
+                if len(used) > 1:
+                    blends.append((a, used))
+                    continue
+                row = used[0]
+            state = row if row.uav == a.uav else row._replace(uav=a.uav)
+            a.state = state
+            a.used = (row.source,)
+            singles.append(a)
+            states.append(state)
+        if blends:
+            states.extend(self._blend(blends))
+            changed = singles + [a for a, _ in blends]
+        first = self._version + 1
+        self._version += len(changed)
+        for k, a in enumerate(changed):
+            a.version = first + k
+        slots = np.fromiter((a.slot for a in changed), dtype=np.int64, count=len(changed))
+        self.lat[slots] = [s.lat for s in states]
+        self.lon[slots] = [s.lon for s in states]
+        self.heard_t[slots] = [s.t for s in states]
+        self.version[slots] = np.arange(first, first + len(changed), dtype=np.int64)
+
+    def _blend(self, blends: list[tuple[Aircraft, list[Observation]]]) -> list[Observation]:
+        """Inverse-variance blend of each aircraft's used reports, vectorised over all of them.
+        Each aircraft's reports come newest first; the first gives T and the longitude origin."""
+        rows = [r for _, used in blends for r in used]
+        counts = np.array([len(used) for _, used in blends])
+        g = np.repeat(np.arange(len(blends)), counts)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        cols = np.array(
+            [(r.t, r.lat, r.lon, r.alt_m, r.speed_mps, r.track_deg, r.vspeed_mps, r.acc_h_m,
+              r.acc_v_m) for r in rows],
+            dtype=np.float64,
+        ).T
+        t, lat, lon, alt, speed, track, vspeed, acc_h, acc_v = cols
+        acc_h = np.maximum(np.where(np.isnan(acc_h), self.default_acc_h_m, acc_h), MIN_ACC_M)
+        acc_v = np.maximum(np.where(np.isnan(acc_v), self.default_acc_v_m, acc_v), MIN_ACC_M)
+        t_fused = t[starts]
+        dt = t_fused[g] - t
+        lat_x, lon_x, alt_x, ve, vn, has_v, has_vs = extrapolate(
+            lat, lon, alt, speed, track, vspeed, dt
+        )
+        grow = 0.5 * self.manoeuvre_mps2 * dt * dt
+        w = 1.0 / (acc_h / 2.0 + grow) ** 2
+        wv = 1.0 / (acc_v / 2.0 + grow) ** 2
+        n = len(blends)
+        sw, swv = np.bincount(g, w, n), np.bincount(g, wv, n)
+        lon0 = lon_x[starts]
+        dlon = (lon_x - lon0[g] + 180.0) % 360.0 - 180.0
+        lat_f = np.bincount(g, w * lat_x, n) / sw
+        lon_f = (lon0 + np.bincount(g, w * dlon, n) / sw + 180.0) % 360.0 - 180.0
+        alt_f = np.bincount(g, wv * alt_x, n) / swv
+        w_vel, w_vs = w * has_v, wv * has_vs
+        s_vel, s_vs = np.bincount(g, w_vel, n), np.bincount(g, w_vs, n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ve_f = np.bincount(g, w_vel * np.where(has_v, ve, 0.0), n) / s_vel
+            vn_f = np.bincount(g, w_vel * np.where(has_v, vn, 0.0), n) / s_vel
+            vs_f = np.bincount(g, w_vs * np.where(has_vs, vspeed, 0.0), n) / s_vs
+        speed_f = np.hypot(ve_f, vn_f)
+        track_f = np.degrees(np.arctan2(ve_f, vn_f)) % 360.0
+        acc_h_f, acc_v_f = 2.0 / np.sqrt(sw), 2.0 / np.sqrt(swv)
+        fused = np.stack([t_fused, lat_f, lon_f, alt_f, speed_f, track_f, vs_f, acc_h_f,
+                          acc_v_f]).T.tolist()
+        states = []
+        for k, (a, used) in enumerate(blends):
+            tf, la, lo, al, sp, tr, vs, acc_h_m, acc_v_m = fused[k]
+            agl = None
+            for j, r in enumerate(used):  # newest report with a height above ground
+                if r.agl_m is not None:
+                    agl = r.agl_m + al - float(alt_x[starts[k] + j])
+                    break
+            status = used[0].status
+            for r in used:
+                if STATUS_RANK.get(r.status, 0) > STATUS_RANK.get(status, 0):
+                    status = r.status
+            moving = bool(s_vel[k] > 0)
+            newest = used[0]
+            a.state = Observation(
+                a.uav, tf, la, lo, al, sp if moving else None, tr if moving else None,
+                vs if s_vs[k] > 0 else None, agl, status, acc_h_m, acc_v_m, newest.source,
+                newest.received_at,
+            )
+            a.used = tuple(r.source for r in used)
+            states.append(a.state)
+        return states
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def in_bbox(
+        self, min_lon: float, min_lat: float, max_lon: float, max_lat: float
+    ) -> list[Aircraft]:
+        """Aircraft whose fused position is inside the box (edges included), ordered by id."""
+        self.refresh()
+        n = self._next_slot
+        lat, lon = self.lat[:n], self.lon[:n]
+        mask = (self.present[:n] & (lon >= min_lon) & (lon <= max_lon) & (lat >= min_lat)
+                & (lat <= max_lat))
+        found = [self.by_slot[i] for i in np.flatnonzero(mask).tolist()]
+        return sorted((a for a in found if a is not None), key=lambda a: a.uav)
+
+
+def extrapolate(
+    lat: F64, lon: F64, alt: F64, speed: F64, track: F64, vspeed: F64, dt: F64
+) -> tuple[F64, F64, F64, F64, F64, Bool, Bool]:
+    """Positions moved dt seconds at constant velocity (locally flat Earth; unknown velocity:
+    not moved). Returns lat, lon, alt, east and north speed, and which rows had a velocity /
+    a vertical speed."""
+    rad = np.radians(track)
+    ve, vn = speed * np.sin(rad), speed * np.cos(rad)
+    has_v = np.isfinite(ve) & np.isfinite(vn)
+    has_vs = np.isfinite(vspeed)
+    ve0, vn0 = np.where(has_v, ve, 0.0), np.where(has_v, vn, 0.0)
+    coslat = np.maximum(np.cos(np.radians(lat)), 1e-6)
+    lat_x = lat + vn0 * dt / M_PER_DEG
+    lon_x = lon + ve0 * dt / (M_PER_DEG * coslat)
+    alt_x = alt + np.where(has_vs, vspeed, 0.0) * dt
+    return lat_x, lon_x, alt_x, ve, vn, has_v, has_vs
+
+
+def distance_m(lat1: F64, lon1: F64, lat2: F64, lon2: F64) -> F64:
+    """Great-circle distance (haversine, spherical Earth)."""
+    phi1, phi2 = np.radians(lat1), np.radians(lat2)
+    h = (np.sin((phi2 - phi1) / 2) ** 2
+         + np.cos(phi1) * np.cos(phi2) * np.sin(np.radians(lon2 - lon1) / 2) ** 2)
+    result: F64 = 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+    return result
+
+
+def _t_of(row: Observation) -> float:
+    return row.t
+
+
+def _insert_late(reports: list[Observation], row: Observation, limit: int) -> None:
+    """Insert row by t (a repeated t from the same source keeps the first); keep the newest
+    `limit`."""
+    i = bisect.bisect_left(reports, row.t, key=_t_of)
+    if i < len(reports) and reports[i].t == row.t:
+        return
+    reports.insert(i, row)
+    if len(reports) > limit:
+        del reports[0]
+
+
+def nearest_report(reports: list[Observation], t: float) -> Observation | None:
+    """The report of a t-sorted list nearest in time to t."""
+    i = bisect.bisect_left(reports, t, key=_t_of)
+    best: Observation | None = None
+    for j in (i - 1, i):
+        if 0 <= j < len(reports) and (best is None or abs(reports[j].t - t) < abs(best.t - t)):
+            best = reports[j]
+    return best
+
+
+def fused_picture(
+    registry: RegistryView, settings: Settings, seed: Iterable[Observation] = ()
+) -> FusedPicture:
+    """The server's picture, configured from settings, seeded (e.g. with the live picture)."""
+    picture = FusedPicture(
+        Identities(registry), window_s=settings.fusion_window_s,
+        reports_per_source=settings.fusion_reports_per_source,
+        default_acc_h_m=settings.fusion_default_acc_h_m,
+        default_acc_v_m=settings.fusion_default_acc_v_m,
+        manoeuvre_mps2=settings.fusion_manoeuvre_mps2,
+    )
+    picture.add(seed)
+    picture.refresh()
+    return picture
+
+
+FUSED = web.AppKey("fused", FusedPicture)

@@ -1,0 +1,70 @@
+"""Identity wiring: the registry, token and audit routes, and the `unregistered_uav` check.
+
+A gateway may relay any UAV (API.md section 8); one that is neither registered nor a registered
+UAV's alias raises `unregistered_uav` (warning) once, on its first stored observation. Once it is
+registered, its next observation resolves the alert. Observations that came in SBS format are
+crewed aircraft (ADS-B), not UAVs, and are not checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from aiohttp import web
+
+from dispatch.alerts import AlertManager, Condition
+from dispatch.service import DISPATCH
+from lowalt import admin, audit
+from lowalt.auth import Registry
+from lowalt.limits import LIMITS
+from lowalt.models import Observation
+
+ALERT = "unregistered_uav"
+
+
+class UnregisteredCheck:
+    """A check stage: raises `unregistered_uav` for UAVs the registry does not know."""
+
+    name = "unregistered"
+
+    def __init__(self, registry: Registry, manager: AlertManager) -> None:
+        self.registry, self.manager = registry, manager
+        self.alerted: set[str] = {a["uav"] for a in manager.open_alerts() if a["type"] == ALERT}
+
+    async def on_committed(
+        self, rows: Sequence[Observation], advanced: Sequence[Observation]
+    ) -> None:
+        newest: dict[str, Observation] = {}
+        for row in rows:
+            if not row.source.endswith("/sbs"):
+                seen = newest.get(row.uav)
+                if seen is None or row.t > seen.t:
+                    newest[row.uav] = row
+        is_known = self.registry.is_known
+        for uav, row in newest.items():
+            if is_known(uav):
+                if uav in self.alerted:
+                    self.alerted.discard(uav)
+                    await self.manager.resolve((ALERT, uav, ""), row.t, {"registered": True})
+            elif uav not in self.alerted:
+                self.alerted.add(uav)
+                await self.manager.open_or_update(Condition(
+                    ALERT, uav, "warning", row.t, row.lat, row.lon, row.alt_m,
+                    detail={"source": row.source},
+                ))
+
+
+def setup_identity(app: web.Application) -> None:
+    """Add the routes, and the check stage once dispatch runs (call after setup_dispatch)."""
+    from lowalt.app import RUNTIME  # lowalt.app imports this module
+
+    async def identity_ctx(app: web.Application) -> AsyncIterator[None]:
+        rt = app[RUNTIME]
+        rt.pipeline.stages.append(UnregisteredCheck(rt.registry, app[DISPATCH].manager))
+        app[LIMITS] = rt.ingest.limits
+        await audit.audit_log_for(rt.store).ready()
+        yield
+
+    app.cleanup_ctx.append(identity_ctx)
+    admin.add_routes(app)
+    audit.add_routes(app)
