@@ -178,6 +178,7 @@ def setup_clearances(app: web.Application) -> None:
             push=rt.ingest.push_hub.push, registry=rt.registry, metrics=rt.metrics,
         )
         await service.start()
+        app[GEOFENCE].authorised_by_clearance = service.authorises
         priority = PriorityOps(service, app[DISPATCH].manager, rt.live, rt.store,
                                registry=rt.registry, push=rt.ingest.push_hub.push)
         service.change_listeners.append(priority.on_change)

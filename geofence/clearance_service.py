@@ -554,6 +554,17 @@ class ClearanceService:
                 expired.append(changed)
         return expired
 
+    def authorises(self, uav: str, lon: float, lat: float, alt_m: float, t: float) -> bool:
+        """Whether a granted or active clearance of uav holds this 4D point (inside its corridor
+        and time window): such a flight is authorised in authorisation-required zones."""
+        for cid in self._by_uav.get(uav, ()):
+            c = self.live.get(cid)
+            if c is not None and c.state in RESERVING and self._volumes[cid].contains(
+                lon, lat, alt_m, t
+            ):
+                return True
+        return False
+
     # -- state changes -----------------------------------------------------------------------
     def _remember(self, c: Clearance, volume: Volume) -> None:
         self.live[c.id] = c

@@ -229,6 +229,12 @@ class Geofence:
         self.clock = clock
         self.index = ZoneIndex.empty()
         self.zone_listeners: list[ZoneListener] = []
+        # (uav, lon, lat, alt_m, t) -> whether a clearance authorises the UAV there; set by the
+        # clearance service: inside a granted corridor, an authorisation-required zone is no
+        # breach.
+        self.authorised_by_clearance: Callable[[str, float, float, float, float], bool] | None = (
+            None
+        )
         self._lock = asyncio.Lock()
         self._signature: tuple[int, float] = (0, 0.0)
 
@@ -291,6 +297,7 @@ class Geofence:
         found: list[Condition] = []
         if len(index):
             hits = index.check(lon, lat, agl_m, amsl_m, alt_m, t, [r.uav for r in rows])
+            hits = self._without_cleared(hits, rows, index)
             found.extend(self._zone_condition(rows[h.obs_index], h, index,
                                               float(agl_m[h.obs_index])) for h in hits)
         for k in np.flatnonzero(agl_m > self.settings.max_agl_m).tolist():
@@ -301,6 +308,24 @@ class Geofence:
                 detail={"agl_m": round(float(agl_m[k]), 1), "max_agl_m": self.settings.max_agl_m},
             ))
         return found
+
+    def _without_cleared(
+        self, hits: list[ZoneHit], rows: Sequence[Observation], index: ZoneIndex
+    ) -> list[ZoneHit]:
+        """Drop breaches of authorisation-required zones that a granted corridor covers."""
+        authorises = self.authorised_by_clearance
+        if authorises is None:
+            return hits
+        kept = []
+        for h in hits:
+            zone = index.get(h.zone_id)
+            r = rows[h.obs_index]
+            if (h.kind == "breach" and zone is not None
+                    and zone.restriction == "authorization_required"
+                    and authorises(r.uav, r.lon, r.lat, r.alt_m, r.t)):
+                continue
+            kept.append(h)
+        return kept
 
     @staticmethod
     def _zone_condition(row: Observation, hit: ZoneHit, index: ZoneIndex,

@@ -62,7 +62,7 @@ class Settings:
     crewed_separation_v_m: float = 100.0
     lookahead_s: float = 30.0
     lost_after_s: float = 5.0
-    max_plausible_speed_mps: float = 80.0
+    max_plausible_speed_mps: float = 100.0
     max_plausible_vspeed_mps: float = 30.0
     # Alerts and their feeds (dispatch/). Hysteresis and update throttling run on observation t.
     alert_clear_s: float = 3.0

@@ -412,3 +412,38 @@ async def test_flying_before_departure_less_tolerance_is_a_violation(server: Ser
     await send(server, gw, obs("EARLY-1", now - 50, route[0]))
     await send(server, gw, obs("EARLY-1", now - 46, route[0]))
     await eventually(lambda: _resolved(events_of(server, adm, "clearance_violation", c["id"])))
+
+
+async def test_a_granted_corridor_authorises_its_zone_and_only_inside(server: Server) -> None:
+    """Issue 7: a clearance through an authorisation-required zone suppresses the breach there;
+    outside its corridor it does not. (A normal request through such a zone is denied unless the
+    UAV holds a permit, which exempts it anyway; a regulator's priority clearance is granted
+    through it, so that is the case that needs the corridor to authorise the flight.)"""
+    adm, gw = await server.token("regulator"), await server.token("gateway")
+    lat0 = 29.66
+    r = await server.client.post("/v1/zones", json=zone("campus", "authorization_required",
+                                                         106.50, lat0, 400), headers=auth(adm))
+    assert r.status == 201
+    now = time.time()
+    route = east_west(lat0, length_m=600.0)  # all of it inside the 400 m zone
+    granted = await post(server, adm, {**ask("DEL-1", route, now - 25, speed=10.0),
+                                       "priority": "emergency"})
+    assert granted["state"] == "granted"
+    assert [r.get("zone") for r in granted["reasons"]] == ["campus"]  # noted, overridden
+    # On the route where it should be (240 m along at 10 m/s), in the zone: authorised.
+    await send(server, gw, obs("DEL-1", now - 1, at(-60, 0, 106.50, lat0)))
+    # Another UAV at the same place, with no clearance: a breach.
+    await send(server, gw, obs("OTHER", now - 1, at(-60, 0, 106.50, lat0)))
+    events = await eventually(lambda: alerts(server, adm, type="geofence_breach"))
+    assert [e["uav"] for e in events] == ["OTHER"]
+    # DEL-1 leaves its corridor (200 m north, still inside the 400 m zone): now a breach.
+    await send(server, gw, obs("DEL-1", now, at(-50, 200, 106.50, lat0)))
+    events = await eventually(lambda: _async_filter(
+        alerts(server, adm, type="geofence_breach"), "DEL-1"))
+    assert events[0]["zone"] == "campus"
+
+
+async def _async_filter(pending: Any, uav: str) -> list[dict[str, Any]] | None:
+    events: list[dict[str, Any]] = await pending
+    mine = [e for e in events if e["uav"] == uav]
+    return mine or None
