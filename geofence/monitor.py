@@ -102,7 +102,9 @@ class TrafficMonitor:
                     continue
                 heard = any(now - r.t <= self.lost_after_s(r) for r in a.newest_reports())
                 (fresh if heard else silent).append(state)
-        conditions = self._conflicts(fresh, now)
+        # The pair search runs on a worker thread (numpy releases the GIL for most of it), so a
+        # tick over tens of thousands of aircraft does not stall ingest on the event loop.
+        conditions = await asyncio.to_thread(self._conflicts, fresh, now)
         evaluated = {r.uav: now for r in fresh}
         await self.alerts.assess(CONFLICT_TYPES, evaluated, conditions)
         await self._telemetry_lost(fresh, silent, now)
