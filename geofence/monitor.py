@@ -38,10 +38,6 @@ EARTH_RADIUS_M = 6_371_008.8
 DEFAULT_ACCURACY_M = 10.0
 
 
-def is_crewed(row: Observation) -> bool:
-    return row.source.endswith("/sbs")
-
-
 def gateway_name(row: Observation) -> str:
     return row.source.split("/", 1)[0]
 
@@ -117,7 +113,7 @@ class TrafficMonitor:
         pairs = detect_conflicts(
             _floats(rows, "lat"), _floats(rows, "lon"), _floats(rows, "alt_m"),
             _floats(rows, "t"), _floats(rows, "speed_mps"), _floats(rows, "track_deg"),
-            _floats(rows, "vspeed_mps"), np.array([is_crewed(r) for r in rows], dtype=bool),
+            _floats(rows, "vspeed_mps"), np.array([r.crewed for r in rows], dtype=bool),
             now, self.params,
         )
         conditions = []
@@ -132,7 +128,7 @@ class TrafficMonitor:
                     "h_now_m": round(p.h_now_m, 1), "v_now_m": round(p.v_now_m, 1),
                     "t_los_s": round(p.t_los_s, 1), "cpa_s": round(p.cpa_s, 1),
                     "cpa_m": round(p.cpa_m, 1), "cpa_v_m": round(p.cpa_v_m, 1),
-                    "crewed": is_crewed(a) or is_crewed(b),
+                    "crewed": a.crewed or b.crewed,
                 },
             ))
         return conditions

@@ -285,7 +285,7 @@ class Geofence:
         Zones' active windows are taken at each row's `t`, or at `at_t` when given (a UAV known
         to be in the air now meets a zone that starts now). UAV geofences and the UAV ceiling do
         not apply to crewed aircraft (reports that came as ADS-B)."""
-        rows = [r for r in rows if not r.source.endswith("/sbs")]
+        rows = [r for r in rows if not r.crewed]
         n = len(rows)
         lon = np.fromiter((r.lon for r in rows), np.float64, n)
         lat = np.fromiter((r.lat for r in rows), np.float64, n)

@@ -59,10 +59,6 @@ def source_name(source: str) -> str:
     return source.split("/", 1)[0]
 
 
-def is_sbs(source: str) -> bool:
-    return source.endswith("/sbs")
-
-
 def reported_ids(uav: str, aliases: Iterable[str]) -> tuple[str, ...]:
     """Every identifier a registered UAV's reports may carry: its id, its aliases and, for an
     alias that is an ICAO address (6 hex digits), the SBS codec's "ICAO-<HEX>"."""
@@ -145,7 +141,7 @@ class Aircraft:
     @property
     def kind(self) -> str:
         """"crewed" for an unregistered aircraft heard by ADS-B (SBS), else "uav"."""
-        crewed = not self.registered and self.state is not None and is_sbs(self.state.source)
+        crewed = not self.registered and self.state is not None and self.state.crewed
         return "crewed" if crewed else "uav"
 
     def newest_reports(self) -> list[Observation]:

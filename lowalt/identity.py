@@ -36,7 +36,7 @@ class UnregisteredCheck:
     ) -> None:
         newest: dict[str, Observation] = {}
         for row in rows:
-            if not row.source.endswith("/sbs"):
+            if not row.crewed:
                 seen = newest.get(row.uav)
                 if seen is None or row.t > seen.t:
                     newest[row.uav] = row

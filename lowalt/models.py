@@ -25,6 +25,11 @@ class Observation(NamedTuple):
     source: str  # "<gateway or token name>/<transport>/<format>"
     received_at: float  # Unix s, when the server decoded it
 
+    @property
+    def crewed(self) -> bool:
+        """Heard as ADS-B (SBS format): a crewed aircraft, not a UAV."""
+        return self.source.endswith("/sbs")
+
 
 OBSERVATION_COLUMNS: tuple[str, ...] = Observation._fields
 UAV_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}\Z")  # a UAV id or alias (API.md section 1)
