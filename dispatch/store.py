@@ -415,13 +415,8 @@ class PostgresAlertStore(AlertStore):
         self.store = store  # a lowalt.storage.postgres.PostgresStore
 
     async def _run(self, fn: Callable[[Any], Any]) -> Any:
-        from lowalt.storage.postgres import UNAVAILABLE
-
-        try:
-            async with self.store.pool.acquire() as conn:
-                return await fn(conn)
-        except UNAVAILABLE as exc:
-            raise StorageUnavailable(f"postgres: {exc}") from exc
+        async with self.store.connection() as conn:
+            return await fn(conn)
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         rows: list[Any] = await self._run(lambda conn: conn.fetch(sql, *args))

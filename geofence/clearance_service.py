@@ -256,7 +256,7 @@ class PostgresClearanceStore(ClearanceStore):
 
     async def insert(self, c: Clearance, volume: Volume, corridor_wkt: str | None) -> None:
         wkt = corridor_wkt if corridor_wkt is not None else volume.corridor().wkt
-        async with self.store.pool.acquire() as conn:
+        async with self.store.connection() as conn:
             await conn.execute(
                 f"INSERT INTO clearances ({', '.join(_COLUMNS)}, corridor) VALUES ($1, $2, $3, "
                 "$4, $5, $6, $7, $8, $9, $10, $11, ST_Multi(ST_GeomFromText($12, 4326)))",
@@ -264,19 +264,19 @@ class PostgresClearanceStore(ClearanceStore):
             )
 
     async def update(self, c: Clearance) -> None:
-        async with self.store.pool.acquire() as conn:
+        async with self.store.connection() as conn:
             await conn.execute(
                 "UPDATE clearances SET state = $1, updated_at = $2, body = $3 WHERE id = $4",
                 c.state, c.updated_at, json.dumps(c.to_json()), c.id,
             )
 
     async def get(self, cid: str) -> Clearance | None:
-        async with self.store.pool.acquire() as conn:
+        async with self.store.connection() as conn:
             row = await conn.fetchrow("SELECT body, operator FROM clearances WHERE id = $1", cid)
         return None if row is None else Clearance.from_json(json.loads(row[0]), row[1])
 
     async def in_states(self, states: Sequence[str]) -> list[Clearance]:
-        async with self.store.pool.acquire() as conn:
+        async with self.store.connection() as conn:
             rows = await conn.fetch("SELECT body, operator FROM clearances "
                                     "WHERE state = ANY($1::text[]) ORDER BY created_at",
                                     list(states))
@@ -285,7 +285,7 @@ class PostgresClearanceStore(ClearanceStore):
     async def search(self, *, operator: str | None, all_operators: bool, state: str | None,
                      uav: str | None, limit: int) -> list[Clearance]:
         where, args = _filters(operator, all_operators, state, uav, lambda n: f"${n}")
-        async with self.store.pool.acquire() as conn:
+        async with self.store.connection() as conn:
             rows = await conn.fetch(f"SELECT body, operator FROM clearances{where} "
                                     f"ORDER BY created_at DESC, id LIMIT {int(limit)}", *args)
         return [Clearance.from_json(json.loads(r[0]), r[1]) for r in rows]

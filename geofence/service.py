@@ -141,7 +141,7 @@ class PostgresZoneStore(ZoneStore):
         """The table comes from migrations/versions/0003_zones.py."""
 
     async def load(self) -> list[StoredZone]:
-        async with self.store.pool.acquire() as conn:
+        async with self.store.connection() as conn:
             rows = await conn.fetch("SELECT feature, source_doc FROM zones ORDER BY id")
         return [(r[0], r[1]) for r in rows]
 
@@ -150,7 +150,7 @@ class PostgresZoneStore(ZoneStore):
 
         now = time.time()
         try:
-            async with self.store.pool.acquire() as conn, conn.transaction():
+            async with self.store.connection() as conn, conn.transaction():
                 await conn.executemany(
                     "INSERT INTO zones (id, restriction, feature, source_doc, geom, updated_at) "
                     "VALUES ($1, $2, $3, $4, ST_GeomFromText($5, 4326), $6)",
@@ -162,12 +162,12 @@ class PostgresZoneStore(ZoneStore):
             raise ZoneExists(taken[0] if taken else "?") from exc
 
     async def delete(self, zone_id: str) -> bool:
-        async with self.store.pool.acquire() as conn:
+        async with self.store.connection() as conn:
             status = await conn.execute("DELETE FROM zones WHERE id = $1", zone_id)
         return bool(status.endswith(" 1"))
 
     async def signature(self) -> tuple[int, float]:
-        async with self.store.pool.acquire() as conn:
+        async with self.store.connection() as conn:
             row = await conn.fetchrow(
                 "SELECT count(*), coalesce(max(updated_at), 0) FROM zones"
             )

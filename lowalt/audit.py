@@ -124,13 +124,8 @@ class PostgresAuditLog(AuditLog):
         self.store = store  # a lowalt.storage.postgres.PostgresStore
 
     async def _run(self, fn: Callable[[Any], Any]) -> Any:
-        from lowalt.storage.postgres import UNAVAILABLE
-
-        try:
-            async with self.store.pool.acquire() as conn:
-                return await fn(conn)
-        except UNAVAILABLE as exc:
-            raise StorageUnavailable(f"postgres: {exc}") from exc
+        async with self.store.connection() as conn:
+            return await fn(conn)
 
     async def _setup(self) -> None:
         sql = "SELECT to_regclass('audit_log') IS NOT NULL"

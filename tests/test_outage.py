@@ -275,3 +275,33 @@ async def test_outage_during_a_commit_loses_nothing_acknowledged(
     keys = await stored(pg_url, "CUT-")
     expected = {(r[0], r[1]) for batch in sent.values() for r in batch}
     assert keys == expected
+
+
+async def test_every_subsystem_answers_503_not_500_while_the_database_is_away(
+    server: Server, proxy: FaultProxy
+) -> None:
+    """Zones, clearances, alerts and the audit log share the outage mapping of the store."""
+    reg, adm = await server.token("regulator"), await server.token("admin")
+    zone = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [106.5, 29.6]},
+            "properties": {"id": "z-out", "restriction": "prohibited", "radius_m": 100}}
+    proxy.cut()
+    try:
+        r = await server.client.post("/v1/zones", json=zone, headers=auth(reg))
+        assert r.status == 503, await r.text()
+        assert "Retry-After" in r.headers
+        r = await server.client.get("/v1/alerts", headers=auth(reg))
+        assert r.status == 503, await r.text()
+        r = await server.client.get("/v1/audit", headers=auth(adm))
+        assert r.status == 503, await r.text()
+    finally:
+        proxy.restore()
+
+    async def until_ok() -> None:
+        while True:
+            r = await server.client.post("/v1/zones", json=zone, headers=auth(reg))
+            if r.status == 201:
+                return
+            assert r.status == 503
+            await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(until_ok(), WAIT_S)

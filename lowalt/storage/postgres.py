@@ -10,8 +10,9 @@ The schema itself comes from the Alembic migrations in migrations/.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -60,8 +61,18 @@ class PostgresStore(Store):
 
     @property
     def pool(self) -> Any:
-        """The asyncpg pool (other subsystems' tables use it); StorageUnavailable if closed."""
+        """The asyncpg pool; StorageUnavailable if closed. Prefer `connection()`."""
         return self._pool_or_raise()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """A pooled connection for other subsystems' tables: losing the database inside the
+        block raises StorageUnavailable (answered 503 / retried), never a raw driver error."""
+        try:
+            async with self._pool_or_raise().acquire() as conn:
+                yield conn
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable(f"postgres: {exc}") from exc
 
     def _pool_or_raise(self) -> Any:
         if self._pool is None:
@@ -83,18 +94,12 @@ class PostgresStore(Store):
             self._pool = None
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
-        try:
-            async with self._pool_or_raise().acquire() as conn:
-                return list(await conn.fetch(sql, *args))
-        except UNAVAILABLE as exc:
-            raise StorageUnavailable(f"postgres: {exc}") from exc
+        async with self.connection() as conn:
+            return list(await conn.fetch(sql, *args))
 
     async def _execute(self, sql: str, *args: Any) -> str:
-        try:
-            async with self._pool_or_raise().acquire() as conn:
-                return str(await conn.execute(sql, *args))
-        except UNAVAILABLE as exc:
-            raise StorageUnavailable(f"postgres: {exc}") from exc
+        async with self.connection() as conn:
+            return str(await conn.execute(sql, *args))
 
     async def ping(self) -> None:
         await self._fetch("SELECT 1")
