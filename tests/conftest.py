@@ -8,6 +8,7 @@ PostGIS tests skip locally; under CI=true they fail, so a missing database can n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from lowalt.app import RUNTIME, Runtime, create_app
 from lowalt.auth import hash_token, new_token
 from lowalt.migrate import upgrade_postgres
-from lowalt.settings import Settings, load_settings
+from lowalt.settings import Settings, load_settings, replace
 from lowalt.storage import Store, create_store
 
 ADMIN_URL = os.environ.get("LOWALT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -131,13 +132,20 @@ class Server:
         return await make_token(self.runtime.store, role, operator, name)
 
 
-@pytest.fixture
-async def server(settings: Settings) -> AsyncIterator[Server]:
-    """The whole server, in this process, on loopback ports."""
-    app = create_app(settings)
+@contextlib.asynccontextmanager
+async def running(settings: Settings, **changes: Any) -> AsyncIterator[Server]:
+    """The whole server, in this process, on loopback ports, with settings changed as given."""
+    app = create_app(replace(settings, **changes) if changes else settings)
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
     try:
         yield Server(client, app[RUNTIME])
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[Server]:
+    """The whole server, in this process, on loopback ports."""
+    async with running(settings) as srv:
+        yield srv

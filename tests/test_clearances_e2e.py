@@ -5,20 +5,15 @@ isolation, delivery on gateway and WebSocket connections, and conformance monito
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import time
-from collections.abc import AsyncIterator
 from typing import Any
-
-from aiohttp.test_utils import TestClient, TestServer
 
 from geofence.clearance_http import CLEARANCES
 from ingest.client import GatewayClient
-from lowalt.app import RUNTIME, create_app
 from lowalt.settings import Settings, replace
-from tests.conftest import Server
+from tests.conftest import Server, running
 from tests.test_geofence_e2e import alerts, auth, eventually, send
 
 M_PER_DEG_LAT = 110_845.0
@@ -65,18 +60,6 @@ def zone(zid: str, restriction: str, lon: float, lat: float, radius_m: float,
     return {"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon, lat]},
             "properties": {"id": zid, "restriction": restriction, "radius_m": radius_m,
                            "lower_m": 0, "upper_m": None, "reference": "agl", **props}}
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Server]:
-    """A whole server on settings (the `server` fixture, for a restart or other settings)."""
-    app = create_app(settings)
-    client: TestClient[Any, Any] = TestClient(TestServer(app))
-    await client.start_server()
-    try:
-        yield Server(client, app[RUNTIME])
-    finally:
-        await client.close()
 
 
 async def test_granted_when_clear_and_denied_with_every_reason(server: Server) -> None:

@@ -13,19 +13,19 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from dispatch.service import DISPATCH
 from geofence.service_app import CHECKS
 from ingest.client import GatewayClient
 from ingest.codecs.odid import BasicId, Location, MessagePack, encode
-from lowalt.app import RUNTIME, create_app
+from lowalt.app import RUNTIME
 from lowalt.auth import Registry
 from lowalt.fusion import FUSED, M_PER_DEG, FusedPicture, Identities
 from lowalt.models import Observation
-from lowalt.settings import Settings, replace
+from lowalt.settings import Settings
 from lowalt.storage import Store, UavRecord
-from tests.conftest import make_token
+from tests.conftest import make_token, running
 from tests.test_formats_e2e import sbs_line
 from tests.test_traffic_feed import TrafficSse, auth
 
@@ -61,13 +61,8 @@ def f3411(uas_id: str, t: float, lat: float = LAT, lon: float = LON) -> dict[str
 @asynccontextmanager
 async def fused_server(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
     """The whole server with its gateway; the monitor ticks only when a test calls tick()."""
-    app = create_app(replace(settings, monitor_tick_s=3600.0))
-    client: TestClient[Any, Any] = TestClient(TestServer(app))
-    await client.start_server()
-    try:
-        yield client
-    finally:
-        await client.close()
+    async with running(settings, monitor_tick_s=3600.0) as srv:
+        yield srv.client
 
 
 async def post(c: TestClient[Any, Any], token: str, *items: dict[str, Any]) -> None:

@@ -10,12 +10,10 @@ from typing import Any
 import msgpack
 import pytest
 from aiohttp import WSMsgType
-from aiohttp.test_utils import TestClient, TestServer
 
 from ingest.client import GatewayClient
-from lowalt.app import RUNTIME, create_app
-from lowalt.settings import Settings, replace
-from tests.conftest import Server
+from lowalt.settings import Settings
+from tests.conftest import Server, running
 
 MAX_BODY = 8192
 MAX_OBS = 40
@@ -26,15 +24,9 @@ MAX_FRAME = 4096
 @pytest.fixture
 async def limited(settings: Settings) -> AsyncIterator[Server]:
     """A server with small limits, so that exact-size messages are cheap to build."""
-    s = replace(settings, max_body_bytes=MAX_BODY, max_obs_per_batch=MAX_OBS,
-                max_ws_message_bytes=MAX_WS, max_frame_bytes=MAX_FRAME)
-    app = create_app(s)
-    client: TestClient[Any, Any] = TestClient(TestServer(app))
-    await client.start_server()
-    try:
-        yield Server(client, app[RUNTIME])
-    finally:
-        await client.close()
+    async with running(settings, max_body_bytes=MAX_BODY, max_obs_per_batch=MAX_OBS,
+                       max_ws_message_bytes=MAX_WS, max_frame_bytes=MAX_FRAME) as srv:
+        yield srv
 
 
 def rows(n: int, uav: str) -> list[list[Any]]:

@@ -11,12 +11,11 @@ from typing import Any
 
 import aiohttp
 import msgpack
-from aiohttp.test_utils import TestClient, TestServer
 
 from ingest.client import GatewayClient
 from lowalt.app import RUNTIME, create_app, start_http
 from lowalt.settings import Settings, replace
-from tests.conftest import Server, make_token
+from tests.conftest import Server, make_token, running
 
 RATE = 200.0  # observations per second per token
 BURST = 40
@@ -33,17 +32,6 @@ def rows(n: int, uav: str, t0: float | None = None) -> list[list[Any]]:
 
 async def stored(server: Server, uav: str) -> int:
     return len(await server.runtime.store.track(uav, 0, time.time() + 10, 10_000))
-
-
-@asynccontextmanager
-async def running(settings: Settings, **changes: Any) -> AsyncIterator[Server]:
-    app = create_app(replace(settings, **changes))
-    client: TestClient[Any, Any] = TestClient(TestServer(app))
-    await client.start_server()
-    try:
-        yield Server(client, app[RUNTIME])
-    finally:
-        await client.close()
 
 
 # -- observations per second per token ---------------------------------------------------------

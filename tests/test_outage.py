@@ -15,12 +15,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from ingest.client import GatewayClient
-from lowalt.app import RUNTIME, create_app
 from lowalt.settings import load_settings
-from tests.conftest import Server, truncate_postgres
+from tests.conftest import Server, running, truncate_postgres
 
 WAIT_S = 15.0  # only to turn a hang into a failure
 QUIET_S = 2.0  # how long "no ack arrives" is watched
@@ -109,14 +107,11 @@ async def server(pg_url: str, proxy: FaultProxy) -> AsyncIterator[Server]:
         "database_url": via(pg_url, proxy.port), "http": "127.0.0.1:0",
         "gateway": "127.0.0.1:0",
     }, {})
-    app = create_app(settings)
-    client: TestClient[Any, Any] = TestClient(TestServer(app))
-    await client.start_server()
     try:
-        yield Server(client, app[RUNTIME])
+        async with running(settings) as srv:
+            yield srv
     finally:
         proxy.restore()
-        await client.close()
 
 
 def auth(token: str) -> dict[str, str]:
