@@ -26,6 +26,7 @@ from collections.abc import AsyncGenerator
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from dispatch.alerts import ALERT_TYPES, EVENT_STATES, AlertEvent, AlertManager, Broadcaster
+from dispatch.sse import open_event_stream, say_disconnect
 from dispatch.store import AlertStore, EventQuery
 from lowalt.api import BadRequest, parse_bbox
 from lowalt.auth import PRINCIPAL, Registry
@@ -38,7 +39,6 @@ LIST_LIMIT_DEFAULT = 1000
 LIST_LIMIT_MAX = 10_000
 REPLAY_PAGE = 1000
 WS_SINCE_WAIT_S = 0.5  # how long a WebSocket client has to send {"since": n} first
-SSE_RETRY_MS = 1000
 
 
 class SlowConsumer(Exception):
@@ -227,17 +227,9 @@ async def alert_stream(request: web.Request) -> web.StreamResponse:
     if since is None:
         since = feed.manager.committed_seq
     feed.clients += 1
-    resp = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",
-    })
+    resp = web.StreamResponse()
     try:
-        await resp.prepare(request)
-
-        async def write(data: bytes) -> None:
-            await asyncio.wait_for(resp.write(data), feed.write_timeout_s)
-
-        await write(f"retry: {SSE_RETRY_MS}\n\n".encode())
+        resp, write = await open_event_stream(request, feed.write_timeout_s)
         last_write = time.monotonic()
         async with contextlib.aclosing(feed.follow(principal, query, since)) as batches:
             try:
@@ -250,11 +242,7 @@ async def alert_stream(request: web.Request) -> web.StreamResponse:
                         await write(b": keepalive\n\n")
                     last_write = time.monotonic()
             except SlowConsumer as exc:
-                reason = json.dumps({"reason": str(exc), "last_event_id": exc.last})
-                with contextlib.suppress(ConnectionError, TimeoutError):
-                    await asyncio.wait_for(
-                        resp.write(f"event: disconnect\ndata: {reason}\n\n".encode()), 1.0
-                    )
+                await say_disconnect(resp, {"reason": str(exc), "last_event_id": exc.last})
     except (ConnectionError, TimeoutError) as exc:  # the client went away or stopped reading
         log.debug("alert stream closed: %r", exc)
     finally:

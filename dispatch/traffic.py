@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from dispatch.sse import open_event_stream, say_disconnect
 from lowalt.api import BadRequest, parse_bbox
 from lowalt.auth import PRINCIPAL, require_role
 from lowalt.fusion import I64, FusedPicture, Obj
@@ -43,7 +44,6 @@ MAX_RATE_HZ = 10.0
 MIN_RATE_HZ = 0.1
 DEFAULT_RATE_HZ = 1.0
 IDLE_TICK_S = 0.1  # the flusher looks for new groups at least this often
-SSE_RETRY_MS = 1000
 Bbox = tuple[float, float, float, float]
 ViewKey = tuple[Bbox, float, str | None]
 
@@ -384,26 +384,15 @@ async def traffic_stream(request: web.Request) -> web.StreamResponse:
     client = feed.connect(principal, bbox, rate)
     if client is None:
         return _busy()
-    resp = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",
-    })
+    resp = web.StreamResponse()
     try:
-        await resp.prepare(request)
-
-        async def write(data: bytes) -> None:
-            await asyncio.wait_for(resp.write(data), feed.write_timeout_s)
-
-        await write(f"retry: {SSE_RETRY_MS}\n\n".encode())
+        resp, write = await open_event_stream(request, feed.write_timeout_s)
         last_write = time.monotonic()
         while True:
             flushes = await client.get(feed.heartbeat_s)
             if client.dropped is not None:
                 feed.metrics.inc("lowalt_traffic_slow_total")
-                reason = json.dumps({"reason": client.dropped})
-                with contextlib.suppress(ConnectionError, TimeoutError):
-                    await asyncio.wait_for(
-                        resp.write(f"event: disconnect\ndata: {reason}\n\n".encode()), 1.0)
+                await say_disconnect(resp, {"reason": client.dropped})
                 break
             if flushes:
                 await write(b"".join(f.sse for f in flushes))
