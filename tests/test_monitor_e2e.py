@@ -82,3 +82,19 @@ async def test_implausible_motion(server: Server) -> None:
     (event,) = await eventually(lambda: alerts(server, reg, type="implausible_motion"))
     assert event["uav"] == "JUMPY"
     assert event["detail"]["implied_speed_mps"] > 1000
+
+
+async def test_a_stale_uav_is_lost_not_in_conflict(server: Server) -> None:
+    """Issue 5's "one UAV stale": a UAV silent past its interval is not extrapolated into a
+    conflict (its position is unknown); it is reported as telemetry_lost instead."""
+    reg, gw = await server.token("regulator"), await server.token("gateway")
+    now = time.time()
+    await send(server, gw,
+               flying("FRESH", now - 1, 29.60, 106.50, 0.0, 5.0),
+               flying("STALE", now - 20, 29.60 + 20 / M_PER_DEG_LAT, 106.50, 180.0, 0.0))
+    checks = server.client.app[CHECKS]  # type: ignore[union-attr]
+    result = await checks.monitor.tick(now)
+    assert (result.aircraft, result.conflicts, result.lost) == (1, 0, 1)
+    (lost,) = await eventually(lambda: alerts(server, reg, type="telemetry_lost"))
+    assert lost["uav"] == "STALE"
+    assert await alerts(server, reg, type="separation_loss") == []
