@@ -1,37 +1,58 @@
-"""Conflict detection at city scale: one tick of `detect_conflicts` against the all-pairs reference.
+"""Traffic-monitor ticks at city scale, against the all-pairs reference on the same data.
 
-Traffic: N aircraft around lon 106.55, lat 29.65 in a 40 x 40 km square (within 20 km of the
+Traffic: N aircraft around lon 106.55, lat 29.65 in a 50 x 50 km square (within 25 km of the
 centre on each axis); 80 % spread uniformly, 20 % around 20 hubs (1.5 km standard deviation).
 Altitudes 30..120 m, UAV speeds 0..20 m/s on random tracks, 20 % climbing or descending at up to
 3 m/s, 1 % with unknown velocity, report ages 0..2 s (2 % satellite-late, 5..30 s). Ten crewed
-helicopters at 30..60 m/s.
+helicopters at 30..60 m/s. The dense hub: N aircraft uniformly within 1 km x 1 km, the same
+speeds and altitudes.
 
-    .venv/bin/python benchmarks/bench_conflicts.py [--n 10000 100000] [--runs 7]
+    .venv/bin/python -m benchmarks.bench_conflicts [--n 1000 10000 100000] [--hub 2000] [--runs 7]
 
-The naive O(N^2) reference runs once, on the same data, for N <= 20,000. Above that its time is
-estimated from a random subsample of 10,000 aircraft scaled by (N / 10,000)^2, and printed as such.
+Two figures per N: `detect_conflicts` alone (column arrays in, pairs out: median of `runs`), and
+a whole `TrafficMonitor.tick` over a live picture of N observations (the arrays built from the
+live rows, detection, one condition per pair, the alert manager's reconciliation, telemetry_lost;
+alert events go to an in-memory store): the median of `runs` ticks one second apart, every
+aircraft reporting again (one second further on) before each, after a first tick that opens
+every alert (reported apart). Memory: the peak of what one tick allocates
+(tracemalloc), per aircraft. The naive O(N^2) reference runs once, on the same data, for
+N <= 20,000. Above that its time is estimated from a random subsample of 10,000 aircraft scaled by
+(N / 10,000)^2, and printed as such.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import math
 import statistics
 import time
-from typing import Any
+import tracemalloc
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 
+from benchmarks.harness import log
+from dispatch.alerts import AlertEvent, AlertManager, Broadcaster
+from dispatch.store import AlertStore, LoadedState
 from geofence.conflicts import ConflictParams, detect_conflicts, detect_conflicts_naive
+from geofence.monitor import TrafficMonitor
+from lowalt.live import LiveState
+from lowalt.models import Observation
+from lowalt.settings import load_settings
 
 CENTRE_LAT, CENTRE_LON = 29.65, 106.55
-HALF_SIDE_M = 20_000.0
+HALF_SIDE_M = 25_000.0
 NAIVE_FULL_MAX_N = 20_000
 NAIVE_SAMPLE_N = 10_000
 TICK_T = 1_700_000_000.0
 
 
-def city_traffic(n: int, seed: int = 5) -> dict[str, Any]:
-    """Random city traffic as the column arrays `detect_conflicts` takes."""
+def city_traffic(n: int, seed: int = 5, hub_side_m: float | None = None) -> dict[str, Any]:
+    """Random city traffic as the column arrays `detect_conflicts` takes; with `hub_side_m`,
+    all of it within one square of that side."""
     rng = np.random.default_rng(seed)
     n_hub = n // 5
     hubs = rng.uniform(-0.8 * HALF_SIDE_M, 0.8 * HALF_SIDE_M, size=(20, 2))
@@ -42,6 +63,9 @@ def city_traffic(n: int, seed: int = 5) -> dict[str, Any]:
     north[:n_hub] = hubs[which, 1] + rng.normal(0.0, 1_500.0, n_hub)
     np.clip(east, -HALF_SIDE_M, HALF_SIDE_M, out=east)
     np.clip(north, -HALF_SIDE_M, HALF_SIDE_M, out=north)
+    if hub_side_m is not None:
+        east = rng.uniform(-hub_side_m / 2, hub_side_m / 2, n)
+        north = rng.uniform(-hub_side_m / 2, hub_side_m / 2, n)
     m_per_deg_lat = 110_850.0
     m_per_deg_lon = m_per_deg_lat * np.cos(np.radians(CENTRE_LAT))
 
@@ -76,61 +100,170 @@ def _subsample(data: dict[str, Any], k: int, seed: int = 6) -> dict[str, Any]:
     return {key: (v if key == "tick_t" else v[rows]) for key, v in data.items()}
 
 
-def run(ns: list[int], runs: int = 7) -> list[dict[str, Any]]:
-    """One result dict per N: median tick ms, candidate pairs, conflicts, naive ms and ratio."""
+def detection(data: dict[str, Any], runs: int, naive_full_max_n: int = NAIVE_FULL_MAX_N,
+              naive_sample_n: int = NAIVE_SAMPLE_N) -> dict[str, Any]:
+    """Median `detect_conflicts` time on data, candidates, conflicts; the naive reference."""
     params = ConflictParams()
-    results: list[dict[str, Any]] = []
-    for n in ns:
-        data = city_traffic(n)
-        stats: dict[str, int] = {}
-        detect_conflicts(**data, params=params)  # warm-up
+    n = len(data["lat"])
+    stats: dict[str, int] = {}
+    detect_conflicts(**data, params=params)  # warm-up
+    times = []
+    found = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        found = detect_conflicts(**data, params=params, stats=stats)
+        times.append(time.perf_counter() - t0)
+    tick_ms = statistics.median(times) * 1e3
+    row: dict[str, Any] = {
+        "n": n, "runs": runs, "tick_ms": round(tick_ms, 2),
+        "tick_ms_min": round(min(times) * 1e3, 2),
+        "candidate_pairs": stats["candidate_pairs"], "conflicts": len(found),
+        "separation_loss": sum(p.kind == "separation_loss" for p in found),
+    }
+    if n <= naive_full_max_n:
+        t0 = time.perf_counter()
+        reference = detect_conflicts_naive(**data, params=params)
+        row["naive_ms"] = (time.perf_counter() - t0) * 1e3
+        row["naive"] = "measured once"
+        row["naive_equal"] = reference == found
+    else:
+        k = min(naive_sample_n, n)
+        t0 = time.perf_counter()
+        detect_conflicts_naive(**_subsample(data, k), params=params)
+        scale = (n / k) ** 2
+        row["naive_ms"] = (time.perf_counter() - t0) * 1e3 * scale
+        row["naive"] = f"estimated: {k} subsample x {scale:g}"
+    row["naive_ms"] = round(row["naive_ms"], 1)
+    row["ratio"] = round(row["naive_ms"] / tick_ms, 1)
+    return row
+
+
+class _MemoryAlertStore:
+    """Just enough of an AlertStore for the manager: events are kept in a counter only."""
+
+    def __init__(self) -> None:
+        self.events = 0
+
+    async def load_state(self) -> LoadedState:
+        return LoadedState(0, 0, [])
+
+    async def append_events(self, events: Sequence[AlertEvent]) -> None:
+        self.events += len(events)
+
+    async def max_seq(self) -> int:
+        return self.events
+
+
+def live_rows(data: dict[str, Any]) -> list[Observation]:
+    """The traffic as the live picture holds it (unknown velocity as None; crewed via SBS)."""
+    def opt(v: float) -> float | None:
+        return None if math.isnan(v) else v
+
+    cols = [data[k].tolist() for k in ("lat", "lon", "alt_m", "t", "speed_mps", "track_deg",
+                                       "vspeed_mps", "crewed")]
+    return [
+        Observation(f"A{k:06d}", t, lat, lon, alt, opt(speed), opt(track), opt(vs), None,
+                    "airborne", None, None, "bench/gateway/sbs" if crewed else
+                    "bench/gateway/native", t)
+        for k, (lat, lon, alt, t, speed, track, vs, crewed) in enumerate(zip(*cols, strict=True))
+    ]
+
+
+def moved(data: dict[str, Any], dt_s: float) -> dict[str, Any]:
+    """The same traffic dt_s later: every aircraft reported again, dt_s further along its
+    velocity (report ages kept), so successive ticks see the same picture moving on."""
+    speed = np.nan_to_num(data["speed_mps"])
+    track = np.radians(np.nan_to_num(data["track_deg"]))
+    m_per_deg_lat = 110_850.0
+    m_per_deg_lon = m_per_deg_lat * np.cos(np.radians(CENTRE_LAT))
+    return {
+        **data,
+        "lat": data["lat"] + speed * np.cos(track) * dt_s / m_per_deg_lat,
+        "lon": data["lon"] + speed * np.sin(track) * dt_s / m_per_deg_lon,
+        "alt_m": data["alt_m"] + np.nan_to_num(data["vspeed_mps"]) * dt_s,
+        "t": data["t"] + dt_s,
+        "tick_t": data["tick_t"] + dt_s,
+    }
+
+
+async def monitor_ticks(data: dict[str, Any], runs: int) -> dict[str, Any]:
+    """Whole monitor ticks over a live picture of the traffic; see the module docstring. Before
+    each tick (untimed) every aircraft reports again, one second on."""
+    settings = load_settings({}, {})
+    live = LiveState()
+    live.update(live_rows(data))
+    store = _MemoryAlertStore()
+    manager = AlertManager(cast(AlertStore, store), Broadcaster(), commit_delay_s=0.0)
+    await manager.start()
+    try:
+        monitor = TrafficMonitor(live, manager, settings)
+        first = await monitor.tick(float(data["tick_t"]))
+        await manager.flush()
         times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            found = detect_conflicts(**data, params=params, stats=stats)
-            times.append(time.perf_counter() - t0)
-        tick_ms = statistics.median(times) * 1e3
-        row: dict[str, Any] = {
-            "n": n,
-            "runs": runs,
-            "tick_ms": tick_ms,
-            "tick_ms_min": min(times) * 1e3,
-            "candidate_pairs": stats["candidate_pairs"],
-            "conflicts": len(found),
-            "separation_loss": sum(p.kind == "separation_loss" for p in found),
-        }
-        if n <= NAIVE_FULL_MAX_N:
-            t0 = time.perf_counter()
-            reference = detect_conflicts_naive(**data, params=params)
-            row["naive_ms"] = (time.perf_counter() - t0) * 1e3
-            row["naive"] = "measured once"
-            row["naive_equal"] = reference == found
+        for k in range(1, runs + 2):
+            now = moved(data, float(k))
+            live.update(live_rows(now))
+            if k <= runs:
+                result = await monitor.tick(float(now["tick_t"]))
+                times.append(result.seconds)
+            else:  # one more tick, for its memory
+                tracemalloc.start()
+                before, _ = tracemalloc.get_traced_memory()
+                await monitor.tick(float(now["tick_t"]))
+                _, peak = tracemalloc.get_traced_memory()
+                tracemalloc.stop()
+            await manager.flush()
+    finally:
+        await manager.close()
+    n = len(live)
+    return {
+        "n": n, "runs": runs, "first_tick_ms": round(first.seconds * 1e3, 1),
+        "tick_ms": round(statistics.median(times) * 1e3, 2),
+        "tick_ms_max": round(max(times) * 1e3, 2),
+        "aircraft": first.aircraft, "conflicts": first.conflicts, "telemetry_lost": first.lost,
+        "alert_events": store.events,
+        "tick_peak_bytes_per_uav": round((peak - before) / n),
+        "persistent_bytes_per_uav": round(_persistent_bytes(monitor) / n, 1),
+    }
+
+
+def _persistent_bytes(monitor: TrafficMonitor) -> int:
+    """What the monitor keeps between ticks: its set of lost UAVs and per-gateway limits."""
+    import sys
+
+    return (sys.getsizeof(monitor.lost) + sum(sys.getsizeof(u) for u in monitor.lost)
+            + sys.getsizeof(monitor.lost_after_by_gateway))
+
+
+def run(ns: Sequence[int] = (1_000, 10_000, 100_000), runs: int = 7, hub: int = 2_000,
+        monitor: bool = True) -> dict[str, Any]:
+    """City ticks per N, the dense hub, and (monitor) whole monitor ticks."""
+    out: dict[str, Any] = {"city": [], "monitor": []}
+    cases: list[tuple[str, dict[str, Any]]] = [(f"city {n:,}", city_traffic(n)) for n in ns]
+    if hub:
+        cases.append((f"hub {hub:,} in 1 km2", city_traffic(hub, hub_side_m=1_000.0)))
+    for label, data in cases:
+        log(f"conflicts: {label}")
+        row = detection(data, runs)
+        if label.startswith("hub"):
+            out["hub"] = row
         else:
-            t0 = time.perf_counter()
-            detect_conflicts_naive(**_subsample(data, NAIVE_SAMPLE_N), params=params)
-            scale = (n / NAIVE_SAMPLE_N) ** 2
-            row["naive_ms"] = (time.perf_counter() - t0) * 1e3 * scale
-            row["naive"] = f"estimated: {NAIVE_SAMPLE_N} subsample x {scale:g}"
-        row["ratio"] = row["naive_ms"] / tick_ms
-        results.append(row)
-    return results
+            out["city"].append(row)
+        if monitor:
+            tick = asyncio.run(monitor_ticks(data, runs))
+            tick["case"] = "hub" if label.startswith("hub") else "city"
+            out["monitor"].append(tick)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[1_000, 10_000, 100_000])
+    parser.add_argument("--hub", type=int, default=2_000, help="dense hub size, 0 for none")
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--no-monitor", action="store_true", help="detection only")
     args = parser.parse_args(argv)
-    for row in run(args.n, args.runs):
-        line = (
-            f"N={row['n']:>7}  tick {row['tick_ms']:8.1f} ms (median of {row['runs']}, "
-            f"min {row['tick_ms_min']:.1f})  candidates {row['candidate_pairs']:>9}  "
-            f"conflicts {row['conflicts']:>6} ({row['separation_loss']} lost now)  "
-            f"naive {row['naive_ms']:9.0f} ms [{row['naive']}]  ratio {row['ratio']:.0f}x"
-        )
-        if "naive_equal" in row:
-            line += f"  equal={row['naive_equal']}"
-        print(line, flush=True)
+    print(json.dumps(run(args.n, args.runs, args.hub, not args.no_monitor), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,26 +1,51 @@
 """Geofence check throughput: ZoneIndex.check against a naive per-point shapely loop.
 
-    .venv/bin/python benchmarks/bench_geofence.py [--zones 10000] [--points 100000] [--naive 200]
+    .venv/bin/python -m benchmarks.bench_geofence [--zones 10000] [--points 100000] [--naive 200]
+        [--backend sqlite postgres] [--ingest-backend postgres] [--ingest-seconds 30]
 
 Zones: random circles and star-shaped polygons (20..200 vertices), size log-uniform 30..600 m,
 over Chongqing (lon 106.3..106.9, lat 29.4..29.9), with random altitude bands and references, a
 fifth with a time window, a tenth with a weekly schedule, a tenth with authorised UAVs. Points:
 uniform over the same area, heights 0..400 m, times over two weeks. The naive loop runs on the
 first `--naive` points only and must give the same hits.
+
+The check stage as ingest runs it (`Geofence.on_committed`: heights, the index check, one
+condition per hit, the alert manager's reconciliation; events to an in-memory store), on batches
+of 5,000 reports from the ingest benchmark's fleet (10,000 UAVs, 30..120 m AGL, over the zones'
+area): microseconds per observation, split into the index check and the rest.
+
+Also: reloading the zones (read from storage, parsed, indexed, prepared by a first check) per
+backend, and, with `--ingest-seconds`, the gateway ingest benchmark (benchmarks/bench_ingest.py,
+4 connections) on a fresh server without zones and on one with the same zones loaded: the cut in
+sustained observations/s. The fleet flies over the zones' area, so the checks find real hits and
+raise real alerts.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import math
+import tempfile
 import time
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import shapely
 from shapely.geometry import Point, Polygon
 
+from benchmarks.harness import database, log, lowalt_cli
+from dispatch.alerts import AlertManager, Broadcaster
+from dispatch.store import AlertStore
 from geofence.index import ZoneHit, ZoneIndex
-from geofence.zones import REFERENCES, Zone
+from geofence.service import Geofence, ZoneStore, zone_store_for, zones_from_stored
+from geofence.zones import REFERENCES, Zone, zone_to_feature
+from lowalt.live import LiveState
+from lowalt.models import Observation
+from lowalt.settings import load_settings
+from lowalt.storage import create_store
 
 _A_M = 6_378_137.0
 _E2 = 6.694_379_990_14e-3
@@ -43,7 +68,7 @@ def random_zones(n: int, rng: np.random.Generator) -> list[Zone]:
             days = frozenset(int(d) for d in rng.choice(7, size=rng.integers(1, 8), replace=False))
             schedule = ((days, int(rng.integers(0, 1440)), int(rng.integers(0, 1441))),)
         authorized = frozenset(f"UAV-{i}" for i in rng.integers(0, 500, 3)) if k % 10 == 0 else None
-        common = {
+        common: dict[str, Any] = {
             "id": f"Z{k:05d}",
             "name": "",
             "restriction": "prohibited",
@@ -105,63 +130,167 @@ def naive_hits(
     return hits
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--zones", type=int, default=10_000)
-    parser.add_argument("--points", type=int, default=100_000)
-    parser.add_argument("--naive", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
-    rng = np.random.default_rng(args.seed)
-
-    zones = random_zones(args.zones, rng)
-    started = time.perf_counter()
-    index = ZoneIndex(zones)
-    build_s = time.perf_counter() - started
-
-    n = args.points
+def random_points(n: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Observation columns over the zones' area: lon, lat, heights by reference, t, uav."""
     lon = rng.uniform(106.3, 106.9, n)
     lat = rng.uniform(29.4, 29.9, n)
     agl = rng.uniform(0.0, 400.0, n)
     heights = {"agl": agl, "amsl": agl + 250.0, "wgs84": agl + 220.0}
     t = T0 + rng.uniform(0.0, 14 * 86400, n)
     uav = [f"UAV-{i}" for i in rng.integers(0, 500, n)]
+    return {"lon": lon, "lat": lat, "heights": heights, "t": t, "uav": uav}
 
-    index.check(
-        lon[:1000],
-        lat[:1000],
-        agl[:1000],
-        heights["amsl"][:1000],
-        heights["wgs84"][:1000],
-        t[:1000],
-        uav[:1000],
-    )  # first use prepares geometries
+
+def _check(index: ZoneIndex, p: dict[str, Any], rows: slice) -> list[ZoneHit]:
+    h = p["heights"]
+    return index.check(p["lon"][rows], p["lat"][rows], h["agl"][rows], h["amsl"][rows],
+                       h["wgs84"][rows], p["t"][rows], p["uav"][rows])
+
+
+async def _reload(url: str, zones: list[Zone]) -> dict[str, float]:
+    """Store the zones, then time what a reload does: load, parse, index, first check."""
+    store = create_store(load_settings({"database_url": url}, {}))
+    await store.open()
+    try:
+        zone_store = zone_store_for(store)
+        await zone_store.setup()
+        await zone_store.insert(zones)
+        started = time.perf_counter()
+        rows = await zone_store.load()
+        loaded = time.perf_counter()
+        parsed = zones_from_stored(rows)
+        built = time.perf_counter()
+        index = ZoneIndex(parsed)
+        indexed = time.perf_counter()
+        index.check(np.array([106.6]), np.array([29.6]), np.array([50.0]), np.array([300.0]),
+                    np.array([270.0]), np.array([T0]), ["first"])
+        done = time.perf_counter()
+    finally:
+        await store.close()
+    return {"total_s": round(done - started, 3), "load_s": round(loaded - started, 3),
+            "parse_s": round(built - loaded, 3), "index_s": round(indexed - built, 3),
+            "first_check_s": round(done - indexed, 3)}
+
+
+async def stage_cost(zones: list[Zone], batches: int = 20, batch: int = 5_000) -> dict[str, Any]:
+    """The geofence check stage per observation on the ingest benchmark's traffic."""
+    from benchmarks.bench_conflicts import _MemoryAlertStore
+    from benchmarks.bench_ingest import Fleet
+
+    settings = load_settings({}, {})
+    store = _MemoryAlertStore()
+    manager = AlertManager(cast(AlertStore, store), Broadcaster(), commit_delay_s=0.0)
+    await manager.start()
+    geofence = Geofence(cast(ZoneStore, None), manager, LiveState(), settings)
+    geofence.index = index = ZoneIndex(zones)
+    fleet = Fleet(0, 1, 10_000, batch, seed=5)
+    stage_s = check_s = 0.0
+    hits = n = 0
+    try:
+        for k in range(batches + 1):
+            rows = [Observation(u, t, lat, lon, alt, v, trk, vs, agl, None, None, None,
+                                "bench/gateway/native", t)
+                    for u, t, lat, lon, alt, v, trk, vs, agl in fleet.frame()]
+            t0 = time.perf_counter()
+            await geofence.on_committed(rows, rows)
+            t1 = time.perf_counter()
+            await manager.flush()
+            agl = np.array([r.agl_m for r in rows], np.float64)
+            t2 = time.perf_counter()
+            found = index.check(np.array([r.lon for r in rows]), np.array([r.lat for r in rows]),
+                                agl, agl + 250.0, agl + 250.0, np.array([r.t for r in rows]),
+                                [r.uav for r in rows])
+            t3 = time.perf_counter()
+            if k == 0:  # warm-up: first use, every alert opens
+                continue
+            stage_s += t1 - t0
+            check_s += t3 - t2
+            hits += len(found)
+            n += len(rows)
+    finally:
+        await manager.close()
+    return {"observations": n, "batch": batch, "zones": len(zones),
+            "stage_us_per_obs": round(stage_s / n * 1e6, 2),
+            "index_check_us_per_obs": round(check_s / n * 1e6, 2),
+            "hits_per_obs": round(hits / n, 3), "alert_events": store.events}
+
+
+def ingest_impact(zones: list[Zone], backend: str, seconds: float,
+                  connections: int = 4) -> dict[str, Any]:
+    """Gateway ingest without zones, then with `zones` loaded (imported before start)."""
+    from benchmarks.bench_ingest import gateway_run
+
+    log(f"geofence: ingest on {backend} without zones, {seconds:g} s")
+    with database(backend) as url:
+        bare = gateway_run(url, connections, seconds, label=f"{backend} no zones")
+    log(f"geofence: ingest on {backend} with {len(zones):,} zones, {seconds:g} s")
+    with tempfile.TemporaryDirectory() as tmp, database(backend) as url:
+        path = Path(tmp) / "zones.geojson"
+        path.write_text(json.dumps({"type": "FeatureCollection",
+                                    "features": [zone_to_feature(z) for z in zones]}))
+        lowalt_cli(url, "zones", "import", str(path), "--format", "geojson")
+        zoned = gateway_run(url, connections, seconds, label=f"{backend} {len(zones)} zones")
+    cut = 100.0 * (1.0 - zoned["obs_per_s"] / max(1, bare["obs_per_s"]))
+    return {"backend": backend, "connections": connections, "without_zones": bare,
+            "with_zones": zoned, "cut_percent": round(cut, 1)}
+
+
+def run(zones: int = 10_000, points: int = 100_000, naive: int = 200, seed: int = 1,
+        backends: list[str] | None = None, ingest_backend: str | None = None,
+        ingest_seconds: float = 0.0) -> dict[str, Any]:
+    """Check throughput against the naive loop; reload per backend; ingest cut (optional)."""
+    rng = np.random.default_rng(seed)
+    zone_list = random_zones(zones, rng)
     started = time.perf_counter()
-    hits = index.check(lon, lat, agl, heights["amsl"], heights["wgs84"], t, uav)
+    index = ZoneIndex(zone_list)
+    build_s = time.perf_counter() - started
+    p = random_points(points, rng)
+    _check(index, p, slice(0, 1000))  # first use prepares geometries
+    started = time.perf_counter()
+    hits = _check(index, p, slice(None))
     check_s = time.perf_counter() - started
 
-    m = min(args.naive, n)
+    m = min(naive, points)
+    log(f"geofence: naive loop over {m} points x {zones:,} zones")
     started = time.perf_counter()
-    naive = naive_hits(
-        zones, lon[:m], lat[:m], {k: v[:m] for k, v in heights.items()}, t[:m], uav[:m]
-    )
+    slow = naive_hits(zone_list, p["lon"][:m], p["lat"][:m],
+                      {k: v[:m] for k, v in p["heights"].items()}, p["t"][:m], p["uav"][:m])
     naive_s = time.perf_counter() - started
-    fast = [h for h in hits if h.obs_index < m]
-    same = [(h.obs_index, h.zone_id, h.kind) for h in fast] == [
-        (h.obs_index, h.zone_id, h.kind) for h in naive
-    ]
+    fast = [(h.obs_index, h.zone_id, h.kind) for h in hits if h.obs_index < m]
+    same = fast == [(h.obs_index, h.zone_id, h.kind) for h in slow]
+    fast_rate, naive_rate = points / check_s, m / naive_s
+    out: dict[str, Any] = {
+        "zones": zones, "points": points, "build_s": round(build_s, 3),
+        "check_s": round(check_s, 3), "points_per_s": round(fast_rate),
+        "us_per_point": round(check_s / points * 1e6, 2), "hits": len(hits),
+        "naive_points": m, "naive_points_per_s": round(naive_rate, 1),
+        "naive_equal": same, "ratio": round(fast_rate / naive_rate),
+        "reload": {},
+    }
+    log("geofence: the check stage on the ingest benchmark's traffic")
+    out["stage"] = asyncio.run(stage_cost(zone_list, batches=4 if points < 50_000 else 20))
+    for backend in backends or []:
+        log(f"geofence: reload {zones:,} zones from {backend}")
+        with database(backend) as url:
+            out["reload"][backend] = asyncio.run(_reload(url, zone_list))
+    if ingest_backend and ingest_seconds > 0:
+        out["ingest_impact"] = ingest_impact(zone_list, ingest_backend, ingest_seconds)
+    return out
 
-    fast_rate, naive_rate = n / check_s, m / naive_s
-    print(f"zones {args.zones}, points {n}, build {build_s * 1e3:.0f} ms")
-    print(
-        f"ZoneIndex.check: {check_s:.3f} s, {fast_rate:,.0f} points/s, "
-        f"{check_s / n * 1e6:.2f} us/point, {len(hits)} hits"
-    )
-    print(
-        f"naive loop ({m} points): {naive_s:.3f} s, {naive_rate:,.0f} points/s, "
-        f"{len(naive)} hits, same hits: {same}"
-    )
-    print(f"ratio: {fast_rate / naive_rate:,.0f}x")
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--zones", type=int, default=10_000)
+    parser.add_argument("--points", type=int, default=100_000)
+    parser.add_argument("--naive", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--backend", nargs="*", default=["sqlite"],
+                        choices=("sqlite", "postgres"), help="reload from these backends")
+    parser.add_argument("--ingest-backend", choices=("sqlite", "postgres"))
+    parser.add_argument("--ingest-seconds", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.zones, args.points, args.naive, args.seed, args.backend,
+                         args.ingest_backend, args.ingest_seconds), indent=2))
 
 
 if __name__ == "__main__":

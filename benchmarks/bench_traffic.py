@@ -23,21 +23,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import math
-import os
 import random
 import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from benchmarks.harness import cpu_s as process_cpu_s
+from benchmarks.harness import database, log, percentile, server
 from dispatch.traffic import TrafficFeed
 from geofence.fusion_stage import CrossCheck
+from ingest.client import GatewayClient
 from lowalt.fusion import M_PER_DEG, FusedPicture, Identities
 from lowalt.metrics import Metrics
 from lowalt.models import Observation, Principal
@@ -127,9 +129,10 @@ async def bench_fanout(n: int, clients: int, seconds: int = 5) -> dict[str, Any]
     for case in ("same_view", "distinct_views"):
         picture = FusedPicture(Identities(registry))
         t0 = time.time() - seconds - 2
+        t_end = t0 + seconds + 1
         feed = TrafficFeed(picture, gone_after_s=60.0, max_clients=1000, buffer_bytes=1 << 30,
                            heartbeat_s=15.0, write_timeout_s=10.0, metrics=Metrics(),
-                           clock=lambda t_end=t0 + seconds + 1: t_end)
+                           clock=functools.partial(float, t_end))
         conns = []
         for c in range(clients):
             bbox = ((-180.0, -90.0, 180.0, 90.0) if case == "same_view"
@@ -162,9 +165,6 @@ async def bench_fanout(n: int, clients: int, seconds: int = 5) -> dict[str, Any]
 
 
 async def bench_e2e(n: int, clients: int, seconds: float) -> dict[str, Any]:
-    from benchmarks.ingest import database, percentile, server
-    from ingest.client import GatewayClient
-
     with database("sqlite") as url, server(url) as srv:
         reg = srv.cli("token", "create", "--role", "regulator")
         gw = srv.cli("token", "create", "--role", "gateway")
@@ -231,9 +231,9 @@ async def bench_e2e(n: int, clients: int, seconds: float) -> dict[str, Any]:
             send = asyncio.create_task(sender(time.monotonic() + warmup + seconds))
             await asyncio.sleep(warmup)
             measuring.set()
-            cpu_before = _cpu_s(srv.proc.pid)
+            cpu_before = process_cpu_s(srv.proc.pid)
             await asyncio.sleep(seconds)
-            cpu_s = _cpu_s(srv.proc.pid) - cpu_before
+            cpu_s = process_cpu_s(srv.proc.pid) - cpu_before
             measuring.clear()
             await send
             for task in subs:
@@ -250,27 +250,23 @@ async def bench_e2e(n: int, clients: int, seconds: float) -> dict[str, Any]:
         }
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run(n: int = 5000, clients: int = 20, e2e_s: float = 0.0) -> dict[str, Any]:
     """Fusion per observation, feed fan-out per second, and (e2e_s > 0) the end-to-end run."""
+    log(f"traffic: fusion and fan-out, {n:,} aircraft, {clients} clients")
     result: dict[str, Any] = {"fusion": bench_fusion(n),
                               "fanout": asyncio.run(bench_fanout(n, clients))}
     if e2e_s > 0:
+        log(f"traffic: end to end, {n:,} aircraft at 1 Hz, {clients} SSE clients, {e2e_s:g} s")
         result["e2e"] = asyncio.run(bench_e2e(n, clients, e2e_s))
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--e2e", type=float, default=0.0, metavar="SECONDS")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(json.dumps(run(args.n, args.clients, args.e2e), indent=2))
 
 

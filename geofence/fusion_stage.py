@@ -27,6 +27,7 @@ from dispatch import traffic
 from dispatch.alerts import AlertManager, Condition
 from dispatch.service import DISPATCH
 from dispatch.traffic import TRAFFIC, TrafficFeed
+from dispatch.traffic_nats import TRAFFIC_NATS, TrafficNatsPublisher
 from geofence.service_app import CHECKS
 from lowalt.fusion import (
     FUSED,
@@ -198,6 +199,10 @@ def setup_traffic(app: web.Application) -> None:
             asyncio.create_task(feed.run(), name="lowalt-traffic-feed"),
             asyncio.create_task(_forget_silent(picture, s.max_age_s), name="lowalt-fusion-forget"),
         ]
+        publisher = TrafficNatsPublisher.from_settings(picture, s, rt.metrics)
+        if publisher is not None:  # fused states on NATS JetStream, by cell
+            app[TRAFFIC_NATS] = publisher
+            tasks.append(asyncio.create_task(publisher.run(), name="lowalt-traffic-nats"))
         yield
         feed.close()
         for task in tasks:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
 from lowalt.auth import PRINCIPAL, Registry
 from lowalt.errors import AuthError, StorageUnavailable
-from lowalt.fusion import FUSED, identity_of
+from lowalt.fusion import FUSED, distance_m, identity_of
 from lowalt.live import LiveState
 from lowalt.metrics import Metrics
 from lowalt.models import Observation, Principal
@@ -22,6 +24,9 @@ LIVE = web.AppKey("live", LiveState)
 REGISTRY = web.AppKey("registry", Registry)
 METRICS = web.AppKey("metrics", Metrics)
 TRACK_LIMIT = 10_000
+VIEW_MAX_DIAGONAL_M = 7_000.0  # F3411 NetMaxDisplayAreaDiagonal
+RECENT_POSITIONS_S = 60.0  # F3411 NetMaxNearRealTimeDataPeriod
+RECENT_POSITIONS_MAX = 10
 
 
 class BadRequest(web.HTTPBadRequest):
@@ -101,16 +106,26 @@ async def get_flights(request: web.Request) -> web.Response:
     if raw is None:
         raise BadRequest("view: required, lat1,lon1,lat2,lon2")
     lat1, lon1, lat2, lon2 = parse_floats(raw, 4, "view")
+    diagonal_m = float(distance_m(np.array(lat1), np.array(lon1), np.array(lat2), np.array(lon2)))
+    if diagonal_m > VIEW_MAX_DIAGONAL_M:  # F3411 answers 413 "Area too large"
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=int(VIEW_MAX_DIAGONAL_M), actual_size=int(diagonal_m),
+            text=json.dumps({"error": f"view too large: diagonal {diagonal_m / 1000:.3f} km "
+                             f"exceeds {VIEW_MAX_DIAGONAL_M / 1000:g} km"}),
+            content_type="application/json")
     box = (min(lon1, lon2), min(lat1, lat2), max(lon1, lon2), max(lat1, lat2))
     fused = request.app.get(FUSED)
     blended: set[str] = set()
+    now = time.time()
+    recent: dict[str, list[Observation]] = {}
     if fused is None:
         rows = request.app[LIVE].in_bbox(*box)
+        recent = {r.uav: [r] for r in rows}
     else:  # the fused state, one flight per canonical aircraft
         aircraft = fused.in_bbox(*box)
         rows = [a.state for a in aircraft if a.state is not None]
         blended = {a.uav for a in aircraft if len(a.used) > 1}
-    now = time.time()
+        recent = {a.uav: _recent_reports(a.sources.values(), now) for a in aircraft}
     flights = [
         {
             "id": r.uav,
@@ -128,11 +143,23 @@ async def get_flights(request: web.Request) -> web.Response:
                 if r.agl_m is not None else None,
             },
             "simulated": False,
-            "recent_positions": [],
+            "recent_positions": [
+                {"time": {"value": p.t, "format": "UnixSeconds"},
+                 "position": {"lat": p.lat, "lng": p.lon, "alt": p.alt_m}}
+                for p in recent.get(r.uav, ())
+            ],
         }
         for r in visible(request.app[REGISTRY], principal, rows)
     ]
     return web.json_response({"timestamp": now, "flights": flights})
+
+
+def _recent_reports(sources: Iterable[list[Observation]], now: float) -> list[Observation]:
+    """The newest RECENT_POSITIONS_MAX reports of all sources within RECENT_POSITIONS_S of now,
+    oldest first, one per t."""
+    since = now - RECENT_POSITIONS_S
+    by_t = {r.t: r for reports in sources for r in reports if r.t >= since}
+    return [by_t[t] for t in sorted(by_t)[-RECENT_POSITIONS_MAX:]]
 
 
 def _f3411_status(status: str | None) -> str:

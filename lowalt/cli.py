@@ -71,14 +71,29 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--loss", type=float, default=0.0, metavar="P",
                      help="fraction never delivered")
 
-    bench = sub.add_parser("bench", help="run benchmarks and print their figures")
+    sbs = sub.add_parser("sbs-connect",
+                         help="forward a live SBS-1 feed (port 30003) to the gateway stream")
+    sbs.add_argument("feed", metavar="HOST:PORT", help="the feed (dump1090/readsb port 30003)")
+    sbs.add_argument("--token", required=True, help="a gateway (or admin) bearer token")
+    sbs.add_argument("--gateway", metavar="HOST:PORT", default="127.0.0.1:7700",
+                     help="lowalt's gateway stream (127.0.0.1:7700)")
+    sbs.add_argument("--name", default="sbs",
+                     help="gateway name: observations come from <name>/gateway/sbs (sbs)")
+
+    bench = sub.add_parser("bench", help="run the benchmark suite, or parts of it")
     bench.add_argument("parts", nargs="*", default=[], metavar="PART",
-                       help="ingest, conflicts (default: all)")
+                       help="codecs, geofence, conflicts, clearances, traffic, alerts, ingest, "
+                       "memory (default: all)")
+    bench.add_argument("--quick", action="store_true",
+                       help="short versions (seconds), for smoke tests")
     bench.add_argument("--backend", action="append", choices=("sqlite", "postgres"),
-                       help="storage for the ingest benchmark (default: both)")
-    bench.add_argument("--seconds", type=float, default=30.0, help="ingest run length")
-    bench.add_argument("--connections", type=int, default=4)
-    bench.add_argument("--out", default="bench-output", help="directory for results JSON")
+                       help="storage for the server parts (default: both)")
+    bench.add_argument("--seconds", type=float, metavar="S",
+                       help="ingest run length per point (default 30; 2 with --quick)")
+    bench.add_argument("--connections", type=int, nargs="+", metavar="N",
+                       help="gateway connection counts (default 1 2 4 8)")
+    bench.add_argument("--out", default="bench-output",
+                       help="directory for bench.json, bench.md and the plots")
 
     mig = sub.add_parser("migrate", help="create or upgrade the schema")
     _common(mig)
@@ -335,32 +350,56 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 1 if summary.errors else 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
+def cmd_sbs_connect(args: argparse.Namespace) -> int:
+    import signal
 
-    parts = args.parts or ["ingest", "conflicts"]
-    unknown = set(parts) - {"ingest", "conflicts"}
-    if unknown:
-        raise ConfigError(f"bench: unknown part(s) {', '.join(sorted(unknown))}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                               "cpus": os.cpu_count()}
-    if "ingest" in parts:
-        from benchmarks import ingest
+    from ingest.sbs_connect import SbsConnector
+    from lowalt.settings import split_host_port
 
-        results["ingest"] = ingest.run(args.backend or ["sqlite", "postgres"],
-                                       seconds=args.seconds, connections=args.connections)
-        results["memory"] = ingest.memory_per_uav("sqlite")
-    if "conflicts" in parts:
-        from benchmarks import bench_conflicts
+    feed = split_host_port(args.feed, "sbs-connect: feed address")
+    gateway = split_host_port(args.gateway, "sbs-connect: --gateway")
+    for what, (_, port) in (("feed address", feed), ("--gateway", gateway)):
+        if port == 0:
+            raise ConfigError(f"sbs-connect: {what}: port must be 1..65535")
+    if not args.name:
+        raise ConfigError("sbs-connect: --name must not be empty")
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-        results["conflicts"] = bench_conflicts.run([10_000, 100_000])
-    text = json.dumps(results, indent=2)
-    (out / "bench.json").write_text(text + "\n")
-    print(text)
+    async def connect() -> None:
+        stop = asyncio.Event()
+        if sys.platform != "win32":
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await SbsConnector(feed, gateway, args.token, name=args.name).run(stop)
+
+    _run(connect)
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks.suite import PARTS, markdown, run_suite
+
+    unknown = sorted(set(args.parts) - set(PARTS))
+    if unknown:
+        raise ConfigError(f"bench: unknown part(s) {', '.join(unknown)}; "
+                          f"choose from {', '.join(PARTS)}")
+    if args.seconds is not None and args.seconds <= 0:
+        raise ConfigError("bench: --seconds must be positive")
+    if args.connections and min(args.connections) < 1:
+        raise ConfigError("bench: --connections must be 1 or more")
+    command = " ".join(
+        ["lowalt bench", *args.parts, *(["--quick"] if args.quick else []),
+         *(f"--backend {b}" for b in args.backend or []),
+         *([f"--seconds {args.seconds:g}"] if args.seconds is not None else []),
+         *(["--connections", *map(str, args.connections)] if args.connections else []),
+         *([f"--out {args.out}"] if args.out != "bench-output" else [])]
+    )
+    results = run_suite(args.parts, quick=args.quick,
+                        backends=args.backend or ("sqlite", "postgres"), seconds=args.seconds,
+                        connections=args.connections, out=args.out, command=command)
+    print(markdown(results), end="")
+    print(f"results in {args.out}/bench.json and {args.out}/bench.md", file=sys.stderr)
+    return 1 if results["errors"] else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -374,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "zones.import": cmd_zones_import,
         "bench": cmd_bench,
         "simulate": cmd_simulate,
+        "sbs-connect": cmd_sbs_connect,
     }
     key = args.command
     if key == "token":

@@ -117,6 +117,13 @@ class Settings:
     # The live map page (lowalt/web/): an XYZ raster tile URL template with {z}, {x}, {y} for a
     # base map; unset, the page draws a plain map (graticule and scale bar).
     map_tile_url: str | None = None
+    # Fused traffic on NATS JetStream (dispatch/traffic_nats.py): on when nats_url is set and
+    # nats_traffic is true; states at most traffic_nats_rate_hz per aircraft, on
+    # `<nats_traffic_subject_prefix>.<cell>` in the stream nats_traffic_stream.
+    nats_traffic: bool = False
+    nats_traffic_stream: str = "LOWALT_TRAFFIC"
+    nats_traffic_subject_prefix: str = "lowalt.traffic"
+    traffic_nats_rate_hz: float = 1.0
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -336,6 +343,15 @@ def _validate_traffic(s: Settings) -> None:
     for name in ("fusion_manoeuvre_mps2", "mismatch_k"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name}: must not be negative, got {getattr(s, name)!r}")
+    if not 0.1 <= s.traffic_nats_rate_hz <= 10.0:
+        raise ConfigError(f"traffic_nats_rate_hz: must be 0.1..10, got {s.traffic_nats_rate_hz!r}")
+    stream = s.nats_traffic_stream
+    if not stream or not all(c.isalnum() or c in "_-" for c in stream):
+        raise ConfigError(f"nats_traffic_stream: expected letters, digits, _ or -, got {stream!r}")
+    if not all(t and not any(c in t for c in " *>\t")
+               for t in s.nats_traffic_subject_prefix.split(".")):
+        raise ConfigError(f"nats_traffic_subject_prefix: expected dot-separated tokens, got "
+                          f"{s.nats_traffic_subject_prefix!r}")
 
 
 def _validate_clearances(s: Settings) -> None:

@@ -186,8 +186,9 @@ TABLE: dict[tuple[str, str], tuple[Build, dict[str, Any]]] = {
     ("GET", "/v1/uavs"): (fixed("GET", "/v1/uavs"), allow(200, REG, OPR)),
     ("GET", "/v1/uavs/{uav}/track"): (fixed("GET", "/v1/uavs/{uav}/track"),
                                       allow(200, REG, OPR, own_only=404)),
-    ("GET", "/v1/flights"): (fixed("GET", "/v1/flights", params={"view": "29,106,30,107"}),
-                             allow(200, REG, OPR)),
+    ("GET", "/v1/flights"): (
+        fixed("GET", "/v1/flights", params={"view": "29.5,106.5,29.52,106.52"}),
+        allow(200, REG, OPR)),
     ("GET", "/v1/traffic/stream"): (fixed("GET", "/v1/traffic/stream"), allow(200, REG, OPR)),
     ("GET", "/v1/traffic/ws"): (fixed("GET", "/v1/traffic/ws", "ws"), allow(101, REG, OPR)),
     ("POST", "/v1/uavs"): (b_post_uav, allow(201, REG)),

@@ -212,7 +212,7 @@ async def test_alias_association_track_and_raw_rows(settings: Settings) -> None:
         assert [round(row.t, 1) for row in broadcast] == [t0 + 0.5, t0 + 1.5, t0 + 2.5]
         assert all(abs(row.lon - east_20m) < 1e-7 and abs(row.lat - LAT) < 1e-7
                    for row in broadcast)
-        r = await c.get("/v1/flights", params={"view": "29.5,106.4,29.7,106.6"},
+        r = await c.get("/v1/flights", params={"view": "29.595,106.495,29.625,106.525"},
                         headers=auth(reg))
         flights = {f["id"]: f for f in (await r.json())["flights"]}
         assert sorted(flights) == ["CQ-F1", "HELI-9", "ICAO-780A27"]

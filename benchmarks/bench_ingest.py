@@ -1,0 +1,435 @@
+"""Ingest: sustained observations/s with acks after commit, per transport and backend.
+
+The server runs as its own process (`lowalt serve`, fresh storage for each run), the load from
+this one. Gateway: several connections (1, 2, 4, 8 by default, a fresh server each), frames of
+100 array-form observations from a fleet of 10,000 simulated UAVs flying circles, each connection
+keeping a window of 8 frames in flight; observations/s, ack latency p50/p99 (frame sent -> its
+ack read), server RSS and CPU. On the server of the headline connection count (4), also the
+WebSocket (same frames, binary MessagePack), HTTP with one observation per request (32 keep-alive
+connections, a minimal HTTP/1.1 client so the client's own CPU stays small), and the naive design
+(one INSERT and one commit per observation, from one connection, into the same table).
+
+    .venv/bin/python -m benchmarks.bench_ingest [--backend sqlite postgres] [--seconds 30]
+        [--connections 1 2 4 8]
+
+`memory_per_uav` (the `memory` part of `lowalt bench`): server RSS growth per live UAV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import aiohttp
+import asyncpg
+import msgpack
+import numpy as np
+
+from benchmarks.harness import (
+    Progress,
+    cpu_s,
+    database,
+    log,
+    percentile,
+    rss_kib,
+    server,
+)
+from ingest.client import GatewayClient
+
+HEADLINE_CONNECTIONS = 4
+
+
+class _Link(Protocol):
+    """One connection that carries data frames and brings back their acks."""
+
+    async def send(self, payload: dict[str, Any]) -> None: ...
+
+    async def recv(self) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
+
+
+class _GatewayLink:
+    def __init__(self, client: GatewayClient) -> None:
+        self.client = client
+
+    @classmethod
+    async def open(cls, port: int, token: str, name: str) -> _GatewayLink:
+        return cls(await GatewayClient.connect("127.0.0.1", port, token, name))
+
+    async def send(self, payload: dict[str, Any]) -> None:
+        self.client.send(payload)
+        await self.client.drain()
+
+    async def recv(self) -> dict[str, Any]:
+        return await self.client.recv()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class _WsLink:
+    def __init__(self, session: aiohttp.ClientSession,
+                 ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.session, self.ws = session, ws
+
+    @classmethod
+    async def open(cls, port: int, token: str) -> _WsLink:
+        session = aiohttp.ClientSession()
+        ws = await session.ws_connect(f"http://127.0.0.1:{port}/v1/telemetry/ws",
+                                      headers={"Authorization": f"Bearer {token}"},
+                                      max_msg_size=0)
+        return cls(session, ws)
+
+    async def send(self, payload: dict[str, Any]) -> None:
+        await self.ws.send_bytes(msgpack.packb(payload, use_bin_type=True))
+
+    async def recv(self) -> dict[str, Any]:
+        msg = await self.ws.receive()
+        if msg.type != aiohttp.WSMsgType.BINARY:
+            raise EOFError(f"websocket: {msg.type.name} {msg.data!r}")
+        frame: dict[str, Any] = msgpack.unpackb(msg.data, raw=False, strict_map_key=False)
+        return frame
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self.session.close()
+
+
+class Fleet:
+    """A share of the fleet for one connection: UAV n = first + step * m flies a 300 m circle
+    at 12 m/s around its own centre; frames take the share's UAVs round robin, so every report
+    is plausible and the server's checks do their normal work."""
+
+    def __init__(self, first: int, step: int, uavs: int, frame_obs: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.ids = np.arange(first, uavs, step)
+        self.names = [f"U{n:05d}" for n in self.ids]
+        self.lat0 = 29.4 + rng.random(self.ids.size) * 0.4
+        self.lon0 = 106.3 + rng.random(self.ids.size) * 0.5
+        self.alt = 260.0 + (self.ids % 90)
+        self.agl = 30.0 + (self.ids % 90)
+        self.frame_obs = min(frame_obs, self.ids.size)
+        self.tick = 0
+
+    def frame(self) -> list[list[Any]]:
+        self.tick += 1
+        t = time.time() - 0.5
+        k = (self.tick * self.frame_obs + np.arange(self.frame_obs)) % self.ids.size
+        angle = t * 12.0 / 300.0 + self.ids[k]
+        lat = (self.lat0[k] + 0.0027 * np.sin(angle)).tolist()
+        lon = (self.lon0[k] + 0.0031 * np.cos(angle)).tolist()
+        track = ((np.degrees(-angle) + 360.0) % 360.0).tolist()
+        alt, agl = self.alt[k].tolist(), self.agl[k].tolist()
+        names = self.names
+        return [[names[i], t, lat[j], lon[j], alt[j], 12.0, track[j], 0.0, agl[j]]
+                for j, i in enumerate(k.tolist())]
+
+
+async def stream_load(
+    open_link: Any, *, connections: int, seconds: float, frame_obs: int = 100,
+    uavs: int = 10_000, window: int = 8, label: str = "gateway", server_pid: int | None = None,
+) -> dict[str, Any]:
+    """Drive `connections` links (made by `await open_link(conn_no)`) for `seconds`."""
+    latencies: list[float] = []
+    acked = 0
+    links: list[_Link] = [await open_link(n) for n in range(connections)]
+    stop_at = time.monotonic() + seconds
+    progress = Progress(label, seconds)
+
+    async def one(conn_no: int, link: _Link) -> None:
+        nonlocal acked
+        fleet = Fleet(conn_no, connections, uavs, frame_obs, seed=conn_no)
+        sent_at: dict[int, float] = {}
+        inflight = asyncio.Semaphore(window)
+
+        async def receiver() -> None:
+            nonlocal acked
+            while True:
+                ack = await link.recv()
+                if "ack" not in ack:
+                    if "error" in ack:
+                        raise RuntimeError(f"server error frame: {ack}")
+                    continue  # a pushed frame (clearance): not ours
+                latencies.append(time.monotonic() - sent_at.pop(ack["ack"]))
+                acked += ack["accepted"] + ack["duplicates"]
+                inflight.release()
+
+        recv_task = asyncio.create_task(receiver())
+        seq = 0
+        try:
+            while time.monotonic() < stop_at:
+                await inflight.acquire()
+                if recv_task.done():
+                    recv_task.result()
+                seq += 1
+                sent_at[seq] = time.monotonic()
+                await link.send({"seq": seq, "obs": fleet.frame()})
+                if conn_no == 0:
+                    progress.update(acked)
+            for _ in range(window):  # every permit back: every frame acked
+                await asyncio.wait_for(inflight.acquire(), 120)
+        finally:
+            recv_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, EOFError):
+                await recv_task
+            await link.close()
+
+    cpu_before = cpu_s(server_pid) if server_pid else 0.0
+    client_before = time.process_time()
+    started = time.monotonic()
+    await asyncio.gather(*(one(n, link) for n, link in enumerate(links)))
+    elapsed = time.monotonic() - started
+    result: dict[str, Any] = {
+        "connections": connections, "observations": acked, "seconds": round(elapsed, 2),
+        "obs_per_s": round(acked / elapsed),
+        "ack_p50_ms": round(percentile(latencies, 0.5) * 1e3, 1),
+        "ack_p99_ms": round(percentile(latencies, 0.99) * 1e3, 1),
+        "client_cpu_percent": round(100 * (time.process_time() - client_before) / elapsed),
+    }
+    if server_pid:
+        result["server_cpu_percent"] = round(100 * (cpu_s(server_pid) - cpu_before) / elapsed)
+    return result
+
+
+async def http_load(port: int, token: str, *, seconds: float, concurrency: int = 32,
+                    server_pid: int | None = None) -> dict[str, Any]:
+    """POST /v1/telemetry with one JSON observation per request, on keep-alive connections."""
+    done = 0
+    latencies: list[float] = []
+    stop_at = time.monotonic() + seconds
+    t0 = time.time() - 1800.0
+    progress = Progress("http", seconds, "req")
+
+    async def worker(n: int) -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = (f"POST /v1/telemetry HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n")
+        i = 0
+        try:
+            while time.monotonic() < stop_at:
+                i += 1
+                body = json.dumps({"uav": f"H{n:03d}", "t": t0 + i * 0.01, "lat": 29.6,
+                                   "lon": 106.5, "alt_m": 80.0}).encode()
+                started = time.monotonic()
+                writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                status_line = await reader.readline()
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+                if b" 200 " not in status_line:
+                    raise RuntimeError(f"HTTP answer {status_line!r}")
+                latencies.append(time.monotonic() - started)
+                done += 1
+                if n == 0:
+                    progress.update(done)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    cpu_before = cpu_s(server_pid) if server_pid else 0.0
+    started = time.monotonic()
+    await asyncio.gather(*(worker(n) for n in range(concurrency)))
+    elapsed = time.monotonic() - started
+    result: dict[str, Any] = {
+        "concurrency": concurrency, "requests": done, "req_per_s": round(done / elapsed),
+        "p50_ms": round(percentile(latencies, 0.5) * 1e3, 1),
+        "p99_ms": round(percentile(latencies, 0.99) * 1e3, 1),
+    }
+    if server_pid:
+        result["server_cpu_percent"] = round(100 * (cpu_s(server_pid) - cpu_before) / elapsed)
+    return result
+
+
+async def naive_inserts(database_url: str, seconds: float) -> dict[str, Any]:
+    """One INSERT and one commit per observation: the design the pipeline replaces."""
+    n = 0
+    t0 = time.time() - 7200.0
+    started = time.monotonic()
+    if database_url.startswith("sqlite"):
+        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")  # as the server's store
+        while time.monotonic() - started < seconds:
+            conn.execute(
+                "INSERT INTO observations (uav, t, lat, lon, alt_m, source, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (f"N{n % 100}", t0 + n, 29.6, 106.5, 80.0, "naive", 0.0),
+            )
+            n += 1
+        conn.close()
+    else:
+        pg = await asyncpg.connect(database_url)
+        while time.monotonic() - started < seconds:
+            await pg.execute(
+                "INSERT INTO observations (uav, t, lat, lon, alt_m, source, received_at, geom) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, ST_SetSRID(ST_MakePoint($4, $3), 4326)) "
+                "ON CONFLICT DO NOTHING", f"N{n % 100}", t0 + n, 29.6, 106.5, 80.0, "naive", 0.0,
+            )
+            n += 1
+        await pg.close()
+    elapsed = time.monotonic() - started
+    return {"observations": n, "seconds": round(elapsed, 2), "obs_per_s": round(n / elapsed)}
+
+
+def gateway_run(url: str, connections: int, seconds: float, *, frame_obs: int = 100,
+                uavs: int = 10_000, window: int = 8, label: str = "gateway") -> dict[str, Any]:
+    """One server on `url`, gateway load only: the figures of `stream_load` plus RSS."""
+    with server(url) as srv:
+        token = srv.cli("token", "create", "--role", "gateway", "--name", "bench")
+        return _gateway_on(srv, token, connections, seconds, frame_obs=frame_obs, uavs=uavs,
+                           window=window, label=label)
+
+
+def _gateway_on(srv: Any, token: str, connections: int, seconds: float, *, frame_obs: int,
+                uavs: int, window: int, label: str) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        return await stream_load(
+            lambda n: _GatewayLink.open(srv.gateway_port, token, f"bench-{n}"),
+            connections=connections, seconds=seconds, frame_obs=frame_obs, uavs=uavs,
+            window=window, label=label, server_pid=srv.proc.pid)
+
+    result = asyncio.run(go())
+    result["server_rss_mib"] = round(rss_kib(srv.proc.pid) / 1024, 1)
+    return result
+
+
+def run(backends: Sequence[str], seconds: float = 30.0,
+        connections: Sequence[int] = (1, 2, 4, 8), frame_obs: int = 100, uavs: int = 10_000,
+        window: int = 8, ws_seconds: float = 10.0, http_seconds: float = 10.0,
+        naive_seconds: float = 10.0) -> dict[str, Any]:
+    """Per backend: gateway at each connection count (fresh storage and server each); on the
+    headline count's server also WebSocket, HTTP and the naive design; the ratio."""
+    headline = HEADLINE_CONNECTIONS if HEADLINE_CONNECTIONS in connections else connections[-1]
+    out: dict[str, Any] = {
+        "params": {"seconds": seconds, "connections": list(connections), "frame_obs": frame_obs,
+                   "uavs": uavs, "window": window, "headline_connections": headline},
+    }
+    for backend in backends:
+        sweep: list[dict[str, Any]] = []
+        row: dict[str, Any] = {}
+        for c in connections:
+            log(f"ingest {backend}: gateway, {c} connection(s), {seconds:g} s")
+            with database(backend) as url, server(url) as srv:
+                token = srv.cli("token", "create", "--role", "gateway", "--name", "bench")
+                gw = _gateway_on(srv, token, c, seconds, frame_obs=frame_obs, uavs=uavs,
+                                 window=window, label=f"{backend} gateway x{c}")
+                sweep.append(gw)
+                if c != headline:
+                    continue
+                row["gateway"] = gw
+                log(f"ingest {backend}: websocket, {c} connection(s), {ws_seconds:g} s")
+                row["websocket"] = asyncio.run(stream_load(
+                    lambda n, s=srv, tok=token: _WsLink.open(s.http_port, tok),
+                    connections=c, seconds=ws_seconds, frame_obs=frame_obs, uavs=uavs,
+                    window=window, label=f"{backend} websocket x{c}", server_pid=srv.proc.pid))
+                log(f"ingest {backend}: HTTP, one observation per request, {http_seconds:g} s")
+                row["http_one_obs_per_request"] = asyncio.run(
+                    http_load(srv.http_port, token, seconds=http_seconds,
+                              server_pid=srv.proc.pid))
+                log(f"ingest {backend}: naive, one INSERT + commit per observation, "
+                    f"{naive_seconds:g} s")
+                row["naive_one_insert_per_obs"] = asyncio.run(naive_inserts(url, naive_seconds))
+        row["gateway_by_connections"] = sweep
+        naive = row["naive_one_insert_per_obs"]["obs_per_s"]
+        row["ratio_gateway_vs_naive"] = round(row["gateway"]["obs_per_s"] / max(1, naive), 1)
+        row["ratio_http_vs_naive"] = round(
+            row["http_one_obs_per_request"]["req_per_s"] / max(1, naive), 1)
+        out[backend] = row
+    return out
+
+
+# -- memory per live UAV ---------------------------------------------------------------------
+
+
+async def _fill(port: int, token: str, names: Sequence[str], *, frame_obs: int = 500,
+                spread: bool = True) -> None:
+    """One fresh report of each name (`spread`: each at its own place; else all at one)."""
+    client = await GatewayClient.connect("127.0.0.1", port, token, "memory")
+    try:
+        for start in range(0, len(names), frame_obs):
+            now = time.time() - 0.5
+            rows = []
+            for k in range(start, min(len(names), start + frame_obs)):
+                lat, lon = ((29.0 + (k % 320) * 3e-3, 106.0 + (k // 320) * 3e-3) if spread
+                            else (29.5, 106.5))
+                rows.append([names[k], now + (0.0 if spread else k * 1e-5), lat, lon, 300.0,
+                             5.0, 90.0, 0.0, 60.0])
+            client.send_obs(rows)
+            ack = await client.recv_ack()
+            if "ack" not in ack:
+                raise RuntimeError(f"server error frame: {ack}")
+    finally:
+        await client.close()
+
+
+def _register(url: str, names: Sequence[str]) -> None:
+    """Put names in the registry table (SQLite) before the server starts and loads it."""
+    conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+    with conn:
+        conn.executemany("INSERT INTO uavs (uav, operator) VALUES (?, 'bench')",
+                         [(n,) for n in names])
+    conn.close()
+
+
+def memory_per_uav(uavs: int = 100_000, registered: bool = True) -> dict[str, Any]:
+    """Server RSS growth per live UAV (SQLite): RSS after one report from each of `uavs`
+    distinct UAVs minus RSS after as many reports from 100 UAVs (same buffers, same code
+    paths). `registered`: the UAVs are in the registry (else each also holds an open
+    `unregistered_uav` alert). lost_after_s is raised so no `telemetry_lost` opens meanwhile."""
+    names = [f"M{n:06d}" for n in range(uavs)]
+    few = [f"W{n % 100:03d}" for n in range(uavs)]
+    with database("sqlite") as url:
+        if registered:
+            _register(url, names + sorted(set(few)))
+        with server(url, {"LOWALT_LOST_AFTER_S": "3600"}) as srv:
+            token = srv.cli("token", "create", "--role", "gateway", "--name", "bench")
+            asyncio.run(_fill(srv.gateway_port, token, few, spread=False))
+            time.sleep(2.0)
+            base = rss_kib(srv.proc.pid)
+            started = time.monotonic()
+            asyncio.run(_fill(srv.gateway_port, token, names))
+            fill_s = time.monotonic() - started
+            time.sleep(2.0)
+            after = rss_kib(srv.proc.pid)
+    return {"backend": "sqlite", "uavs": uavs, "registered": registered,
+            "rss_base_mib": round(base / 1024, 1), "rss_after_mib": round(after / 1024, 1),
+            "fill_s": round(fill_s, 1), "bytes_per_live_uav": round((after - base) * 1024 / uavs)}
+
+
+def memory_run(uavs: int = 100_000) -> dict[str, Any]:
+    """The `memory` part: registered fleet (the headline) and unregistered."""
+    log(f"memory: {uavs:,} registered UAVs")
+    registered = memory_per_uav(uavs, registered=True)
+    log(f"memory: {uavs:,} unregistered UAVs")
+    return {"registered": registered, "unregistered": memory_per_uav(uavs, registered=False)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--backend", nargs="+", default=["sqlite", "postgres"],
+                        choices=("sqlite", "postgres"))
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--connections", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--memory", type=int, default=0, metavar="UAVS",
+                        help="also measure memory per live UAV with this many UAVs")
+    args = parser.parse_args(argv)
+    result = run(args.backend, args.seconds, args.connections)
+    if args.memory:
+        result["memory"] = memory_run(args.memory)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
+

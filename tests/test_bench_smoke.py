@@ -1,0 +1,72 @@
+"""`lowalt bench` runs end to end: the cheap in-process parts in their quick form write a JSON
+with the expected figures (positive numbers; no timing is asserted) and a markdown table."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+@pytest.mark.timeout(300)
+def test_bench_quick_codecs_and_conflicts(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    done = subprocess.run(
+        [sys.executable, "-m", "lowalt.cli", "bench", "codecs", "conflicts", "--quick",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=280,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "bench.json").read_text())
+
+    assert results["parts"] == ["codecs", "conflicts"]
+    assert results["quick"] is True and results["errors"] == {}
+    assert results["command"].startswith("lowalt bench codecs conflicts --quick")
+    assert _positive(results["machine"]["nproc"])
+
+    codecs = results["codecs"]
+    for key in ("f3411_decode_packs_per_s", "f3411_encode_packs_per_s",
+                "f3411_assemble_obs_per_s", "sbs_lines_per_s", "msgpack_array_obs_per_s",
+                "msgpack_map_obs_per_s", "json_map_obs_per_s", "validate_obs_per_s"):
+        assert _positive(codecs[key]), key
+
+    conflicts = results["conflicts"]
+    assert [row["n"] for row in conflicts["city"]] == [500, 2000]
+    for row in [*conflicts["city"], conflicts["hub"]]:
+        for key in ("tick_ms", "naive_ms", "ratio"):
+            assert _positive(row[key]), (row["n"], key)
+        assert row["naive_equal"] is True  # the same pairs as the all-pairs reference
+    assert {(m["case"], m["n"]) for m in conflicts["monitor"]} == {
+        ("city", 500), ("city", 2000), ("hub", 300)}
+    for m in conflicts["monitor"]:
+        assert _positive(m["tick_ms"]) and _positive(m["tick_peak_bytes_per_uav"])
+
+    table = (out / "bench.md").read_text()
+    assert "| part | figure | measured | target | verdict |" in table
+    assert "F3411 decode" in table and "detection, city 2,000 UAVs" in table
+    assert table in done.stdout
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert results["plots"] == ["tick_vs_n.png"]
+        assert (out / "tick_vs_n.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert results["plots"] == []
+        assert "matplotlib is not installed" in done.stderr
+
+
+def test_bench_unknown_part_is_a_usage_error(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lowalt.cli", "bench", "warp-drive", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert "unknown part(s) warp-drive" in done.stderr
+    assert not (tmp_path / "bench.json").exists()
