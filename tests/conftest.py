@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,20 @@ ADMIN_URL = os.environ.get("LOWALT_TEST_DATABASE_URL", "postgresql://postgres@12
 IN_CI = os.environ.get("CI") == "true"
 BACKENDS = ["sqlite", "postgres"]
 GOLDEN = Path(__file__).parent / "golden"  # copies of ../shared/testdata
+NATS_HOST, NATS_PORT = "127.0.0.1", 4222
+NATS_URL = f"nats://{NATS_HOST}:{NATS_PORT}"
+
+
+@pytest.fixture(scope="session")
+def nats_up() -> None:
+    """The machine's NATS JetStream server; skipped locally when absent, a failure under CI."""
+    try:
+        socket.create_connection((NATS_HOST, NATS_PORT), timeout=2).close()
+    except OSError as exc:
+        message = f"NATS unavailable at {NATS_URL}: {exc}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: the NATS tests must run)")
+        pytest.skip(message)
 
 
 def _replace_db(url: str, name: str) -> str:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -22,21 +20,8 @@ from dispatch.store import alert_store_for
 from lowalt.app import RUNTIME
 from lowalt.settings import Settings
 from lowalt.storage import create_store
+from tests.conftest import NATS_HOST, NATS_PORT, NATS_URL
 from tests.test_feeds import breach, eventually, manager_of, running
-
-NATS_HOST, NATS_PORT = "127.0.0.1", 4222
-NATS_URL = f"nats://{NATS_HOST}:{NATS_PORT}"
-
-
-@pytest.fixture(scope="module")
-def nats_up() -> None:
-    try:
-        socket.create_connection((NATS_HOST, NATS_PORT), timeout=2).close()
-    except OSError as exc:
-        message = f"NATS unavailable at {NATS_URL}: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + " (CI=true: the NATS tests must run)")
-        pytest.skip(message)
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ import contextlib
 import itertools
 import json
 import math
-import os
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,27 +22,15 @@ from nats.js.errors import NotFoundError
 
 from dispatch.traffic_nats import MAX_AGE_S, TRAFFIC_NATS, cell_of
 from lowalt.settings import Settings, replace
-from tests.conftest import Server, running
+from tests.conftest import NATS_HOST, NATS_URL, Server, running
 from tests.test_feeds import eventually
 from tests.test_geofence_e2e import send
-from tests.test_nats_sink import NATS_HOST, proxy
+from tests.test_nats_sink import proxy
 from tests.test_traffic_feed import report
 
-NATS_PORT = 4222
-NATS_URL = f"nats://{NATS_HOST}:{NATS_PORT}"
 STATE_KEYS = {"uav", "t", "lat", "lon", "alt_m", "agl_m", "speed_mps", "track_deg", "vspeed_mps",
               "kind", "sources", "status", "registered", "acc_h_m", "acc_v_m"}
 
-
-@pytest.fixture(scope="module")
-def nats_up() -> None:
-    try:
-        socket.create_connection((NATS_HOST, NATS_PORT), timeout=2).close()
-    except OSError as exc:
-        message = f"NATS unavailable at {NATS_URL}: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + " (CI=true: the NATS tests must run)")
-        pytest.skip(message)
 
 
 @pytest.fixture
