@@ -112,7 +112,13 @@ class FrameSession:
         )
         rows = filter_owned(self.ctx.registry, self.principal, rows, indexes, rejected)
         if lists["odid"]:
-            rows += self._decoded("odid", *self.odid.feed(lists["odid"]), now, rejected)
+            odid_rows = self._decoded("odid", *self.odid.feed(lists["odid"]), now, rejected)
+            known = self.odid.operator_positions
+            operators = self.ctx.pipeline.live.operator_positions
+            for row in odid_rows:
+                if row.uav in known:
+                    operators[row.uav] = known[row.uav]
+            rows += odid_rows
         if sbs_text:
             rows += self._decoded("sbs", *self.sbs.feed(sbs_text, now), now, rejected)
         count_rejections(self.ctx.metrics, rejected)

@@ -67,8 +67,16 @@ def visible(registry: Registry, principal: Principal, rows: list[Observation]) -
 async def get_uavs(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
     bbox = parse_bbox(request.query.get("bbox"))
-    rows = visible(request.app[REGISTRY], principal, request.app[LIVE].in_bbox(*bbox))
-    return web.json_response({"uavs": [observation_json(r) for r in rows]})
+    live = request.app[LIVE]
+    rows = visible(request.app[REGISTRY], principal, live.in_bbox(*bbox))
+    uavs = []
+    for r in rows:
+        item = observation_json(r)
+        operator = live.operator_positions.get(r.uav)
+        if operator is not None:  # from F3411 System messages
+            item["operator_lat"], item["operator_lon"] = operator
+        uavs.append(item)
+    return web.json_response({"uavs": uavs})
 
 
 async def get_track(request: web.Request) -> web.Response:

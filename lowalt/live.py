@@ -20,6 +20,8 @@ class LiveState:
     def __init__(self, cell_deg: float = 0.01) -> None:
         self.cell_deg = cell_deg
         self.latest: dict[str, Observation] = {}
+        # uav -> (lat, lon) of its operator, from F3411 System messages (shown in /v1/uavs).
+        self.operator_positions: dict[str, tuple[float, float]] = {}
         self._cell_of: dict[str, Cell] = {}
         self._cells: dict[Cell, set[str]] = {}
 
@@ -53,6 +55,7 @@ class LiveState:
 
     def remove(self, uav: str) -> None:
         self.latest.pop(uav, None)
+        self.operator_positions.pop(uav, None)
         cell = self._cell_of.pop(uav, None)
         if cell is not None:
             members = self._cells[cell]

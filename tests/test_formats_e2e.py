@@ -85,3 +85,26 @@ async def test_sbs_lines_merge_into_crewed_observations(server: Server) -> None:
     assert abs(point["speed_mps"] - 182 * 1852 / 3600) < 1e-9
     assert abs(point["vspeed_mps"] - (-704 * 0.3048 / 60)) < 1e-9
     assert point["source"] == "adsb-rx/gateway/sbs"
+
+
+async def test_f3411_system_message_gives_the_operator_position(server: Server) -> None:
+    """Issue 9: System's operator position is kept on the UAV and shown in /v1/uavs."""
+    from ingest.codecs.odid import MessagePack, System, decode, encode
+
+    gw, reg = await server.token("gateway"), await server.token("regulator")
+    now = time.time()
+    hour = math.floor((now - 400) / 3600) * 3600
+    golden = decode(bytes.fromhex(VECTORS["message_pack"]["hex"]))
+    assert isinstance(golden, MessagePack)
+    system = System(operator_location_type="live_gnss", operator_lat=45.5301,
+                    operator_lon=-122.9601)
+    pack = encode(MessagePack(messages=(*golden.messages, system)))
+    client = await GatewayClient.connect("127.0.0.1", server.gateway_port, gw, "rid-rx-2")
+    client.send({"seq": 1, "odid": [{"t": hour + 361.0, "msg": pack}]})
+    assert (await client.recv_ack())["accepted"] == 1
+    await client.close()
+    r = await server.client.get("/v1/uavs", headers=auth(reg))
+    (uav,) = (await r.json())["uavs"]
+    assert uav["uav"] == "1596F3B2A0001234"
+    assert abs(uav["operator_lat"] - 45.5301) < 1e-6
+    assert abs(uav["operator_lon"] + 122.9601) < 1e-6

@@ -302,7 +302,8 @@ async def test_emergency_status_is_first_in_every_feed_and_resolves(server: Serv
     async with server.client.ws_connect(f"/v1/alerts/ws?since={head}&type=emergency",
                                         headers=auth(reg)) as feed:
         await send(server, gw, obs("EM-1", now - 2, [106.90, 29.70, 100.0], "emergency"))
-        event = json.loads(await feed.receive_str(timeout=10))
+        # Issue 13: the alert within one second of the observation's commit (its ack).
+        event = json.loads(await feed.receive_str(timeout=1.0))
     assert (event["type"], event["state"], event["uav"], event["severity"]) == (
         "emergency", "open", "EM-1", "critical")
     assert event["detail"]["status"] == "emergency"
