@@ -35,7 +35,7 @@ async def post_zone(request: web.Request) -> web.Response:
     geofence = request.app[GEOFENCE]
     try:
         zones = zones_from_request(body)
-        await geofence.add(zones)
+        await geofence.add(zones, by=request[PRINCIPAL])
     except ValidationError as exc:
         return _invalid(exc, 409 if "exists already" in exc.reason else 400)
     await audit(request.app, request[PRINCIPAL], "zone.create", ",".join(z.id for z in zones),
@@ -58,7 +58,7 @@ async def import_zones(request: web.Request) -> web.Response:
             zones = zones_from_request(body)
         else:
             raise ValidationError("format", "expected ed269 or geojson")
-        await request.app[GEOFENCE].add(zones)
+        await request.app[GEOFENCE].add(zones, by=request[PRINCIPAL])
     except ValidationError as exc:
         return _invalid(exc, 409 if "exists already" in exc.reason else 400)
     await audit(request.app, request[PRINCIPAL], "zone.import", ",".join(z.id for z in zones),

@@ -186,7 +186,8 @@ class PriorityOps:
                     "resumable": True, "priority_clearance": c.id, "priority_state": c.state,
                 })
 
-    async def on_zones_added(self, zones: Sequence[Zone], raised: Sequence[Condition]) -> None:
+    async def on_zones_added(self, zones: Sequence[Zone], raised: Sequence[Condition],
+                             by: Principal | None = None) -> None:
         """New zones (Geofence.zone_listeners): reserving clearances they would deny from now on
         get `{"clearance": ..., "zone": <Feature>}` (normal ones suspended, with an alert);
         airborne UAVs inside them (their `geofence_breach` just raised) get `{"zone": ...}`."""
@@ -201,7 +202,7 @@ class PriorityOps:
             await self._alert_suspended(c, {"reason": "zone_activated", "zone": zone_id,
                                             "restriction": hit.zone["restriction"],
                                             "at": hit.zone["at"]})
-            await audit(self.store, None, "clearance.suspend", c.id, {
+            await audit(self.store, by, "clearance.suspend", c.id, {
                 "uav": c.uav, "operator": c.operator, "zone": zone_id, "at": hit.zone["at"],
             })
         for cond in raised:

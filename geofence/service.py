@@ -28,13 +28,15 @@ from geofence.index import ZoneHit, ZoneIndex
 from geofence.zones import Zone, zone_from_feature, zone_to_feature
 from lowalt.errors import ValidationError
 from lowalt.live import LiveState
-from lowalt.models import Observation
+from lowalt.models import Observation, Principal
 from lowalt.settings import Settings
 from lowalt.storage import Store
 
 log = logging.getLogger("lowalt.geofence")
 # Told of zones just put in effect, with the conditions the live check raised for them.
-ZoneListener = Callable[[Sequence[Zone], Sequence[Condition]], Awaitable[None]]
+ZoneListener = Callable[
+    [Sequence[Zone], Sequence[Condition], Principal | None], Awaitable[None]
+]
 GEOFENCE_TYPES = frozenset({"geofence_breach", "geofence_approach", "altitude_limit"})
 BREACH_SEVERITY = {
     "prohibited": "critical", "authorization_required": "critical", "conditional": "warning",
@@ -252,8 +254,9 @@ class Geofence:
         if await self.store.signature() != self._signature:
             await self.reload()
 
-    async def add(self, zones: Sequence[Zone]) -> None:
-        """Store zones atomically and put them in effect; ZoneExists if an id is taken."""
+    async def add(self, zones: Sequence[Zone], by: Principal | None = None) -> None:
+        """Store zones atomically and put them in effect; ZoneExists if an id is taken.
+        `by` (None: the command line) is passed to the listeners for their audit records."""
         async with self._lock:
             ids = [z.id for z in zones]
             taken = [i for i in ids if i in self.index] or [i for i in ids if ids.count(i) > 1]
@@ -265,7 +268,7 @@ class Geofence:
         raised = await self._check_live(zones)
         for listener in self.zone_listeners:
             try:
-                await listener(zones, raised)
+                await listener(zones, raised, by)
             except Exception:  # the zones are stored and in effect: that answer stands
                 log.exception("zone listener failed")
 

@@ -391,6 +391,7 @@ async def test_temporary_zone_tells_airborne_uavs_and_active_clearances_at_once(
     assert suspension["detail"]["zone"] == "incident"
     [record] = await audit_records(server, adm, "clearance.suspend")
     assert record["target"] == flight["id"] and record["detail"]["zone"] == "incident"
+    assert (record["actor"], record["role"]) == ("regulator", "regulator")  # who added the zone
 
     # resumable at once, but the zone still denies it; once the zone is gone it is granted
     r = await server.client.post(f"/v1/clearances/{flight['id']}/resume", headers=auth(adm))
