@@ -11,7 +11,7 @@ import dataclasses
 import math
 import ssl
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -244,13 +244,21 @@ def load_settings(
     return settings
 
 
-def validate(s: Settings) -> None:
-    for name in _POSITIVE:
+def _require_positive(s: Settings, names: Iterable[str]) -> None:
+    for name in names:
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name}: must be positive, got {getattr(s, name)!r}")
-    for name in _NON_NEGATIVE:
+
+
+def _require_non_negative(s: Settings, names: Iterable[str]) -> None:
+    for name in names:
         if getattr(s, name) < 0:
             raise ConfigError(f"{name}: must not be negative, got {getattr(s, name)!r}")
+
+
+def validate(s: Settings) -> None:
+    _require_positive(s, _POSITIVE)
+    _require_non_negative(s, _NON_NEGATIVE)
     if not s.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
         raise ConfigError(
             f"database_url: expected sqlite:///PATH or postgresql://..., got {s.database_url!r}"
@@ -274,9 +282,7 @@ _ACCESS_POSITIVE = ("rate_obs_per_s", "rate_burst_obs", "conn_max_per_token",
 
 
 def _validate_access(s: Settings) -> None:
-    for name in _ACCESS_POSITIVE:
-        if getattr(s, name) <= 0:
-            raise ConfigError(f"{name}: must be positive, got {getattr(s, name)!r}")
+    _require_positive(s, _ACCESS_POSITIVE)
     if s.rate_burst_obs < s.max_obs_per_batch:
         raise ConfigError(f"rate_burst_obs: must hold one whole batch (max_obs_per_batch = "
                           f"{s.max_obs_per_batch}), got {s.rate_burst_obs}")
@@ -309,12 +315,8 @@ _DISPATCH_NON_NEGATIVE = ("alert_clear_s", "alert_update_min_s", "alert_commit_d
 
 
 def _validate_dispatch(s: Settings) -> None:
-    for name in _DISPATCH_POSITIVE:
-        if getattr(s, name) <= 0:
-            raise ConfigError(f"{name}: must be positive, got {getattr(s, name)!r}")
-    for name in _DISPATCH_NON_NEGATIVE:
-        if getattr(s, name) < 0:
-            raise ConfigError(f"{name}: must not be negative, got {getattr(s, name)!r}")
+    _require_positive(s, _DISPATCH_POSITIVE)
+    _require_non_negative(s, _DISPATCH_NON_NEGATIVE)
     if s.alert_commit_delay_s > 1.0:
         raise ConfigError(f"alert_commit_delay_s: at most 1.0, got {s.alert_commit_delay_s!r}")
     if s.webhook_batch_events > 1000:
@@ -337,9 +339,7 @@ _TRAFFIC_POSITIVE = (
 
 
 def _validate_traffic(s: Settings) -> None:
-    for name in _TRAFFIC_POSITIVE:
-        if getattr(s, name) <= 0:
-            raise ConfigError(f"{name}: must be positive, got {getattr(s, name)!r}")
+    _require_positive(s, _TRAFFIC_POSITIVE)
     for name in ("fusion_manoeuvre_mps2", "mismatch_k"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name}: must not be negative, got {getattr(s, name)!r}")
