@@ -269,6 +269,32 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_ZONES = [
+    {"type": "Feature", "geometry": {"type": "Point", "coordinates": [106.642, 29.719]},
+     "properties": {"id": "demo-jiangbei-ctr", "name": "Jiangbei airport control zone",
+                    "restriction": "prohibited", "radius_m": 3000, "lower_m": 0,
+                    "upper_m": None, "reference": "agl", "approach_m": 500}},
+    {"type": "Feature", "geometry": {"type": "Point", "coordinates": [106.585, 29.735]},
+     "properties": {"id": "demo-mingyue-lake", "name": "Mingyue Lake logistics area",
+                    "restriction": "conditional", "radius_m": 1500, "lower_m": 0,
+                    "upper_m": 120, "reference": "agl", "approach_m": 100}},
+]
+
+
+async def add_demo_zones(store: Any) -> None:
+    """The demo's zones (the simulator's intruder flies into the first), once per database."""
+    from geofence.service import ZoneExists, new_zone_id, zone_store_for
+    from geofence.zones import zone_from_feature
+
+    zone_store = zone_store_for(store)
+    await zone_store.setup()
+    for feature in DEMO_ZONES:
+        try:
+            await zone_store.insert([zone_from_feature(feature, new_id=new_zone_id)])
+        except ZoneExists:
+            pass  # kept from an earlier demo run
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from lowalt.app import Runtime, serve
 
@@ -285,6 +311,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 await store.insert_token(hash_token(token), f"demo-{role}", role, None,
                                          time.time() + 7 * 86400, time.time())
                 tokens[role] = token
+            await add_demo_zones(store)
 
         _run(lambda: _with_store(settings, make_tokens))
 
@@ -305,6 +332,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"  gateway token:   {tokens['gateway']}  (gateway stream on {settings.gateway})\n"
             f"  demo traffic:    {DEMO_UAVS} city UAVs, logistics, conflicts, an airport "
             f"intruder and crewed arrivals, sent on the gateway\n"
+            f"  live map:        {base}/  (log in with the regulator token)\n"
             f"  live traffic:    curl -H 'Authorization: Bearer {tokens['regulator']}' "
             f"{base}/v1/uavs\n"
             f"  metrics:         curl -H 'Authorization: Bearer {tokens['regulator']}' "
