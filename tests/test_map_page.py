@@ -168,6 +168,13 @@ async def test_live_map_shows_traffic_and_an_intrusion(server: Server, browser: 
     for zone in ZONES:
         r = await server.client.post("/v1/zones", json=zone, headers=auth(reg))
         assert r.status == 201, await r.text()
+    corridor = {"uav": "CQ-LOG-CLEARED", "departure": time.time() + 600, "speed_mps": 12,
+                "corridor_m": 30, "vertical_m": 15,
+                "route": {"type": "LineString",
+                          "coordinates": [[106.585, 29.735, 80.0], [106.60, 29.745, 80.0]]}}
+    r = await server.client.post("/v1/clearances", json=corridor,
+                                 headers=auth(await server.token("admin")))
+    assert r.status == 201 and (await r.json())["state"] == "granted", await r.text()
     stop = asyncio.Event()
     t0 = time.time() - 150.0  # scripted episodes already in the air
     gateway = Target.parse(gateway=f"127.0.0.1:{server.gateway_port}")
@@ -185,6 +192,7 @@ async def test_live_map_shows_traffic_and_an_intrusion(server: Server, browser: 
         assert await page.evaluate("lowaltMap.feedMode()") == feed
         await page.wait_for_function("() => lowaltMap.kinds().crewed >= 1")
         assert await page.evaluate("lowaltMap.zoneCount()") == len(ZONES)
+        assert await page.evaluate("lowaltMap.corridorCount()") == 1  # the granted clearance
         await page.wait_for_function("() => lowaltMap.inView() >= 12")
         OUTPUT.mkdir(exist_ok=True)
         await page.screenshot(path=str(OUTPUT / f"map-overview-{feed}.png"))

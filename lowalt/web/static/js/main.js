@@ -407,6 +407,7 @@ async function run(api, config) {
       return counts;
     },
     zoneCount: () => zones.length,
+    corridorCount: () => corridors.length,
     view: () => ({ lat: Math.atan(Math.sinh(Math.PI * (1 - 2 * view.cy))) * 180 / Math.PI,
       lon: view.cx * 360 - 180, zoom: view.zoom }),
     frameStats: () => renderer.frameStats(),
