@@ -66,17 +66,25 @@ DEMO_UAVS = 40
 def start_demo(gateway: str, token: str, uavs: int = DEMO_UAVS) -> asyncio.Task[Summary]:
     """Run every kind of traffic over the gateway at `gateway` (HOST:PORT) until cancelled or
     the server closes the connection, through a mildly imperfect satellite link."""
-    scenario = Scenario(1, uavs, KINDS, time.time())
+    t0 = time.time()
+    target = Target.parse(gateway=gateway)
     link = SatelliteLink(1, delay_mean_s=0.5, delay_jitter_s=0.3, reorder=0.02, duplicate=0.02)
 
     def report(summary: Summary) -> None:
         log.info("demo traffic: %s", summary.line())
 
-    task = asyncio.create_task(
-        run_simulation(Target.parse(gateway=gateway), token, "native", scenario, link, None, 1.0,
-                       progress=report, progress_every_s=60.0),
-        name="lowalt-demo-traffic",
-    )
+    async def both() -> Summary:
+        """UAVs in the native format; crewed arrivals as ADS-B (SBS), as a receiver relays
+        them, so the server knows them as crewed."""
+        uav_kinds = tuple(k for k in KINDS if k != "crewed")
+        uav_traffic = run_simulation(target, token, "native", Scenario(1, uavs, uav_kinds, t0),
+                                     link, None, 1.0, progress=report, progress_every_s=60.0)
+        crewed = run_simulation(target, token, "sbs", Scenario(1, 0, ("crewed",), t0),
+                                SatelliteLink(1), None, 1.0)
+        summary, _ = await asyncio.gather(uav_traffic, crewed)
+        return summary
+
+    task = asyncio.create_task(both(), name="lowalt-demo-traffic")
 
     def finished(task: asyncio.Task[Summary]) -> None:
         if task.cancelled():
