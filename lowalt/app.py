@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import ssl
 import time
@@ -24,7 +25,7 @@ from ingest.pipeline import Pipeline
 from ingest.validate import Validator
 from lowalt import access, api
 from lowalt.auth import AUTH, PRINCIPAL, Authenticator, Registry, bearer
-from lowalt.errors import AuthError, StorageUnavailable
+from lowalt.errors import AuthError, ListenError, StorageUnavailable
 from lowalt.identity import setup_identity
 from lowalt.limits import ConnectionLimits, Limits, RateLimits
 from lowalt.live import LiveState
@@ -172,7 +173,21 @@ async def start_ingest(rt: Runtime, *, with_gateway: bool = True) -> None:
 async def start_gateway(rt: Runtime) -> None:
     s = rt.settings
     loop = asyncio.get_running_loop()
-    rt.gateway_server = await loop.create_server(
+    try:
+        rt.gateway_server = await _create_gateway_server(rt, loop)
+    except OSError as exc:
+        raise ListenError(f"cannot listen for the gateway on {s.gateway}: "
+                          f"{_bind_reason(exc)}") from None
+
+
+def _bind_reason(exc: OSError) -> str:
+    """'address already in use' rather than the event loop's whole sentence."""
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
+
+
+async def _create_gateway_server(rt: Runtime, loop: asyncio.AbstractEventLoop) -> asyncio.Server:
+    s = rt.settings
+    return await loop.create_server(
         lambda: GatewayProtocol(
             rt.ingest, rt.auth, max_frame_bytes=s.max_frame_bytes,
             conn_max_inflight_obs=s.conn_max_inflight_obs,
@@ -286,8 +301,17 @@ async def start_http(app: web.Application, settings: Settings) -> web.AppRunner:
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            keepalive_timeout=settings.http_header_timeout_s,
                            lingering_time=settings.http_body_timeout_s)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BaseException:
+        await app.cleanup()  # stop what the start-up contexts entered before the failure
+        raise
     site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True,
                        ssl_context=app[RUNTIME].tls)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ListenError(f"cannot listen for HTTP on {settings.http}: {_bind_reason(exc)}") \
+            from None
     return runner

@@ -27,6 +27,10 @@ class ConfigError(LowaltError):
     """Bad settings, reported at start-up in one line (exit status 2)."""
 
 
+class ListenError(LowaltError):
+    """A port lowalt was told to listen on cannot be bound (in use, not permitted)."""
+
+
 class StorageUnavailable(LowaltError):
     """The database cannot be reached or refused a write; nothing was acknowledged."""
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from geofence.service import zone_store_for, zones_from_stored
 from lowalt.auth import hash_token
@@ -57,3 +59,18 @@ def test_usage_errors_exit_2_with_one_line() -> None:
         proc = lowalt(*args)
         assert proc.returncode == 2, args
         assert proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    for which in ("http", "gateway"):
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            ports = {"http": "127.0.0.1:0", "gateway": "127.0.0.1:0", which: f"127.0.0.1:{port}"}
+            proc = lowalt("serve", "--http", ports["http"], "--gateway", ports["gateway"],
+                          "--database", f"sqlite:///{tmp_path / 'lowalt.db'}")
+        assert proc.returncode == 1, proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("lowalt: cannot listen") and str(port) in last, proc.stderr
+        assert "Traceback" not in proc.stderr
