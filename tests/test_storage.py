@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lowalt.models import Observation
 from lowalt.storage import Store, UavRecord
 
@@ -26,11 +28,17 @@ async def test_insert_reports_new_rows_and_duplicates(store: Store) -> None:
     assert track[1].lat == 29.7  # the first copy stays; a duplicate never overwrites
 
 
-async def test_all_columns_round_trip(store: Store) -> None:
-    full = row("C", T0 + 0.123456, speed_mps=12.5, track_deg=359.5, vspeed_mps=-2.0,
-               agl_m=80.0, status="emergency", acc_h_m=3.0, acc_v_m=10.0, source="op1/http/f3411")
-    await store.insert_observations([full])
-    assert await store.track("C", T0, T0 + 1, 10) == [full]
+@pytest.mark.parametrize("size", [1, 3, 999, 1000, 2500])  # both PostgreSQL write paths
+async def test_all_columns_round_trip(store: Store, size: int) -> None:
+    full = [row("C", T0 + 0.123456 + k, speed_mps=12.5, track_deg=359.5, vspeed_mps=-2.0,
+                agl_m=80.0, status="emergency", acc_h_m=3.0, acc_v_m=10.0,
+                source="op1/http/f3411") for k in range(size)]
+    full[-1] = full[-1]._replace(status=None, agl_m=None, speed_mps=None)  # NULLs in arrays
+    assert await store.insert_observations(full) == [True] * size
+    assert await store.track("C", T0, T0 + size + 1, size + 1) == full
+    half = full[size // 2:] + [row("C", T0 - 1)]
+    assert await store.insert_observations(half) == [False] * len(full[size // 2:]) + [True]
+    assert await store.insert_observations([]) == []
 
 
 async def test_track_window_order_and_limit(store: Store) -> None:
