@@ -36,7 +36,7 @@ async def test_all_columns_round_trip(store: Store, size: int) -> None:
     full[-1] = full[-1]._replace(status=None, agl_m=None, speed_mps=None)  # NULLs in arrays
     assert await store.insert_observations(full) == [True] * size
     assert await store.track("C", T0, T0 + size + 1, size + 1) == full
-    half = full[size // 2:] + [row("C", T0 - 1)]
+    half = [*full[size // 2:], row("C", T0 - 1)]
     assert await store.insert_observations(half) == [False] * len(full[size // 2:]) + [True]
     assert await store.insert_observations([]) == []
 

@@ -6,7 +6,8 @@ history in the same transaction: the returned keys say which rows were new, the 
 duplicates. Groups under `UNNEST_MAX_ROWS` (HTTP with one observation per request makes many
 small groups) go instead as one statement whose parameters are column arrays, `INSERT ... SELECT
 FROM unnest($1::text[], ...)`: one round trip instead of five (begin, COPY, move, commit), twice
-the small-group rate on this machine, while COPY stays ahead from about a thousand rows. The history has its (uav, t) primary key and a BRIN index on t (retention); no GiST
+the small-group rate on this machine, while COPY stays ahead from about a thousand rows.
+The history has its (uav, t) primary key and a BRIN index on t (retention); no GiST
 index, since spatial questions are answered by the in-memory live picture (../shared/MEASURED.md).
 The schema itself comes from the Alembic migrations in migrations/.
 """
@@ -123,7 +124,8 @@ class PostgresStore(Store):
         try:
             if len(rows) < UNNEST_MAX_ROWS:
                 async with self._pool_or_raise().acquire() as conn:
-                    new_keys = {(r[0], r[1]) for r in await conn.fetch(_INSERT_ARRAYS, *zip(*rows))}
+                    columns = zip(*rows, strict=True)
+                    new_keys = {(r[0], r[1]) for r in await conn.fetch(_INSERT_ARRAYS, *columns)}
             else:
                 async with self._pool_or_raise().acquire() as conn, conn.transaction():
                     await conn.copy_records_to_table(
