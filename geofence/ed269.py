@@ -17,7 +17,7 @@ What is read (everything else in a feature is kept in `Zone.source_doc` and give
                        horizontalProjection: {type: Circle, center: [lon, lat], radius}
                                            | {type: Polygon, coordinates: [ring, ...]}}]
       extendedProperties.lowalt   written by `zones_to_ed269` only:
-                     {approach_m?, authorized?, multipolygon?}
+                     {approach_m?, authorized?, multipolygon?, ceiling_agl_m?}
 
 How it maps onto `Zone` (the simplest faithful model):
 - Each geometry item is its own Zone: items carry their own band, so merging would lose it. The
@@ -29,6 +29,8 @@ How it maps onto `Zone` (the simplest faithful model):
   window; anything else is refused); their schedules are united, and a period without a schedule
   makes the zone active all through the window. Schedule times with an offset are moved to UTC,
   shifting their weekdays when they cross midnight; seconds are dropped.
+- ED-269 has no field that authorises flight above the national AGL ceiling (`Zone.ceiling_agl_m`,
+  metres AGL): it travels in `extendedProperties.lowalt.ceiling_agl_m`, read back on import.
 - An invalid document is refused whole: the ValidationError's field is the path, e.g.
   "features[1].geometry[0].horizontalProjection.radius", and its reason names the identifier.
 
@@ -210,10 +212,13 @@ def _projection(value: object, unit: float, path: str) -> tuple[BaseGeometry, fl
     raise _fail(f"{path}.type", "must be Circle or Polygon")
 
 
-def _extension(feature: Mapping[str, object], path: str) -> tuple[float, frozenset[str], bool]:
+def _extension(
+    feature: Mapping[str, object], path: str
+) -> tuple[float, frozenset[str], bool, float | None]:
+    """What ED-269 has no field for: approach_m, authorized, multipolygon, ceiling_agl_m."""
     ext = feature.get("extendedProperties")
     if not isinstance(ext, dict) or not isinstance(ext.get("lowalt"), dict):
-        return DEFAULT_APPROACH_M, frozenset(), False
+        return DEFAULT_APPROACH_M, frozenset(), False, None
     own = ext["lowalt"]
     epath = f"{path}.extendedProperties.lowalt"
     approach = _limit_m(own.get("approach_m", DEFAULT_APPROACH_M), 1.0, f"{epath}.approach_m")
@@ -227,7 +232,10 @@ def _extension(feature: Mapping[str, object], path: str) -> tuple[float, frozens
     multipolygon = own.get("multipolygon", False)
     if not isinstance(multipolygon, bool):
         raise _fail(f"{epath}.multipolygon", "must be true or false")
-    return approach, frozenset(authorized), multipolygon
+    ceiling = _limit_m(own.get("ceiling_agl_m"), 1.0, f"{epath}.ceiling_agl_m")
+    if ceiling is not None and ceiling < 0.0:
+        raise _fail(f"{epath}.ceiling_agl_m", "must be >= 0")
+    return approach, frozenset(authorized), multipolygon, ceiling
 
 
 def _zones_of_feature(feature: object, path: str) -> list[tuple[Zone, list[int]]]:
@@ -253,7 +261,7 @@ def _zones_of_checked(
     if restriction not in _RESTRICTION_IN:
         raise _fail(f"{path}.restriction", f"must be one of {', '.join(_RESTRICTION_IN)}")
     start, end, schedule = _applicability(feature, path)
-    approach_m, authorized, multipolygon = _extension(feature, path)
+    approach_m, authorized, multipolygon, ceiling_agl_m = _extension(feature, path)
     items = _get_list(feature, "geometry", path)
     if not items:
         raise _fail(f"{path}.geometry", "needs at least one airspace volume")
@@ -305,6 +313,7 @@ def _zones_of_checked(
             authorized=authorized,
             radius_m=radius,
             upper_reference=cast(Reference | None, upper_reference),
+            ceiling_agl_m=ceiling_agl_m,
             source_doc=feature,
         )
 
@@ -424,6 +433,8 @@ def _feature_out(zone: Zone, country: str) -> dict[str, object]:
         own["authorized"] = sorted(zone.authorized)
     if isinstance(geometry, MultiPolygon):
         own["multipolygon"] = True
+    if zone.ceiling_agl_m is not None:
+        own["ceiling_agl_m"] = zone.ceiling_agl_m
     if own:
         feature["extendedProperties"] = {"lowalt": own}
     return feature

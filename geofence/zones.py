@@ -17,9 +17,13 @@ of its weekly UTC periods `(weekdays, start_min, end_min)`: weekdays 0=Monday..6
 of the day; the period covers `[start_min, end_min)` on each weekday, running past midnight into
 the next day when `end_min <= start_min` (equal means 24 h).
 
-GeoJSON properties beyond API.md section 3 (both optional, written only when used):
-`upper_reference`, and `schedule` as `[{"days": ["MON", ...], "start": "08:00", "end": "18:00"}]`
-in UTC.
+GeoJSON properties beyond API.md section 3 (optional, written only when used):
+`upper_reference`, `schedule` as `[{"days": ["MON", ...], "start": "08:00", "end": "18:00"}]`
+in UTC, and `ceiling_agl_m`: inside the shape, while active, the AGL ceiling for UAVs (all, or
+only the `authorized` ones when listed) is raised to this height (geofence/ceiling.py).
+
+Stored zones are read back with `zones_from_trusted` (properties as `zone_to_feature` wrote them,
+geometries already built), which repeats none of the validation they passed on the way in.
 
 Local metric frame (`tm_forward`, `tm_inverse`): transverse Mercator on WGS84 (Krueger series to
 n^4, sub-millimetre) with scale 1 on a central meridian chosen per zone; the scale error at x
@@ -34,7 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -68,6 +72,7 @@ __all__ = [
     "tm_inverse",
     "zone_from_feature",
     "zone_to_feature",
+    "zones_from_trusted",
 ]
 
 F64 = npt.NDArray[np.float64]
@@ -280,6 +285,7 @@ class Zone:
     authorized: frozenset[str] = frozenset()
     radius_m: float | None = None
     upper_reference: Reference | None = None  # None: same as `reference`
+    ceiling_agl_m: float | None = None  # AGL ceiling inside the zone while active (if higher)
     source_doc: Mapping[str, object] | None = field(
         default=None, compare=False, hash=False, repr=False
     )
@@ -540,6 +546,12 @@ def zone_from_feature(feature: object, *, new_id: Callable[[], str]) -> Zone:
         if approach_m < 0.0:
             raise ValidationError("properties.approach_m", "must be >= 0")
 
+    ceiling_agl_m = None
+    if props.get("ceiling_agl_m") is not None:
+        ceiling_agl_m = _number(props["ceiling_agl_m"], "properties.ceiling_agl_m")
+        if ceiling_agl_m < 0.0:
+            raise ValidationError("properties.ceiling_agl_m", "must be >= 0")
+
     authorized = props.get("authorized")
     if authorized is None:
         authorized = []
@@ -565,7 +577,36 @@ def zone_from_feature(feature: object, *, new_id: Callable[[], str]) -> Zone:
         authorized=frozenset(cast(list[str], authorized)),
         radius_m=radius_m,
         upper_reference=upper_reference,
+        ceiling_agl_m=ceiling_agl_m,
     )
+
+
+def zones_from_trusted(
+    properties: Sequence[Mapping[str, Any]], geometries: Sequence[BaseGeometry]
+) -> list[Zone]:
+    """Zones from the properties `zone_to_feature` wrote and their geometries (a Point's centre
+    for a circle), without validating again: for zones stored after `zone_from_feature`."""
+    zones = []
+    for props, geometry in zip(properties, geometries, strict=True):
+        start, end, schedule = props["start"], props["end"], props.get("schedule")
+        zones.append(Zone(
+            id=props["id"],
+            name=props["name"],
+            restriction=props["restriction"],
+            geometry=geometry,
+            lower_m=props["lower_m"],
+            upper_m=props["upper_m"],
+            reference=props["reference"],
+            start=None if start is None else datetime.fromisoformat(start).timestamp(),
+            end=None if end is None else datetime.fromisoformat(end).timestamp(),
+            schedule=None if schedule is None else _schedule_from_json(schedule, "schedule"),
+            approach_m=props["approach_m"],
+            authorized=frozenset(props["authorized"]),
+            radius_m=props.get("radius_m"),
+            upper_reference=props.get("upper_reference"),
+            ceiling_agl_m=props.get("ceiling_agl_m"),
+        ))
+    return zones
 
 
 def _geometry_from_json(value: object, radius: object) -> tuple[BaseGeometry, float | None]:
@@ -632,6 +673,8 @@ def zone_to_feature(zone: Zone) -> dict[str, object]:
         props["radius_m"] = zone.radius_m
     if zone.schedule is not None:
         props["schedule"] = _schedule_to_json(zone.schedule)
+    if zone.ceiling_agl_m is not None:
+        props["ceiling_agl_m"] = zone.ceiling_agl_m
     return {
         "type": "Feature",
         "id": zone.id,
