@@ -42,7 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--demo", action="store_true", default=None,
                        help="print ready-made tokens and where to look, and run demo traffic")
 
-    sim = sub.add_parser("simulate", help="generate UAV traffic and send it to a server")
+    sim = sub.add_parser(
+        "simulate", help="generate UAV traffic and send it to a server",
+        description="Generate low-altitude traffic over Chongqing (deterministic for a seed) and "
+        "send it to a server. With clearances, each logistics flight asks POST /v1/clearances "
+        "for its route 90 s before takeoff and flies only when granted; when denied it waits "
+        "on its pad and asks again for a departure 60 s later (up to 3 times, while the "
+        "flight still fits its 20-minute cycle), else stays on the pad until its next cycle. "
+        "Flights due to leave within 30 s of the start stay on their pads for that cycle.")
     sim.add_argument("--token", required=True, help="a gateway (or admin) bearer token")
     where = sim.add_mutually_exclusive_group()
     where.add_argument("--gateway", metavar="HOST:PORT",
@@ -70,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fraction delivered twice")
     sim.add_argument("--loss", type=float, default=0.0, metavar="P",
                      help="fraction never delivered")
+    sim.add_argument("--clearance-token", metavar="TOKEN",
+                     help="a token that may ask the logistics UAVs' clearances (an operator "
+                     "token of their operator, cq-logistics, or an admin token)")
+    sim.add_argument("--clearances", action=argparse.BooleanOptionalAction, default=None,
+                     help="logistics flights ask clearances first and fly only when granted "
+                     "(default: on when --clearance-token is given; without it, --token asks)")
+    sim.add_argument("--api", metavar="URL",
+                     help="the server's HTTP base URL for clearances (default: that of --http "
+                     "or --ws, else http://127.0.0.1:8080)")
 
     sbs = sub.add_parser("sbs-connect",
                          help="forward a live SBS-1 feed (port 30003) to the gateway stream")
@@ -269,49 +285,65 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_ZONES = [
-    {"type": "Feature", "geometry": {"type": "Point", "coordinates": [106.642, 29.719]},
-     "properties": {"id": "demo-jiangbei-ctr", "name": "Jiangbei airport control zone",
-                    "restriction": "prohibited", "radius_m": 3000, "lower_m": 0,
-                    "upper_m": None, "reference": "agl", "approach_m": 500}},
-    {"type": "Feature", "geometry": {"type": "Point", "coordinates": [106.585, 29.735]},
-     "properties": {"id": "demo-mingyue-lake", "name": "Mingyue Lake logistics area",
-                    "restriction": "conditional", "radius_m": 1500, "lower_m": 0,
-                    "upper_m": 120, "reference": "agl", "approach_m": 100}},
-]
-
-
 async def add_demo_zones(store: Any) -> None:
-    """The demo's zones (the simulator's intruder flies into the first), once per database."""
-    from geofence.service import ZoneExists, new_zone_id, zone_store_for
+    """The demo's zones (lowalt/simulator/demo.py: the intruder flies into the first, the
+    logistics hub is in the second), replacing those of an earlier demo run."""
+    from geofence.service import new_zone_id, zone_store_for
     from geofence.zones import zone_from_feature
+    from lowalt.simulator import demo_zones
 
     zone_store = zone_store_for(store)
     await zone_store.setup()
-    for feature in DEMO_ZONES:
-        try:
-            await zone_store.insert([zone_from_feature(feature, new_id=new_zone_id)])
-        except ZoneExists:
-            pass  # kept from an earlier demo run
+    for feature in demo_zones():
+        zone = zone_from_feature(feature, new_id=new_zone_id)
+        await zone_store.delete(zone.id)
+        await zone_store.insert([zone])
+
+
+async def add_demo_fleet(store: Any) -> None:
+    """Register every UAV of the demo traffic to its operator (re-registering is harmless)."""
+    from lowalt.simulator import demo_fleet
+    from lowalt.storage import UavRecord
+
+    for uav in demo_fleet():
+        await store.upsert_uav(UavRecord(uav["uav"], uav["operator"], model=uav["model"],
+                                         max_speed_mps=uav["max_speed_mps"]))
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """Under --demo the ground model is the simulated world's (GROUND_AMSL_M,
+    GEOID_UNDULATION_M) unless one is configured, so clearances see true heights."""
+    from lowalt.settings import replace
+    from lowalt.simulator import GEOID_UNDULATION_M, GROUND_AMSL_M
+
+    if not settings.demo or settings.ground_elevation_m or settings.geoid_undulation_m:
+        return settings
+    return replace(settings, ground_elevation_m=GROUND_AMSL_M,
+                   geoid_undulation_m=GEOID_UNDULATION_M)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from lowalt.app import Runtime, serve
 
-    settings = _settings(args, http=args.http, gateway=args.gateway, demo=args.demo)
+    settings = demo_settings(
+        _settings(args, http=args.http, gateway=args.gateway, demo=args.demo))
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tokens: dict[str, str] = {}
     if settings.demo:
         from lowalt.auth import hash_token, new_token
+        from lowalt.simulator import TRAFFIC_OPERATORS
 
         async def make_tokens(store: Any) -> None:
-            for role in ("regulator", "gateway"):
+            for key, role, operator in (("regulator", "regulator", None),
+                                        ("gateway", "gateway", None),
+                                        ("logistics", "operator", TRAFFIC_OPERATORS["logistics"])):
                 token = new_token()
-                await store.insert_token(hash_token(token), f"demo-{role}", role, None,
+                await store.insert_token(hash_token(token), f"demo-{key}", role, operator,
                                          time.time() + 7 * 86400, time.time())
-                tokens[role] = token
+                tokens[key] = token
             await add_demo_zones(store)
+            await add_demo_fleet(store)
 
         _run(lambda: _with_store(settings, make_tokens))
 
@@ -320,18 +352,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def ready(rt: Runtime) -> None:
         if not tokens:
             return
-        from lowalt.simulator import DEMO_UAVS, start_demo
+        from lowalt.simulator import DEMO_UAVS, TRAFFIC_OPERATORS, start_demo
 
-        host = settings.gateway_host if settings.gateway_host not in ("", "0.0.0.0", "::") \
-            else "127.0.0.1"
-        demo_traffic.append(start_demo(f"{host}:{rt.gateway_port}", tokens["gateway"]))
+        def local(host: str) -> str:
+            return host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+
+        demo_traffic.append(start_demo(
+            f"{local(settings.gateway_host)}:{rt.gateway_port}", tokens["gateway"],
+            api=f"http://{local(settings.http_host)}:{settings.http_port}",
+            clearance_token=tokens["logistics"]))
         base = f"http://{settings.http}"
         print(
             f"\nlowalt demo is up ({settings.backend}: {settings.database_url})\n"
             f"  regulator token: {tokens['regulator']}\n"
             f"  gateway token:   {tokens['gateway']}  (gateway stream on {settings.gateway})\n"
-            f"  demo traffic:    {DEMO_UAVS} city UAVs, logistics, conflicts, an airport "
-            f"intruder and crewed arrivals, sent on the gateway\n"
+            f"  logistics token: {tokens['logistics']}  (operator "
+            f"{TRAFFIC_OPERATORS['logistics']}: asks its drones' clearances)\n"
+            f"  demo traffic:    {DEMO_UAVS} city UAVs, logistics (clearances first), "
+            f"conflicts, an airport intruder and crewed arrivals, sent on the gateway; every "
+            f"UAV registered\n"
             f"  live map:        {base}/  (log in with the regulator token)\n"
             f"  live traffic:    curl -H 'Authorization: Bearer {tokens['regulator']}' "
             f"{base}/v1/uavs\n"
@@ -346,12 +385,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     import signal
+    from urllib.parse import urlsplit
 
-    from lowalt.simulator import SatelliteLink, Scenario, Summary, Target, run_simulation
+    from lowalt.simulator import (
+        ClearanceAgent,
+        SatelliteLink,
+        Scenario,
+        Summary,
+        Target,
+        run_simulation,
+    )
 
     target = Target.parse(gateway=args.gateway, http=args.http, ws=args.ws)
     kinds = [k.strip() for k in args.scenario.split(",") if k.strip()]
-    scenario = Scenario(args.seed, args.uavs, kinds, t0=time.time())
+    asks = args.clearances if args.clearances is not None else bool(args.clearance_token)
+    scenario = Scenario(args.seed, args.uavs, kinds, t0=time.time(), clearances=asks)
+    agent = None
+    if asks:
+        api = args.api
+        if api is None and target.transport != "gateway":
+            parts = urlsplit(target.address)
+            scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+            api = f"{scheme}://{parts.netloc}"
+        api = api or "http://127.0.0.1:8080"
+        if urlsplit(api).scheme not in ("http", "https"):
+            raise ConfigError(f"--api {api!r}: expected http://HOST:PORT")
+        agent = ClearanceAgent(api, args.clearance_token or args.token, scenario)
     link = SatelliteLink(
         args.seed, delay_mean_s=args.delay_mean_s, delay_jitter_s=args.delay_jitter_s,
         burst_s=args.burst_s, reorder=args.reorder, duplicate=args.duplicate, loss=args.loss,
@@ -367,6 +426,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return await run_simulation(
             target, args.token, args.format, scenario, link, args.duration or None, args.rate_hz,
             stop, array_form=args.array, progress=lambda s: print(s.line(), flush=True),
+            clearances=agent,
         )
 
     try:

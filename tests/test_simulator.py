@@ -1,6 +1,7 @@
 """The traffic generator: a deterministic, physically plausible model whose scripted events happen
-when it says, a satellite link with the effects it is configured for, and senders that land the
-traffic in a real server over every transport and format."""
+when it says, logistics flights that stay inside the clearances they ask for, a satellite link
+with the effects it is configured for, and senders that land the traffic in a real server over
+every transport and format (tests/test_simulator_scenarios.py: the scripted alerts, live)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,34 @@ import time
 from collections import Counter, defaultdict
 from typing import Any
 
+import numpy as np
 import pytest
 
+from geofence.clearances import (
+    Heights,
+    RouteRequest,
+    VolumeIndex,
+    build_volume,
+    conformance,
+    decide,
+)
 from lowalt.cli import main
+from lowalt.errors import ConfigError
+from lowalt.settings import Settings
 from lowalt.simulator import (
     AIRPORT_RADIUS_M,
     CITY_BOX,
+    CORRIDOR_M,
+    GEOID_UNDULATION_M,
+    GROUND_AMSL_M,
     GROUND_WGS84_M,
     JIANGBEI,
     KINDS,
     PERFORMANCE,
     SEPARATION_H_M,
     SEPARATION_V_M,
+    TRAFFIC_OPERATORS,
+    VERTICAL_M,
     SatelliteLink,
     Scenario,
     Target,
@@ -36,8 +53,11 @@ from lowalt.simulator.scenario import (
     CONFLICT_PERIOD_S,
     INTRUDER_FIRST_S,
     INTRUDER_PERIOD_S,
+    LOGISTICS_CYCLE_S,
+    LOGISTICS_FIT_S,
+    LOGISTICS_UAVS,
 )
-from tests.conftest import Server
+from tests.conftest import Server, running
 
 T0 = 1_764_000_000.0
 # Phases a flight may go through next (crewed arrivals only ever "approach").
@@ -341,6 +361,35 @@ async def test_simulate_command(server: Server) -> None:
         == int(match.group(1)) > 0
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_simulate_command_asks_logistics_clearances(settings: Settings) -> None:
+    async with running(settings, ground_elevation_m=GROUND_AMSL_M,
+                       geoid_undulation_m=GEOID_UNDULATION_M) as server:
+        gw, reg = await server.token("gateway"), await server.token("regulator")
+        operator = await server.token("operator", TRAFFIC_OPERATORS["logistics"])
+        for uav in LOGISTICS_UAVS:
+            r = await server.client.post("/v1/uavs", headers=auth(reg), json={
+                "uav": uav, "operator": TRAFFIC_OPERATORS["logistics"]})
+            assert r.status == 201
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lowalt.cli", "simulate", "--token", gw,
+            "--gateway", f"127.0.0.1:{server.gateway_port}", "--scenario", "logistics",
+            "--duration", "2", "--clearance-token", operator,
+            "--api", str(server.client.make_url("/")),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await proc.communicate()
+        assert proc.returncode == 0, stderr.decode()
+        last = stdout.decode().strip().splitlines()[-1]
+        # Seed 1: CQ-LOG-01 leaves 74 s after the start, so it asks at once.
+        match = re.search(r"clearances: asked (\d+), granted (\d+), denied 0, flights grounded 0",
+                          last)
+        assert match is not None and match.group(1) == match.group(2) != "0", last
+        r = await server.client.get("/v1/clearances", params={"uav": "CQ-LOG-01"},
+                                    headers=auth(reg))
+        assert [c["state"] for c in (await r.json())["clearances"]] == ["active"]
+
+
 def test_simulate_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     for argv, message in [
         (["--reorder", "1.5"], "reorder must be a probability"),
@@ -348,6 +397,111 @@ def test_simulate_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> Non
         (["--http", "http://127.0.0.1:1", "--format", "sbs"], "native observations only"),
         (["--ws", "ftp://x"], "expected ws://HOST:PORT"),
         (["--gateway", "nowhere"], "expected HOST:PORT"),
+        (["--clearances", "--api", "ftp://x"], "expected http://HOST:PORT"),
     ]:
         assert main(["simulate", "--token", "t", "--duration", "0.1", *argv]) == 2
         assert message in capsys.readouterr().err
+
+
+# Logistics flights and their clearances
+
+
+def logistics_track(scenario: Scenario, uav: str, t_from: float, t_to: float
+                    ) -> list[dict[str, Any]]:
+    return [s for n in range(int(t_to - t_from) + 1)
+            for s in scenario.states_at(t_from + n) if s["uav"] == uav]
+
+
+def test_logistics_fly_inside_the_route_they_ask_for() -> None:
+    """Every report of a cleared flight, from takeoff to landing, lies in the 4D volume the
+    server builds from the request (geofence/clearances.py), with only 20 s of the server's
+    30 s default time tolerance; the flight completes the route on landing."""
+    scenario = Scenario(2, 0, ("logistics",), T0, clearances=True)
+    departures = scenario.logistics_departures(T0, T0 + LOGISTICS_CYCLE_S)
+    assert {d.uav for d in departures} == set(LOGISTICS_UAVS)
+    for d in departures:
+        delay_s = 60.0 if d.slot % 3 == 0 else 0.0  # re-planned departures too
+        fit = scenario.logistics_route(d.slot, d.cycle, delay_s)
+        assert fit is not None
+        assert fit.max_deviation_s <= LOGISTICS_FIT_S
+        assert fit.takeoff_t == pytest.approx(d.takeoff_t + delay_s)
+        assert abs(fit.departure_t - fit.takeoff_t) < LOGISTICS_FIT_S
+        assert 0.5 <= fit.speed_mps <= PERFORMANCE["logistics"].max_speed_mps
+        request = RouteRequest(d.uav, fit.coordinates, fit.departure_t, fit.speed_mps,
+                               CORRIDOR_M, VERTICAL_M)
+        volume = build_volume(request, tolerance_s=20.0, piece_s=30.0)
+        scenario.decide(d.slot, d.cycle, delay_s)
+        track = logistics_track(scenario, d.uav, fit.takeoff_t - 5.0, fit.landing_t + 5.0)
+        ground = [s["status"] == "ground" for s in track]
+        assert ground[0] and ground[-1] and not all(ground)
+        c = conformance(volume, [s["lon"] for s in track], [s["lat"] for s in track],
+                        [s["alt_m"] for s in track], [s["t"] for s in track], ground)
+        end = int(c.at_end.argmax())
+        assert c.at_end[end] and track[end]["phase"] == "landing", d
+        for k, state in enumerate(track[:end]):
+            assert c.inside[k] and c.early_s[k] == 0.0 and c.late_s[k] == 0.0, (d, state)
+
+
+def test_the_fleets_clearances_never_deny_each_other() -> None:
+    """Two hours of the fleet's requests, decided one after another as the server does (its
+    ceiling with the simulated world's ground model included): all granted."""
+    scenario = Scenario(4, 0, ("logistics",), T0, clearances=True)
+    heights = Heights(GEOID_UNDULATION_M, lambda lon, lat: np.full(np.shape(lon), GROUND_AMSL_M))
+    reserved = VolumeIndex()
+    departures = scenario.logistics_departures(T0, T0 + 7200.0)
+    assert len(departures) == 60
+    for d in departures:
+        fit = scenario.logistics_route(d.slot, d.cycle)
+        assert fit is not None
+        volume = build_volume(RouteRequest(d.uav, fit.coordinates, fit.departure_t,
+                                           fit.speed_mps, CORRIDOR_M, VERTICAL_M),
+                              tolerance_s=30.0, piece_s=30.0)
+        assert decide(volume, d.uav, zones=None, reserved=reserved, heights=heights,
+                      max_agl_m=120.0) == [], d
+        reserved.add(f"{d.uav}/{d.cycle}", volume)
+
+
+def test_logistics_wait_on_their_pads_until_cleared() -> None:
+    free = Scenario(6, 0, ("logistics",), T0)
+    asking = Scenario(6, 0, ("logistics",), T0, clearances=True)
+    first = asking.logistics_departures(T0, T0 + LOGISTICS_CYCLE_S)[0]
+    window = (first.takeoff_t - 10.0, first.takeoff_t + 300.0)
+
+    def track(scenario: Scenario) -> list[dict[str, Any]]:
+        return logistics_track(scenario, first.uav, *window)
+
+    # Undecided, or denied: on the pad, on the ground, all cycle.
+    for decision in (False, None):
+        if decision is None:
+            asking.decide(first.slot, first.cycle, None)
+        parked = track(asking)
+        assert len(parked) == 311 and {s["phase"] for s in parked} == {"ground"}
+        assert len({(s["lat"], s["lon"]) for s in parked}) == 1
+    # Cleared: exactly the flight it would fly without clearances; later: the same, later.
+    asking.decide(first.slot, first.cycle, 0.0)
+    assert track(asking) == track(free)
+    asking.decide(first.slot, first.cycle, 120.0)
+    later, planned = track(asking), track(free)
+    assert [s["phase"] for s in later][:130] == ["ground"] * 130
+    assert planned[10]["phase"] == "takeoff"
+
+    def untimed(states: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in s.items() if k != "t"} for s in states]
+
+    assert untimed(later[120:]) == untimed(planned[:-120])
+    # A departure so late that the flight would not end within its cycle is not offered.
+    assert asking.logistics_route(first.slot, first.cycle, LOGISTICS_CYCLE_S) is None
+    with pytest.raises(ConfigError):
+        asking.decide(first.slot, first.cycle, LOGISTICS_CYCLE_S)
+
+
+def test_the_fleet_lists_every_uav_the_scenario_flies() -> None:
+    scenario = Scenario(8, 5, KINDS, T0)
+    fleet = scenario.fleet()
+    assert set(fleet.values()) == set(TRAFFIC_OPERATORS) == set(KINDS) - {"crewed"}
+    seen: set[str] = set()
+    for n in range(0, 3 * 3600, 15):  # past the reuse of the conflict pairs' ids (2.5 h)
+        seen |= {s["uav"] for s in scenario.states_at(T0 + n) if s["kind"] == "uav"}
+    assert seen <= set(fleet)
+    assert {uav for uav, traffic in fleet.items() if traffic != "intruder"} <= seen
+    assert Scenario(8, 5, KINDS, T0 + 999.0).fleet() == fleet

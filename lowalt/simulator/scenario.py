@@ -11,8 +11,11 @@ The world:
 - Positions are computed in metres east/north of Mingyue Lake (MINGYUE_LAKE) and turned into
   degrees with an equirectangular projection (under 0.3 % scale error across CITY_BOX).
 - The ground is flat: alt_m = GROUND_WGS84_M + agl_m. GROUND_WGS84_M = 230 m stands for the
-  terrain around Liangjiang (about 260 m above mean sea level) plus the local geoid offset, taken
-  together as one approximate constant; the simulated world is not a survey.
+  terrain around Liangjiang (GROUND_AMSL_M, about 260 m above mean sea level) plus the local
+  geoid offset (GEOID_UNDULATION_M, about -30 m), approximate constants; the simulated world is
+  not a survey. A server that decides clearances for this world needs the same ground model
+  (`ground_elevation_m` = 260, `geoid_undulation_m` = -30), or it takes every route as 230 m
+  higher above ground than it is.
 - Multirotor kinematics: straight legs flown with a trapezoidal speed profile (accelerate at a
   fixed rate to the leg's speed, cruise, brake to a stop at the waypoint) and turns made in
   place at waypoints, so heading never changes while moving and speed, climb rate and
@@ -24,18 +27,28 @@ The traffic (`kinds`):
   landing, ground. 30-120 m AGL, 3-20 m/s; waypoints within 3 km of home.
 - logistics: a hub on Mingyue Lake with LOGISTICS_ROUTES lanes (2-5 km, 10-15 m/s), two UAVs
   per lane half a cycle apart: ground (loading), takeoff, cruise out at the lane's outbound
-  height, hover at the drop, climb 20 m, return at that height, landing.
+  height, hover 20 s at the drop, climb 20 m, return at that height, landing. With
+  `clearances=True` a flight takes off only once `decide` has cleared it (see below).
 - conflicts: a pair every CONFLICT_PERIOD_S, alternately head-on (parallel lanes 5-30 m apart)
   and crossing (60-120 deg), at the same height, scripted so that the pair loses separation
-  (SEPARATION_H_M horizontally at the same height) exactly CONFLICT_FIRST_S + k *
-  CONFLICT_PERIOD_S seconds after t0. New UAV ids per episode; each reports from 10 s before its
-  takeoff to 10 s after its landing.
-- intruder: a UAV every INTRUDER_PERIOD_S that flies from 4.2 km south of Jiangbei to 800 m from
-  it, hovers and goes home, entering the AIRPORT_RADIUS_M circle exactly INTRUDER_FIRST_S + k *
-  INTRUDER_PERIOD_S seconds after t0.
+  (SEPARATION_H_M horizontally at the same height) exactly first_s["conflicts"] + k *
+  CONFLICT_PERIOD_S seconds after t0. Each episode flies the next pair of a fleet of
+  CONFLICT_FLEET pairs; each UAV reports from 10 s before its takeoff to 10 s after its landing.
+- intruder: a UAV every INTRUDER_PERIOD_S (the next of INTRUDER_FLEET) that flies from 4.2 km
+  south of Jiangbei to 800 m from it, hovers and goes home, entering the AIRPORT_RADIUS_M circle
+  exactly first_s["intruder"] + k * INTRUDER_PERIOD_S seconds after t0.
 - crewed: an ADS-B arrival every CREWED_PERIOD_S on a 3 deg glide path from 18 km out to
-  Jiangbei's runway 02, touching down CREWED_FIRST_S + k * CREWED_PERIOD_S seconds after t0;
+  Jiangbei's runway 02, touching down first_s["crewed"] + k * CREWED_PERIOD_S seconds after t0;
   uav "ICAO-<hex>" with an address from China's block (780000-7BFFFF).
+`first_s` defaults to FIRST_S (60, 120 and 180 s); tests pass smaller ones for short runs.
+
+Clearances (API.md section 5): `logistics_departures(t_from, t_to)` lists the planned takeoffs,
+`logistics_route(slot, cycle, delay_s)` the route to ask for (`RouteFit`: the flight's waypoints,
+and the departure and constant speed whose timeline strays least from the flight's own, hovers
+and slow vertical legs included; at most LOGISTICS_FIT_S with the default plans), and
+`decide(slot, cycle, delay_s)` records the answer: fly that cycle `delay_s` later than planned,
+or (None) stay on the pad. Undecided cycles stay on the pad too, so a flight never departs
+without a clearance and the flown track is the cleared route.
 """
 
 from __future__ import annotations
@@ -45,9 +58,11 @@ import hashlib
 import heapq
 import math
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from lowalt.errors import ConfigError
 
@@ -55,21 +70,31 @@ __all__ = [
     "AIRPORT_RADIUS_M",
     "CITY_BOX",
     "CONFLICT_FIRST_S",
+    "CONFLICT_FLEET",
     "CONFLICT_PERIOD_S",
     "CREWED_FIRST_S",
     "CREWED_PERIOD_S",
+    "FIRST_S",
+    "GEOID_UNDULATION_M",
+    "GROUND_AMSL_M",
     "GROUND_WGS84_M",
     "INTRUDER_FIRST_S",
+    "INTRUDER_FLEET",
     "INTRUDER_PERIOD_S",
     "JIANGBEI",
     "KINDS",
+    "LOGISTICS_FIT_S",
     "LOGISTICS_ROUTES",
+    "LOGISTICS_UAVS",
     "MINGYUE_LAKE",
     "PERFORMANCE",
     "SEPARATION_H_M",
     "SEPARATION_V_M",
+    "TRAFFIC_OPERATORS",
+    "Departure",
     "LinkStats",
     "Performance",
+    "RouteFit",
     "SatelliteLink",
     "Scenario",
     "ScriptedConflict",
@@ -77,6 +102,7 @@ __all__ = [
 ]
 
 State = dict[str, Any]
+F64 = np.ndarray[Any, np.dtype[np.float64]]
 Vec = tuple[float, float, float]  # metres east, north of MINGYUE_LAKE; metres above ground
 
 KINDS = ("city", "logistics", "conflicts", "intruder", "crewed")
@@ -84,7 +110,9 @@ MINGYUE_LAKE = (29.735, 106.585)  # lat, lon: the local plane's origin and the l
 JIANGBEI = (29.719, 106.642)  # lat, lon of Chongqing Jiangbei airport (touchdown point here)
 AIRPORT_RADIUS_M = 3000.0  # the circle around JIANGBEI the intruder enters
 CITY_BOX = (29.45, 106.40, 29.75, 106.75)  # min lat, min lon, max lat, max lon
-GROUND_WGS84_M = 230.0  # flat ground: alt_m = GROUND_WGS84_M + agl_m (see the docstring)
+GROUND_AMSL_M = 260.0  # flat ground, metres above mean sea level ...
+GEOID_UNDULATION_M = -30.0  # ... and the geoid's height above the WGS84 ellipsoid there, so
+GROUND_WGS84_M = GROUND_AMSL_M + GEOID_UNDULATION_M  # alt_m = GROUND_WGS84_M + agl_m = 230 m
 SEPARATION_H_M = 50.0  # the scripted pairs come closer than this ...
 SEPARATION_V_M = 15.0  # ... at the same height (less than this apart vertically)
 
@@ -93,6 +121,12 @@ LOGISTICS_CYCLE_S = 1200.0
 CONFLICT_FIRST_S, CONFLICT_PERIOD_S = 60.0, 90.0
 INTRUDER_FIRST_S, INTRUDER_PERIOD_S = 120.0, 720.0  # a flight reports for about 620 s
 CREWED_FIRST_S, CREWED_PERIOD_S = 180.0, 120.0
+FIRST_S = {"conflicts": CONFLICT_FIRST_S, "intruder": INTRUDER_FIRST_S, "crewed": CREWED_FIRST_S}
+CONFLICT_FLEET = 100  # pairs: episode k flies pair k % CONFLICT_FLEET (reused after 2.5 h)
+INTRUDER_FLEET = 20  # episode k flies intruder k % INTRUDER_FLEET (reused after 4 h)
+# Who flies each part of the scenario (the demo registers the fleet to these operators).
+TRAFFIC_OPERATORS = {"city": "cq-city", "logistics": "cq-logistics", "conflicts": "cq-survey",
+                     "intruder": "cq-hobby"}
 
 _M_PER_DEG_LAT = 6_371_008.8 * math.pi / 180.0
 _M_PER_DEG_LON = _M_PER_DEG_LAT * math.cos(math.radians(MINGYUE_LAKE[0]))
@@ -112,7 +146,7 @@ class Performance:
 
 PERFORMANCE: dict[str, Performance] = {
     "city": Performance(20.0, 4.0, 3.0, 2.0, 1.0, 120.0),
-    "logistics": Performance(15.0, 3.0, 2.0, 1.5, 1.0, 110.0),
+    "logistics": Performance(15.0, 4.0, 3.0, 1.5, 1.0, 110.0),
     "conflicts": Performance(15.0, 3.0, 2.0, 2.0, 1.0, 100.0),
     "intruder": Performance(15.0, 3.0, 2.0, 2.0, 1.0, 110.0),
     "crewed": Performance(80.0, 0.0, 4.5, 0.0, 0.0, 1000.0),
@@ -136,7 +170,10 @@ LOGISTICS_ROUTES = (
     LogisticsRoute("MY-W", 270.0, 4800.0, 90.0, 14.0),
     LogisticsRoute("MY-NW", 320.0, 1800.0, 65.0, 11.0),
 )
+LOGISTICS_UAVS = tuple(f"CQ-LOG-{j + 1:02d}" for j in range(2 * len(LOGISTICS_ROUTES)))
+LOGISTICS_FIT_S = 20.0  # a cleared flight strays at most this far from its route's timeline
 _LOGISTICS_RETURN_CLIMB_M = 20.0
+_LOGISTICS_HOVER_S = 20.0
 _HUB_RING_M = 200.0  # pads sit on a ring around the hub, at their lane's bearing
 _PAD_SPREAD_DEG = 17.5  # the second UAV of a lane: 61 m from the first pad
 
@@ -323,6 +360,66 @@ class _Flight:
         """Unix time at which the flight is `s` metres along `segment`."""
         return self.origin_t + segment.t_start + segment.time_at(s)
 
+    def route_fit(self) -> RouteFit:
+        """The route of the flight's airborne part (first to last move) as a clearance asks it:
+        waypoints where it stops, and the departure and constant speed along the 3D path that
+        minimise the largest gap between the route's timeline and the flight's (a Chebyshev
+        line fit of time against path length: hovers and slow vertical legs are absorbed)."""
+        moving = [k for k, seg in enumerate(self.segments) if seg.peak_mps > 0.0]
+        segments = self.segments[moving[0]:moving[-1] + 1]
+        points = [segments[0].start, *(seg.end for seg in segments if seg.peak_mps > 0.0)]
+        times: list[F64] = []
+        lengths: list[F64] = []
+        done_m = 0.0
+        for seg in segments:
+            dts = np.append(np.arange(0.0, seg.duration_s, 0.5), seg.duration_s)
+            along = np.array([seg.along(dt)[0] for dt in dts]) if seg.peak_mps > 0.0 \
+                else np.zeros(dts.size)
+            times.append(self.origin_t + seg.t_start + dts)
+            lengths.append(done_m + along)
+            done_m += seg.length_m
+        t, s = np.concatenate(times), np.concatenate(lengths)
+        lo, hi = 0.0, 2.0 * float(t[-1] - t[0]) / done_m  # seconds per metre
+
+        def spread(w: float) -> float:
+            return float(np.ptp(t - w * s))
+
+        for _ in range(100):  # the spread is convex in w
+            a, b = lo + (hi - lo) / 3.0, hi - (hi - lo) / 3.0
+            lo, hi = (lo, b) if spread(a) <= spread(b) else (a, hi)
+        w = (lo + hi) / 2.0
+        gap = t - w * s
+        coordinates = []
+        for x, y, z in points:
+            lat, lon = to_latlon(x, y)
+            coordinates.append((round(lon, 7), round(lat, 7), round(GROUND_WGS84_M + z, 2)))
+        return RouteFit(tuple(coordinates), float(gap.max() + gap.min()) / 2.0, 1.0 / w,
+                        float(np.ptp(gap)) / 2.0, float(t[0]), float(t[-1]))
+
+
+@dataclass(frozen=True, slots=True)
+class RouteFit:
+    """What a flight asks a clearance for: waypoints [lon, lat, alt_m] from takeoff to landing,
+    flown from `departure_t` at `speed_mps` along the 3D path by the route's timeline, from
+    which the flight's own strays at most `max_deviation_s`."""
+
+    coordinates: tuple[tuple[float, float, float], ...]
+    departure_t: float
+    speed_mps: float
+    max_deviation_s: float
+    takeoff_t: float
+    landing_t: float
+
+
+@dataclass(frozen=True, slots=True)
+class Departure:
+    """A logistics flight planned to take off at `takeoff_t` (before any delay)."""
+
+    uav: str
+    slot: int  # which logistics UAV: LOGISTICS_UAVS[slot]
+    cycle: int
+    takeoff_t: float
+
 
 # Scripted events
 
@@ -360,6 +457,23 @@ def _rng(*parts: object) -> random.Random:
     return random.Random(":".join(str(p) for p in parts))
 
 
+def _city_uav(i: int) -> str:
+    return f"CQ-CITY-{i + 1:04d}"
+
+
+def _conflict_uav(k: int, side: str) -> str:
+    return f"CQ-CONF-{k % CONFLICT_FLEET + 1:03d}{side}"
+
+
+def _intruder_uav(k: int) -> str:
+    return f"CQ-INTR-{k % INTRUDER_FLEET + 1:03d}"
+
+
+def _logistics_phase_s(j: int) -> float:
+    """How far into its cycle logistics UAV j is at t0: lanes 140 s apart, copies 600 s."""
+    return (j % len(LOGISTICS_ROUTES)) * 140.0 + (j // len(LOGISTICS_ROUTES)) * 600.0
+
+
 def _first_within(p0: tuple[float, float], w: tuple[float, float], r: float) -> tuple[float, float]:
     """For relative position p0 + w * tau: (first tau at distance r, tau of closest approach)."""
     a = w[0] * w[0] + w[1] * w[1]
@@ -371,22 +485,32 @@ def _first_within(p0: tuple[float, float], w: tuple[float, float], r: float) -> 
 class Scenario:
     """The traffic model; `states_at(t)` is everything reporting at Unix time t."""
 
-    def __init__(self, seed: int, uavs: int, kinds: Iterable[str], t0: float) -> None:
+    def __init__(self, seed: int, uavs: int, kinds: Iterable[str], t0: float, *,
+                 first_s: Mapping[str, float] | None = None, clearances: bool = False) -> None:
         """`uavs` city UAVs; `kinds` from KINDS; `t0` (Unix s) is when the scripted events'
-        clock starts, usually the start of the run."""
+        clock starts, usually the start of the run; `first_s` overrides FIRST_S (when the first
+        scripted episode of a kind happens, s after t0); with `clearances` a logistics flight
+        takes off only once `decide` has cleared it."""
         self.seed = seed
         self.uavs = uavs
         self.kinds = tuple(dict.fromkeys(kinds))
         self.t0 = t0
+        self.clearances = clearances
         unknown = set(self.kinds) - set(KINDS)
         if unknown:
             raise ConfigError(f"scenario: unknown kind(s) {', '.join(sorted(unknown))} "
                               f"(choose from {', '.join(KINDS)})")
         if uavs < 0:
             raise ConfigError("scenario: uavs must be 0 or more")
+        self.first_s = {**FIRST_S, **(first_s or {})}
+        if set(self.first_s) != set(FIRST_S) or not all(
+                math.isfinite(v) and v >= 0.0 for v in self.first_s.values()):
+            raise ConfigError(f"scenario: first_s takes {', '.join(FIRST_S)}: 0 or more seconds")
         self._homes = [self._city_home(i) for i in range(uavs)] if "city" in self.kinds else []
         self._cycles: dict[tuple[str, int], tuple[int, _Flight]] = {}
         self._episodes: dict[tuple[str, int], _Episode] = {}
+        self._plans: dict[tuple[int, int, float | None], _Flight | None] = {}
+        self._decisions: dict[tuple[int, int], float | None] = {}
 
     # The states
 
@@ -405,35 +529,97 @@ class Scenario:
         flights: list[_Flight] = []
         tau = t - self.t0
         if "logistics" in self.kinds:
-            for j in range(2 * len(LOGISTICS_ROUTES)):
-                phase_s = (j % len(LOGISTICS_ROUTES)) * 140.0 + (j // len(LOGISTICS_ROUTES)) * 600.0
-                flights.append(self._cycle("logistics", j, tau, phase_s, LOGISTICS_CYCLE_S,
-                                           self._logistics_flight))
+            for j in range(len(LOGISTICS_UAVS)):
+                cycle = math.floor((tau + _logistics_phase_s(j)) / LOGISTICS_CYCLE_S)
+                delay_s = self._decisions.get((j, cycle)) if self.clearances else 0.0
+                flight = self._logistics_plan(j, cycle, delay_s)
+                assert flight is not None  # decide() takes only delays that fit the cycle
+                flights.append(flight)
         if "city" in self.kinds:
             for i in range(self.uavs):
                 phase_s = _rng(self.seed, "city", i, "phase").uniform(0.0, CITY_CYCLE_S)
                 flights.append(self._cycle("city", i, tau, phase_s, CITY_CYCLE_S,
                                            self._city_flight))
-        episodic = (("conflicts", CONFLICT_FIRST_S, CONFLICT_PERIOD_S, self._conflict_episode),
-                    ("intruder", INTRUDER_FIRST_S, INTRUDER_PERIOD_S, self._intruder_episode),
-                    ("crewed", CREWED_FIRST_S, CREWED_PERIOD_S, self._crewed_episode))
-        for kind, first_s, period_s, build in episodic:
+        episodic = (("conflicts", CONFLICT_PERIOD_S, self._conflict_episode),
+                    ("intruder", INTRUDER_PERIOD_S, self._intruder_episode),
+                    ("crewed", CREWED_PERIOD_S, self._crewed_episode))
+        for kind, period_s, build in episodic:
             if kind in self.kinds:
-                for episode in self._episodes_near(kind, tau, first_s, period_s, build):
+                for episode in self._episodes_near(kind, tau, self.first_s[kind], period_s,
+                                                   build):
                     flights.extend(f for f in episode.flights if f.origin_t <= t < f.end_t)
         return flights
 
     def conflicts(self, until_t: float) -> list[ScriptedConflict]:
         """The scripted separation losses from t0 up to `until_t`."""
-        return [e for e in self._events("conflicts", until_t, CONFLICT_FIRST_S, CONFLICT_PERIOD_S,
-                                        self._conflict_episode)
+        return [e for e in self._events("conflicts", until_t, self.first_s["conflicts"],
+                                        CONFLICT_PERIOD_S, self._conflict_episode)
                 if isinstance(e, ScriptedConflict)]
 
     def intrusions(self, until_t: float) -> list[ScriptedIntrusion]:
         """The scripted airport intrusions that begin from t0 up to `until_t`."""
-        return [e for e in self._events("intruder", until_t, INTRUDER_FIRST_S, INTRUDER_PERIOD_S,
-                                        self._intruder_episode)
+        return [e for e in self._events("intruder", until_t, self.first_s["intruder"],
+                                        INTRUDER_PERIOD_S, self._intruder_episode)
                 if isinstance(e, ScriptedIntrusion)]
+
+    def fleet(self) -> dict[str, str]:
+        """Every UAV id the scenario can fly, with its traffic (crewed arrivals are aircraft,
+        not UAVs, and not listed)."""
+        ids: dict[str, str] = {}
+        if "city" in self.kinds:
+            ids.update((_city_uav(i), "city") for i in range(self.uavs))
+        if "logistics" in self.kinds:
+            ids.update((uav, "logistics") for uav in LOGISTICS_UAVS)
+        if "conflicts" in self.kinds:
+            ids.update((_conflict_uav(k, side), "conflicts")
+                       for k in range(CONFLICT_FLEET) for side in "AB")
+        if "intruder" in self.kinds:
+            ids.update((_intruder_uav(k), "intruder") for k in range(INTRUDER_FLEET))
+        return ids
+
+    # Logistics flights and their clearances
+
+    def logistics_departures(self, t_from: float, t_to: float) -> list[Departure]:
+        """The logistics takeoffs planned (before any delay) in [t_from, t_to), in time order."""
+        if "logistics" not in self.kinds:
+            return []
+        found = []
+        for j, uav in enumerate(LOGISTICS_UAVS):
+            phase_s = _logistics_phase_s(j)
+            first = math.floor((t_from - self.t0 + phase_s) / LOGISTICS_CYCLE_S)
+            last = math.floor((t_to - self.t0 + phase_s) / LOGISTICS_CYCLE_S)
+            for cycle in range(first, last + 1):
+                flight = self._logistics_plan(j, cycle, 0.0)
+                assert flight is not None
+                takeoff_t = flight.origin_t + flight.segments[1].t_start
+                if t_from <= takeoff_t < t_to:
+                    found.append(Departure(uav, j, cycle, takeoff_t))
+        return sorted(found, key=lambda d: (d.takeoff_t, d.slot))
+
+    def logistics_route(self, slot: int, cycle: int, delay_s: float = 0.0) -> RouteFit | None:
+        """The route a logistics flight asks for when it leaves `delay_s` later than planned;
+        None when so late a flight would not end within its cycle."""
+        flight = self._logistics_plan(slot, cycle, delay_s)
+        return None if flight is None else flight.route_fit()
+
+    def decide(self, slot: int, cycle: int, delay_s: float | None) -> None:
+        """A logistics flight is cleared to leave `delay_s` later than planned (None: it stays
+        on its pad for the cycle). Only for delays `logistics_route` gave a route for."""
+        if delay_s is not None and self._logistics_plan(slot, cycle, delay_s) is None:
+            raise ConfigError(f"scenario: a {delay_s:g} s delay does not fit the cycle")
+        if len(self._decisions) > 4096:  # forget cycles long flown
+            newest = max(c for _, c in self._decisions)
+            self._decisions = {k: v for k, v in self._decisions.items() if k[1] >= newest - 4}
+        self._decisions[(slot, cycle)] = delay_s
+
+    def _logistics_plan(self, j: int, cycle: int, delay_s: float | None) -> _Flight | None:
+        key = (j, cycle, delay_s)
+        if key not in self._plans:
+            if len(self._plans) > 512:
+                self._plans.clear()
+            origin_t = self.t0 + cycle * LOGISTICS_CYCLE_S - _logistics_phase_s(j)
+            self._plans[key] = self._logistics_flight(j, cycle, origin_t, delay_s)
+        return self._plans[key]
 
     # Persistent traffic: one plan per cycle of a fixed length
 
@@ -484,9 +670,12 @@ class Scenario:
         plan.move("return", (home[0], home[1], agl), speed, perf.accel_mps2)
         plan.move("landing", (home[0], home[1], 0.0), descent, perf.vaccel_mps2)
         plan.hold("ground", CITY_CYCLE_S - plan.t)
-        return _Flight.of(f"CQ-CITY-{i + 1:04d}", "city", plan, origin_t)
+        return _Flight.of(_city_uav(i), "city", plan, origin_t)
 
-    def _logistics_flight(self, j: int, cycle: int, origin_t: float) -> _Flight:
+    def _logistics_flight(self, j: int, cycle: int, origin_t: float,
+                          delay_s: float | None) -> _Flight | None:
+        """Cycle `cycle` of logistics UAV j, leaving `delay_s` late (None: on its pad all
+        cycle); None when the delayed flight would not end within the cycle."""
         perf = PERFORMANCE["logistics"]
         route = LOGISTICS_ROUTES[j % len(LOGISTICS_ROUTES)]
         copy = j // len(LOGISTICS_ROUTES)
@@ -496,15 +685,21 @@ class Scenario:
         out_agl = route.out_agl_m
         back_agl = out_agl + _LOGISTICS_RETURN_CLIMB_M
         plan = _Plan((pad[0], pad[1], 0.0), route.bearing_deg)
-        plan.hold("ground", rng.uniform(40.0, 80.0))
+        loading_s = rng.uniform(40.0, 80.0)
+        if delay_s is None:
+            plan.hold("ground", LOGISTICS_CYCLE_S)
+            return _Flight.of(LOGISTICS_UAVS[j], "logistics", plan, origin_t)
+        plan.hold("ground", loading_s + delay_s)
         plan.move("takeoff", (pad[0], pad[1], out_agl), perf.max_climb_mps, perf.vaccel_mps2)
         plan.move("cruise", (drop[0], drop[1], out_agl), route.speed_mps, perf.accel_mps2)
-        plan.hold("hover", 30.0)
-        plan.move("climb", (drop[0], drop[1], back_agl), 2.0, perf.vaccel_mps2)
+        plan.hold("hover", _LOGISTICS_HOVER_S)
+        plan.move("climb", (drop[0], drop[1], back_agl), perf.max_climb_mps, perf.vaccel_mps2)
         plan.move("return", (pad[0], pad[1], back_agl), route.speed_mps, perf.accel_mps2)
         plan.move("landing", (pad[0], pad[1], 0.0), perf.max_descent_mps, perf.vaccel_mps2)
+        if plan.t > LOGISTICS_CYCLE_S:
+            return None
         plan.hold("ground", LOGISTICS_CYCLE_S - plan.t)
-        return _Flight.of(f"CQ-LOG-{j + 1:02d}", "logistics", plan, origin_t)
+        return _Flight.of(LOGISTICS_UAVS[j], "logistics", plan, origin_t)
 
     # Episodes: scripted flights, one set every period
 
@@ -580,12 +775,12 @@ class Scenario:
         tau_loss, tau_cpa = _first_within(p0, w, SEPARATION_H_M)
         cpa_m = math.hypot(p0[0] + w[0] * tau_cpa, p0[1] + w[1] * tau_cpa)
         # Place A's passage so that the loss falls exactly on the scripted instant.
-        loss_t = self._scripted_t(CONFLICT_FIRST_S, CONFLICT_PERIOD_S, k)
+        loss_t = self._scripted_t(self.first_s["conflicts"], CONFLICT_PERIOD_S, k)
         pass_a = loss_t - tau_loss
         flights = []
         for uav, centre, bearing, speed, pass_t in (
-            (f"CQ-CONF-{k + 1:03d}A", centre_a, bearing_a, speed_a, pass_a),
-            (f"CQ-CONF-{k + 1:03d}B", centre_b, bearing_b, speed_b, pass_a + lag_b),
+            (_conflict_uav(k, "A"), centre_a, bearing_a, speed_a, pass_a),
+            (_conflict_uav(k, "B"), centre_b, bearing_b, speed_b, pass_a + lag_b),
         ):
             plan, leg = self._one_way(_offset(centre, bearing, -arm), bearing, 2.0 * arm, agl,
                                       speed, perf)
@@ -603,7 +798,7 @@ class Scenario:
         target = _offset(_AIRPORT, bearing, _INTRUDER_TARGET_M)
         agl = rng.uniform(80.0, perf.max_agl_m)
         speed = rng.uniform(10.0, perf.max_speed_mps)
-        uav = f"CQ-INTR-{k + 1:03d}"
+        uav = _intruder_uav(k)
         plan = _Plan((home[0], home[1], 0.0), bearing + 180.0)
         plan.hold("ground", 10.0)
         plan.move("takeoff", (home[0], home[1], agl), perf.max_climb_mps, perf.vaccel_mps2)
@@ -612,7 +807,7 @@ class Scenario:
         outbound = plan.move("return", (home[0], home[1], agl), speed, perf.accel_mps2)
         plan.move("landing", (home[0], home[1], 0.0), perf.max_descent_mps, perf.vaccel_mps2)
         plan.hold("ground", 10.0)
-        entry_t = self._scripted_t(INTRUDER_FIRST_S, INTRUDER_PERIOD_S, k)
+        entry_t = self._scripted_t(self.first_s["intruder"], INTRUDER_PERIOD_S, k)
         inside_after_m = _INTRUDER_HOME_M - AIRPORT_RADIUS_M
         origin = entry_t - (inbound.t_start + inbound.time_at(inside_after_m))
         flight = _Flight.of(uav, "intruder", plan, origin)
@@ -630,7 +825,7 @@ class Scenario:
                      _RUNWAY_DEG)
         plan.move("approach", (_AIRPORT[0], _AIRPORT[1], _THRESHOLD_CROSSING_M),
                   ground_speed * math.hypot(1.0, slope), 0.0)
-        touchdown_t = self._scripted_t(CREWED_FIRST_S, CREWED_PERIOD_S, k)
+        touchdown_t = self._scripted_t(self.first_s["crewed"], CREWED_PERIOD_S, k)
         flight = _Flight.of(f"ICAO-{icao:06X}", "crewed", plan, touchdown_t - plan.t,
                             kind="crewed", report_agl=False)
         return _Episode((flight,), None)

@@ -11,6 +11,7 @@ Formats (API.md sections 2 and 6), built from scenario states at send time:
 
 Transports: the gateway stream and the WebSocket (frames of up to FRAME_MAX_OBS observations,
 at most `window` frames awaiting their ack) and HTTP (one POST per frame, native only).
+Logistics clearances, when asked for, go over HTTP beside any transport (clearances.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ingest.codecs.odid import BasicId, Location, MessagePack, encode
 from ingest.codecs.sbs import FPM_MPS, FT_M, KT_MPS
 from lowalt.errors import ConfigError
 
+from .clearances import ClearanceAgent, ClearanceStats
 from .scenario import SatelliteLink, Scenario, State
 
 __all__ = [
@@ -112,6 +114,7 @@ class Summary:
     reordered: int = 0
     errors: list[str] = field(default_factory=list)  # what ended the run early
     uavs: set[str] = field(default_factory=set)  # ids as the server sees them
+    clearances: ClearanceStats | None = None  # when the logistics flights asked clearances
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
 
     @property
@@ -135,6 +138,8 @@ class Summary:
         text += f"; ack p50 {p50 * 1000:.1f} ms" if p50 is not None else "; no acks"
         text += (f"; link: lost {self.lost}, duplicated {self.duplicated}, "
                  f"reordered {self.reordered}")
+        if self.clearances is not None:
+            text += "; " + self.clearances.line()
         if self.errors:
             text += "; stopped: " + "; ".join(self.errors)
         return text
@@ -467,17 +472,22 @@ async def run_simulation(
     target: Target, token: str, fmt: str, scenario: Scenario, link: SatelliteLink,
     duration_s: float | None, rate_hz: float, stop_event: asyncio.Event | None = None, *,
     array_form: bool = False, progress: Callable[[Summary], None] | None = None,
-    progress_every_s: float = 10.0,
+    progress_every_s: float = 10.0, clearances: ClearanceAgent | None = None,
 ) -> Summary:
     """Send the scenario's states every 1/rate_hz s (on the grid t0 + k / rate_hz, wall clock)
     through `link` to `target` for `duration_s` (None: until `stop_event`), then deliver what
     the link still holds, wait for the acks and return what happened. A connection lost on the
-    way ends the run early with the reason in `Summary.errors`."""
+    way ends the run early with the reason in `Summary.errors`. With `clearances` (an agent for
+    this scenario) the logistics flights ask their clearances meanwhile."""
     if not (math.isfinite(rate_hz) and rate_hz > 0.0):
         raise ConfigError("rate_hz must be a positive number")
     summary = Summary(target.transport, fmt)
+    if clearances is not None:
+        summary.clearances = clearances.stats
     sender = open_sender(target, token, fmt, summary)
     await sender.open()
+    asking = None if clearances is None else asyncio.create_task(
+        clearances.run(), name="lowalt-sim-clearances")
     period_s = 1.0 / rate_hz
     start = time.time()
     end = math.inf if duration_s is None else start + duration_s
@@ -521,6 +531,11 @@ async def run_simulation(
     except ConnectionError as exc:
         summary.errors.append(str(exc))
     finally:
+        if asking is not None:
+            asking.cancel()
+            for result in await asyncio.gather(asking, return_exceptions=True):
+                if isinstance(result, Exception):
+                    summary.errors.append(f"clearances: {result}")
         await sender.close()
         _copy_link(summary, link)
     return summary
