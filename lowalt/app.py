@@ -57,6 +57,7 @@ class Runtime:
     gateway_connections: set[GatewayProtocol] = field(default_factory=set)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     ingest_task: asyncio.Task[None] | None = None
+    http_port: int = 0  # the bound HTTP port (settings may say 0: any free one), once listening
 
     @property
     def gateway_port(self) -> int:
@@ -314,4 +315,5 @@ async def start_http(app: web.Application, settings: Settings) -> web.AppRunner:
         await runner.cleanup()
         raise ListenError(f"cannot listen for HTTP on {settings.http}: {_bind_reason(exc)}") \
             from None
+    app[RUNTIME].http_port = runner.addresses[0][1]
     return runner

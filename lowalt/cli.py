@@ -357,11 +357,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         def local(host: str) -> str:
             return host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
 
+        scheme = "https" if rt.tls is not None else "http"
+        base = f"{scheme}://{local(settings.http_host)}:{rt.http_port}"
         demo_traffic.append(start_demo(
             f"{local(settings.gateway_host)}:{rt.gateway_port}", tokens["gateway"],
-            api=f"http://{local(settings.http_host)}:{settings.http_port}",
-            clearance_token=tokens["logistics"]))
-        base = f"http://{settings.http}"
+            api=base, clearance_token=tokens["logistics"]))
         print(
             f"\nlowalt demo is up ({settings.backend}: {settings.database_url})\n"
             f"  regulator token: {tokens['regulator']}\n"

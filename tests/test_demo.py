@@ -30,11 +30,10 @@ def free_port() -> int:
 @contextlib.asynccontextmanager
 async def demo(tmp_path: Path) -> AsyncIterator[tuple[str, dict[str, str]]]:
     """The demo server running in its own process: (base URL, tokens by banner name)."""
-    http, gateway = free_port(), free_port()
-    proc = await asyncio.create_subprocess_exec(
+    proc = await asyncio.create_subprocess_exec(  # port 0: the banner says where it listens
         sys.executable, "-m", "lowalt.cli", "serve", "--demo", "--database",
-        f"sqlite:///{tmp_path / 'demo.db'}", "--http", f"127.0.0.1:{http}", "--gateway",
-        f"127.0.0.1:{gateway}", stdout=asyncio.subprocess.PIPE,
+        f"sqlite:///{tmp_path / 'demo.db'}", "--http", "127.0.0.1:0", "--gateway",
+        f"127.0.0.1:{free_port()}", stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL)
     try:
         assert proc.stdout is not None
@@ -46,7 +45,9 @@ async def demo(tmp_path: Path) -> AsyncIterator[tuple[str, dict[str, str]]]:
                 name, _, rest = line.strip().partition(":")
                 if rest:
                     tokens[name.replace(" token", "")] = rest.split()[0]
-        yield f"http://127.0.0.1:{http}", tokens
+        base = tokens["live map"].rstrip("/")
+        assert base.startswith("http://127.0.0.1:") and not base.endswith(":0"), base
+        yield base, tokens
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGINT)
