@@ -2,8 +2,8 @@
 PNG plots, and sets each figure beside its target from the issues.
 
 Parts (each also alone: `lowalt bench PART ...`, or `python -m benchmarks.bench_<part>`):
-codecs, geofence, conflicts, clearances, traffic, alerts, ingest, memory. `--quick` runs short
-versions (seconds) of each, for smoke tests; their figures mean little.
+codecs, geofence, conflicts, clearances, traffic, alerts, webhooks, ingest, memory. `--quick`
+runs short versions (seconds) of each, for smoke tests; their figures mean little.
 
     .venv/bin/python -m benchmarks.suite [PART ...] [--quick] [--backend sqlite postgres]
 """
@@ -24,8 +24,8 @@ from typing import Any
 
 from benchmarks.harness import log, postgres_unavailable
 
-PARTS = ("codecs", "geofence", "conflicts", "clearances", "traffic", "alerts", "ingest",
-         "memory")
+PARTS = ("codecs", "geofence", "conflicts", "clearances", "traffic", "alerts", "webhooks",
+         "ingest", "memory")
 BACKENDS = ("sqlite", "postgres")
 DEFAULT_CONNECTIONS = (1, 2, 4, 8)
 
@@ -86,7 +86,13 @@ def _part_runner(part: str, quick: bool, backends: Sequence[str], seconds: float
 
         if quick:
             return lambda: bench_alerts.run(list(backends), 2.0, 2_000)
-        return lambda: bench_alerts.run(list(backends), 20.0, 10_000)
+        return lambda: bench_alerts.run(list(backends), 20.0, 20_000)
+    if part == "webhooks":
+        from benchmarks import bench_webhooks
+
+        if quick:
+            return lambda: bench_webhooks.run(list(backends), 200, 5, 2, 1.0, 200)
+        return lambda: bench_webhooks.run(list(backends))
     if part == "ingest":
         from benchmarks import bench_ingest
 
@@ -117,7 +123,8 @@ def run_suite(parts: Sequence[str], *, quick: bool = False,
         "quick": quick, "machine": machine(), "parts": chosen, "skipped": {}, "errors": {},
     }
     usable = list(backends)
-    if "postgres" in usable and any(p in chosen for p in ("geofence", "alerts", "ingest")):
+    if "postgres" in usable and any(p in chosen for p in ("geofence", "alerts", "webhooks",
+                                                          "ingest")):
         reason = postgres_unavailable()
         if reason:
             log(f"bench: postgres skipped: {reason}")
@@ -218,8 +225,40 @@ def _rows(r: dict[str, Any]) -> list[Row]:
         a = alerts.get(backend)
         if a:
             rows.append(("alerts", f"{backend}: alert latency p50 / p99 (send -> SSE event), "
-                         f"ms, under {a['background_obs_per_s']:,} obs/s",
-                         f"{_fmt(a['p50_ms'], 1)} / {_fmt(a['p99_ms'], 1)}", "", ""))
+                         f"ms, under {a['background_obs_per_s']:,} obs/s, "
+                         f"{a.get('crossing_uavs', 0):,} UAVs crossing the zone "
+                         f"({_fmt(a.get('crossing_events_per_s', 0.0))} events/s)",
+                         f"{_fmt(a['p50_ms'], 1)} / {_fmt(a['p99_ms'], 1)}",
+                         "p99 <= 250 (dispatch)", _verdict(a["p99_ms"] <= 250)))
+    webhooks = r.get("webhooks") or {}
+    for backend in BACKENDS:
+        w = webhooks.get(backend)
+        if not w:
+            continue
+        one, naive = w["one_subscription"], w["naive_one_post_per_event"]
+        rows.append(("webhooks", f"{backend}: deliveries, one subscription, events/s "
+                     f"({one['events']:,} events, {_fmt(one['events_per_post'])} per POST, "
+                     f"{_fmt(one.get('server_cpu_us_per_event', float('nan')), 1)} us server "
+                     "CPU per event)",
+                     _fmt(one["events_per_s_total"]), ">= 5,000 (dispatch)",
+                     _verdict(one["events_per_s_total"] >= 5_000)))
+        several = w.get("several_subscriptions")
+        if several:
+            rows.append(("webhooks", f"{backend}: {several['subscriptions']} subscriptions at "
+                         "once, events/s: the slowest subscription (all together)",
+                         f"{_fmt(min(several['events_per_s_per_subscription']))} "
+                         f"({_fmt(several['events_per_s_total'])})", "", ""))
+        rows.append(("webhooks", f"{backend}: naive, one POST per event, events/s",
+                     _fmt(naive["events_per_s_total"]), "", ""))
+        rows.append(("webhooks", f"{backend}: batched / naive",
+                     f"{w['ratio_batched_vs_naive']:,.1f}x", "", ""))
+        live = w.get("live")
+        if live:
+            rows.append(("webhooks", f"{backend}: delivery lag p50 / p99 (raised -> received), "
+                         f"ms, {_fmt(live['events_per_s'])} events/s to "
+                         f"{live['subscriptions']} subscriptions",
+                         f"{_fmt(live['lag_p50_ms'], 1)} / {_fmt(live['lag_p99_ms'], 1)}", "",
+                         ""))
     g = r.get("geofence")
     if g:
         rows.append(("geofence", f"index check, {g['zones']:,} zones, uniform points, "

@@ -103,7 +103,7 @@ class EventQuery:
                 return False
         return True
 
-    def sql(self, postgres: bool) -> tuple[str, list[Any]]:
+    def sql(self, postgres: bool, columns: str = "body") -> tuple[str, list[Any]]:
         args: list[Any] = []
 
         def arg(value: Any) -> str:
@@ -127,9 +127,20 @@ class EventQuery:
             min_lon, min_lat, max_lon, max_lat = self.bbox
             where.append(f"lon >= {arg(min_lon)} AND lon <= {arg(max_lon)} "
                          f"AND lat >= {arg(min_lat)} AND lat <= {arg(max_lat)}")
-        sql = (f"SELECT body FROM alert_events WHERE {' AND '.join(where)} "
+        sql = (f"SELECT {columns} FROM alert_events WHERE {' AND '.join(where)} "
                f"ORDER BY seq LIMIT {arg(self.limit)}")
         return sql, args
+
+
+class OutboxEvent(NamedTuple):
+    """A committed event as a sink sends it on: its JSON text, not decoded."""
+
+    seq: int
+    raised_at: float
+    body: str
+
+
+OUTBOX_COLUMNS = "seq, raised_at, body"
 
 
 @dataclass(frozen=True)
@@ -236,6 +247,10 @@ class AlertStore(abc.ABC):
     async def events(self, query: EventQuery) -> list[AlertEvent]:
         """Committed events matching query, by seq."""
 
+    async def outbox(self, query: EventQuery) -> list[OutboxEvent]:
+        """The same events as `events`, undecoded: what a sink needs to send them on."""
+        return [OutboxEvent(e.seq, e.raised_at, e.body) for e in await self.events(query)]
+
     @abc.abstractmethod
     async def subscriptions(self) -> list[Subscription]: ...
 
@@ -340,6 +355,10 @@ class SqliteAlertStore(AlertStore):
     async def events(self, query: EventQuery) -> list[AlertEvent]:
         sql, args = query.sql(postgres=False)
         return [AlertEvent.from_body(r[0]) for r in await self._read(sql, args)]
+
+    async def outbox(self, query: EventQuery) -> list[OutboxEvent]:
+        sql, args = query.sql(postgres=False, columns=OUTBOX_COLUMNS)
+        return [OutboxEvent._make(r) for r in await self._read(sql, args)]
 
     async def subscriptions(self) -> list[Subscription]:
         return [_subscription(r) for r in await self._read(f"{_SUB_SELECT} ORDER BY id")]
@@ -463,6 +482,10 @@ class PostgresAlertStore(AlertStore):
     async def events(self, query: EventQuery) -> list[AlertEvent]:
         sql, args = query.sql(postgres=True)
         return [AlertEvent.from_body(r[0]) for r in await self._fetch(sql, *args)]
+
+    async def outbox(self, query: EventQuery) -> list[OutboxEvent]:
+        sql, args = query.sql(postgres=True, columns=OUTBOX_COLUMNS)
+        return [OutboxEvent._make(r) for r in await self._fetch(sql, *args)]
 
     async def subscriptions(self) -> list[Subscription]:
         return [_subscription(r) for r in await self._fetch(f"{_SUB_SELECT} ORDER BY id")]

@@ -8,7 +8,10 @@ backoff and full jitter; once the oldest undelivered event is older than `webhoo
 next failure puts the subscription in `dead_letter` (shown, with `last_error`, by
 GET /v1/subscriptions) until POST /v1/subscriptions/{id}/resume. Each task has its own HTTP
 session and per-request timeout, so a slow or dead endpoint delays nobody else. Cursor and retry
-state are stored after every attempt, so deliveries resume after a restart.
+state are stored after every attempt, so deliveries resume after a restart; the store of a
+delivered batch's cursor runs while the next batch is POSTed (a restart may send that one batch
+again). A worker reads the outbox `PAGE_BATCHES` batches at a time and sends each event's stored
+JSON text as it is.
 """
 
 from __future__ import annotations
@@ -27,8 +30,15 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from dispatch.alerts import ALERT_TYPES, AlertEvent, Broadcaster
-from dispatch.store import AlertStore, EventQuery, NameTaken, Subscription, SubscriptionSpec
+from dispatch.alerts import ALERT_TYPES, Broadcaster
+from dispatch.store import (
+    AlertStore,
+    EventQuery,
+    NameTaken,
+    OutboxEvent,
+    Subscription,
+    SubscriptionSpec,
+)
 from lowalt.api import BadRequest
 from lowalt.audit import audit
 from lowalt.auth import PRINCIPAL
@@ -38,6 +48,7 @@ from lowalt.metrics import Metrics
 log = logging.getLogger("lowalt.webhooks")
 
 IDLE_WAIT_S = 5.0  # a worker re-reads the log at least this often even without a wake-up
+PAGE_BATCHES = 10  # batches read from the outbox per query
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -45,7 +56,7 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
 
 
-def batch_body(events: Sequence[AlertEvent]) -> bytes:
+def batch_body(events: Sequence[OutboxEvent]) -> bytes:
     return ('{"events":[' + ",".join(e.body for e in events) + "]}").encode("utf-8")
 
 
@@ -89,6 +100,32 @@ def config_specs(extra: Mapping[str, Any]) -> list[SubscriptionSpec]:
     if len(set(names)) != len(names):
         raise ConfigError("subscriptions: names must be unique")
     return specs
+
+
+class _StateWriter:
+    """One subscription's state saves, one at a time and in order. `save(wait=False)` returns
+    once the previous save is done, leaving this one running; a failed save is logged, and the
+    next one writes newer state over it."""
+
+    def __init__(self, store: AlertStore, sub_id: int) -> None:
+        self.store, self.sub_id = store, sub_id
+        self._pending: asyncio.Task[None] | None = None
+
+    async def save(self, sub: Subscription, *, wait: bool) -> None:
+        await self.settle()
+        self._pending = asyncio.create_task(self.store.save_subscription(sub))
+        if wait:
+            await self.settle()
+
+    async def settle(self) -> None:
+        """Wait for the save in flight (a cancelled caller leaves it to finish)."""
+        task = self._pending
+        if task is None:
+            return
+        await asyncio.wait([task])  # the save itself is not cancelled with the caller
+        self._pending = None
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("webhook %d: state not stored: %s", self.sub_id, task.exception())
 
 
 class WebhookDispatcher:
@@ -175,34 +212,46 @@ class WebhookDispatcher:
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         types = frozenset(sub.types) or None
         scanned = sub.delivered_seq  # may run ahead of the cursor over events of other types
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            if sub.next_attempt_at is not None:  # a retry was due when we stopped
-                await asyncio.sleep(max(0.0, sub.next_attempt_at - time.time()))
-            while True:
-                try:
-                    head = self.broadcaster.head
-                    events = await self.store.events(
-                        EventQuery(since=scanned, limit=self.batch_events, types=types)
-                    )
-                    if not events:
-                        scanned = max(scanned, head)
-                        await self.broadcaster.wait_beyond(scanned, IDLE_WAIT_S)
-                        continue
-                    sub, delay = await self._attempt(session, sub, events)
-                    if sub.state != "active":
-                        return
-                    if delay is None:
-                        scanned = sub.delivered_seq
-                    else:
-                        await asyncio.sleep(delay)
-                except Exception as exc:  # storage away or a bug: log, wait, go on
-                    log.warning("webhook %d: %s", sub.id, exc)
-                    await asyncio.sleep(self.retry_base_s)
+        page: list[OutboxEvent] = []  # read, not yet delivered, in seq order
+        state = _StateWriter(self.store, sub.id)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                if sub.next_attempt_at is not None:  # a retry was due when we stopped
+                    await asyncio.sleep(max(0.0, sub.next_attempt_at - time.time()))
+                while True:
+                    try:
+                        if not page:
+                            head = self.broadcaster.head
+                            page = await self.store.outbox(EventQuery(
+                                since=scanned, limit=self.batch_events * PAGE_BATCHES,
+                                types=types,
+                            ))
+                            if not page:
+                                await state.settle()
+                                scanned = max(scanned, head)
+                                await self.broadcaster.wait_beyond(scanned, IDLE_WAIT_S)
+                                continue
+                        batch = page[:self.batch_events]
+                        sub, delay = await self._attempt(session, state, sub, batch)
+                        if sub.state != "active":
+                            return
+                        if delay is None:
+                            scanned = sub.delivered_seq
+                            del page[:len(batch)]
+                        else:
+                            await asyncio.sleep(delay)
+                    except Exception as exc:  # storage away or a bug: log, wait, go on
+                        log.warning("webhook %d: %s", sub.id, exc)
+                        await asyncio.sleep(self.retry_base_s)
+        finally:
+            await state.settle()
 
     async def _attempt(
-        self, session: aiohttp.ClientSession, sub: Subscription, events: Sequence[AlertEvent]
+        self, session: aiohttp.ClientSession, state: _StateWriter, sub: Subscription,
+        events: Sequence[OutboxEvent],
     ) -> tuple[Subscription, float | None]:
-        """POST one batch; the new state and, after a failure, how long to wait."""
+        """POST one batch; the new state and, after a failure, how long to wait. A delivered
+        batch's cursor is left saving; failure state is saved before this returns."""
         error = await self._post(session, sub, events)
         now = time.time()
         if error is None:
@@ -212,7 +261,7 @@ class WebhookDispatcher:
                 sub, delivered_seq=events[-1].seq, attempts=0, next_attempt_at=None,
                 last_error=None, delivered_at=now,
             )
-            await self.store.save_subscription(sub)
+            await state.save(sub, wait=False)
             return sub, None
         self.metrics.inc("lowalt_webhook_deliveries_total", result="error")
         attempts = sub.attempts + 1
@@ -223,17 +272,17 @@ class WebhookDispatcher:
                         attempts, error)
             sub = dataclasses.replace(sub, attempts=attempts, next_attempt_at=None,
                                       state="dead_letter", last_error=error)
-            await self.store.save_subscription(sub)
+            await state.save(sub, wait=True)
             return sub, None
         backoff = min(self.retry_max_s, self.retry_base_s * 2 ** min(attempts - 1, 30))
         delay = min(backoff * random.uniform(0.5, 1.0), deadline - now)  # a last try at the end
         sub = dataclasses.replace(sub, attempts=attempts, next_attempt_at=now + delay,
                                   last_error=error)
-        await self.store.save_subscription(sub)
+        await state.save(sub, wait=True)
         return sub, delay
 
     async def _post(
-        self, session: aiohttp.ClientSession, sub: Subscription, events: Sequence[AlertEvent]
+        self, session: aiohttp.ClientSession, sub: Subscription, events: Sequence[OutboxEvent]
     ) -> str | None:
         """None after a 2xx, otherwise what went wrong."""
         body = batch_body(events)

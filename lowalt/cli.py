@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="run the benchmark suite, or parts of it")
     bench.add_argument("parts", nargs="*", default=[], metavar="PART",
-                       help="codecs, geofence, conflicts, clearances, traffic, alerts, ingest, "
+                       help="codecs, geofence, conflicts, clearances, traffic, alerts, webhooks, "
+                       "ingest, "
                        "memory (default: all)")
     bench.add_argument("--quick", action="store_true",
                        help="short versions (seconds), for smoke tests")

@@ -1,5 +1,6 @@
-"""`lowalt bench` runs end to end: the cheap in-process parts in their quick form write a JSON
-with the expected figures (positive numbers; no timing is asserted) and a markdown table."""
+"""`lowalt bench` runs end to end: the cheap in-process parts, and the webhook part against a
+server, in their quick form write a JSON with the expected figures (positive numbers; no timing
+is asserted) and a markdown table."""
 
 from __future__ import annotations
 
@@ -60,6 +61,40 @@ def test_bench_quick_codecs_and_conflicts(tmp_path: Path) -> None:
     else:
         assert results["plots"] == []
         assert "matplotlib is not installed" in done.stderr
+
+
+@pytest.mark.timeout(300)
+def test_bench_quick_webhooks_against_a_server(tmp_path: Path) -> None:
+    """The webhook part end to end on SQLite: every burst event reaches each subscription once,
+    signed; the naive one-POST-per-event baseline runs beside it and the ratio is given."""
+    out = tmp_path / "bench"
+    done = subprocess.run(
+        [sys.executable, "-m", "lowalt.cli", "bench", "webhooks", "--quick", "--backend",
+         "sqlite", "--out", str(out)],
+        capture_output=True, text=True, timeout=280,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "bench.json").read_text())
+    assert results["errors"] == {} and results["backends"] == ["sqlite"]
+
+    w = results["webhooks"]["sqlite"]
+    assert w["burst_events"] >= 200 * 5  # 200 UAVs inside 5 stacked zones: one open each
+    one, several = w["one_subscription"], w["several_subscriptions"]
+    naive = w["naive_one_post_per_event"]
+    assert one["events"] == several["events"] == w["burst_events"]
+    assert one["events_per_post"] > 1 and naive["events_per_post"] == 1
+    assert naive["posts"] == naive["events"]
+    for part in (one, several, naive):
+        assert _positive(part["events_per_s_total"])
+        assert all(_positive(v) for v in part["events_per_s_per_subscription"])
+    assert len(several["events_per_s_per_subscription"]) == 2
+    assert _positive(w["ratio_batched_vs_naive"])
+    assert _positive(w["live"]["events"]) and _positive(w["live"]["lag_p99_ms"])
+    assert w["duplicates"] == naive["duplicates"] == 0
+    assert w["bad_signatures"] == naive["bad_signatures"] == 0
+    table = (out / "bench.md").read_text()
+    assert "sqlite: deliveries, one subscription, events/s" in table
+    assert "sqlite: batched / naive" in table
 
 
 def test_bench_unknown_part_is_a_usage_error(tmp_path: Path) -> None:
