@@ -15,7 +15,10 @@ clearance to the clearance whose window (less `clearance_activation_lead_s` befo
 its time, then: granted -> active on the first one; completed at the end of the route; otherwise
 `off_route` (outside the corridor horizontally or vertically) and `clearance_violation` (outside
 the time window) conditions, reconciled by AlertManager.assess with its hysteresis and keyed by
-the clearance. Reports with status `ground` activate and complete but raise nothing.
+the clearance. Reports with status `ground` activate and complete but raise nothing. The
+conformance of the whole batch is one vectorised pass (`VolumeTable`, kept beside the monitored
+volumes); only reports at the end of their route, off it or off its time are then looked at one
+by one.
 
 Priority operations (policy, alerts and audit in geofence/priority.py): a priority request is
 decided under the same lock; the normal clearances it meets are suspended (storage, then memory)
@@ -36,6 +39,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -48,10 +52,10 @@ from geofence.clearances import (
     RouteRequest,
     Volume,
     VolumeIndex,
+    VolumeTable,
     ZoneScreen,
     build_volume,
     can_change,
-    conformance,
     decide,
 )
 from geofence.index import ZoneIndex
@@ -71,6 +75,8 @@ CLEARANCE_TYPES = frozenset({"off_route", "clearance_violation"})
 # operations (another change): monitored, reserving nothing, able to become granted again.
 MONITORED = RESERVING | {"suspended"}
 Push = Callable[[str, Mapping[str, Any]], int]
+_LON, _LAT, _ALT, _T = (attrgetter(name) for name in ("lon", "lat", "alt_m", "t"))
+_UAV = attrgetter("uav")
 ChangeListener = Callable[["Clearance"], Awaitable[None]]
 SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS clearances (
@@ -321,6 +327,7 @@ class ClearanceService:
         self.reserved = VolumeIndex()
         self.live: dict[str, Clearance] = {}  # MONITORED: granted, active (suspended)
         self._volumes: dict[str, Volume] = {}
+        self._table = VolumeTable()  # the same volumes, flattened for the check stage
         self._by_uav: dict[str, list[str]] = {}
         self._lock = asyncio.Lock()
         self._screen: ZoneScreen | None = None
@@ -568,6 +575,8 @@ class ClearanceService:
     # -- state changes -----------------------------------------------------------------------
     def _remember(self, c: Clearance, volume: Volume) -> None:
         self.live[c.id] = c
+        if self._volumes.get(c.id) is not volume:
+            self._table.add(c.id, volume)
         self._volumes[c.id] = volume
         ids = self._by_uav.setdefault(c.uav, [])
         if c.id not in ids:
@@ -576,6 +585,7 @@ class ClearanceService:
     def _forget(self, c: Clearance) -> None:
         self.live.pop(c.id, None)
         self._volumes.pop(c.id, None)
+        self._table.remove(c.id)
         self.reserved.remove(c.id)
         ids = self._by_uav.get(c.uav)
         if ids is not None and c.id in ids:
@@ -649,59 +659,93 @@ class ClearanceService:
         mine = [r for r in rows if r.uav in by_uav]
         if not mine:
             return
-        mine.sort(key=lambda r: (r.uav, r.t))
-        groups: dict[str, list[Observation]] = {}
+        mine.sort(key=_T)
+        mine.sort(key=_UAV)  # stable: by UAV, then time (faster than one sort on both)
+        matched: list[Observation] = []
+        cids: list[str] = []
+        live, lead, tol = self.live, self.settings.clearance_activation_lead_s, self.tolerance_s
         for r in mine:
-            cid = self._clearance_for(r.uav, r.t)
+            ids = by_uav[r.uav]
+            if len(ids) == 1:  # the usual case, decided as _clearance_for does
+                c = live[ids[0]]
+                cid = ids[0] if c.valid_from - tol - lead <= r.t <= c.valid_to + tol else None
+            else:
+                cid = self._clearance_for(r.uav, r.t)
             if cid is not None:
-                groups.setdefault(cid, []).append(r)
-        present: list[Condition] = []
-        evaluated: dict[str, float] = {}
-        for cid, obs in groups.items():
-            present.extend(await self._conform(cid, obs))
-            uav = obs[0].uav
-            evaluated[uav] = max(evaluated.get(uav, obs[-1].t), obs[-1].t)
-        if evaluated:
-            await self.alerts.assess(CLEARANCE_TYPES, evaluated, present)
-
-    async def _conform(self, cid: str, obs: list[Observation]) -> list[Condition]:
-        volume = self._volumes.get(cid)
-        clearance = self.live.get(cid)
-        if volume is None or clearance is None:
-            return []
-        n = len(obs)
-        ground = np.fromiter((r.status == "ground" for r in obs), np.bool_, n)
-        conf = conformance(
-            volume, np.fromiter((r.lon for r in obs), np.float64, n),
-            np.fromiter((r.lat for r in obs), np.float64, n),
-            np.fromiter((r.alt_m for r in obs), np.float64, n),
-            np.fromiter((r.t for r in obs), np.float64, n), ground,
+                matched.append(r)
+                cids.append(cid)
+        if not matched:
+            return
+        n = len(matched)
+        ground = np.fromiter((r.status == "ground" for r in matched), np.bool_, n)
+        conf = self._table.conformance(
+            cids, np.fromiter(map(_LON, matched), np.float64, n),
+            np.fromiter(map(_LAT, matched), np.float64, n),
+            np.fromiter(map(_ALT, matched), np.float64, n),
+            np.fromiter(map(_T, matched), np.float64, n), ground,
         )
-        if clearance.state == "granted":
-            await self._change(cid, "active")
+        # Only these reports need a look one by one: the end of a route, off it, off its time.
+        notable = conf.at_end | (~ground & (~conf.inside | (conf.early_s > 0.0)
+                                             | (conf.late_s > 0.0)))
+        ks = np.flatnonzero(notable)
+        noted: dict[str, list[_Notable]] = {}
+        for k, *figures in zip(ks.tolist(), *(a[ks].tolist() for a in conf[:7]), strict=True):
+            noted.setdefault(cids[k], []).append(_Notable(matched[k], *figures))
+        present: list[Condition] = []
+        for cid in dict.fromkeys(cids):  # clearances in the order their first report came
+            clearance, volume = live.get(cid), self._volumes.get(cid)
+            if clearance is None or volume is None:
+                continue
+            if clearance.state == "granted":
+                await self._change(cid, "active")
+            notes = noted.get(cid)
+            if notes is not None:
+                present.extend(await self._conform(cid, volume, notes))
+        evaluated = {r.uav: r.t for r in matched}  # sorted: the last one is the latest
+        await self.alerts.assess(CLEARANCE_TYPES, evaluated, present)
+
+    async def _conform(self, cid: str, volume: Volume, notes: list[_Notable]
+                       ) -> list[Condition]:
+        """The conditions of a clearance's notable reports, in time order; the first one at
+        the end of the route completes the clearance instead."""
         found: list[Condition] = []
-        for k, r in enumerate(obs):
-            if conf.at_end[k]:
+        for note in notes:
+            r = note.report
+            if note.at_end:
                 ended = await self._change(cid, "completed")
                 if ended is not None:
                     await self._end_alerts(ended, r.t)
                 return []
-            if ground[k]:
+            if r.status == "ground":
                 continue
-            if not conf.inside[k]:
+            if not note.inside:
                 found.append(_condition("off_route", r, cid, {
-                    "distance_m": round(float(conf.distance_m[k]), 1),
-                    "vertical_m": round(float(conf.vertical_m[k]), 1),
+                    "distance_m": round(note.distance_m, 1),
+                    "vertical_m": round(note.vertical_m, 1),
                     "corridor_m": volume.corridor_m, "vertical_limit_m": volume.vertical_m,
                 }))
-            if conf.early_s[k] > 0.0 or conf.late_s[k] > 0.0:
-                key = "early_s" if conf.early_s[k] > 0.0 else "late_s"
+            if note.early_s > 0.0 or note.late_s > 0.0:
+                key = "early_s" if note.early_s > 0.0 else "late_s"
                 found.append(_condition("clearance_violation", r, cid, {
-                    key: round(float(max(conf.early_s[k], conf.late_s[k])), 1),
-                    "along_m": round(float(conf.along_m[k]), 1),
+                    key: round(max(note.early_s, note.late_s), 1),
+                    "along_m": round(note.along_m, 1),
                     "expected_along_m": round(float(volume.expected_along_m(r.t)), 1),
                 }))
         return found if cid in self.live else []  # cancelled meanwhile: nothing to say
+
+
+class _Notable(NamedTuple):
+    """A report the check stage looks at one by one, with its `Conformance` figures (the first
+    seven fields, in their order)."""
+
+    report: Observation
+    distance_m: float
+    vertical_m: float
+    early_s: float
+    late_s: float
+    inside: bool
+    at_end: bool
+    along_m: float
 
 
 def _condition(kind: str, r: Observation, cid: str, detail: dict[str, Any]) -> Condition:

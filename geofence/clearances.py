@@ -21,7 +21,8 @@ Decisions (`decide`) give every reason a request is denied:
   authorised for (`Zone.authorized`), with the zone active at some instant of the piece's window
   (`Zone.active_at`, tried at each whole minute, where schedules change) and the zone's band met
   by the piece's band converted into the zone's references (agl, amsl, wgs84);
-- `{"ceiling": max_agl_m, ...}`: the top of a piece's band is more than `max_agl_m` above ground;
+- `{"ceiling": m, ...}`: the top of a piece's band is more than the ceiling in force above
+  ground: `max_agl_m`, or more where zones raise it for the whole piece (geofence/ceiling.py);
 - `{"clearance": id, "at": t, ...}`: a piece overlaps a piece of a reserved volume in space
   (polygons intersect, bands overlap) and in time; `at` is the first instant they share, `where`
   a point [lon, lat, alt_m] they share then.
@@ -32,6 +33,9 @@ Conformance (`conformance`): a position at time t is on route when some piece ho
 (horizontal distance from the centreline <= corridor_m, vertical distance from the piece's
 altitudes <= vertical_m); among those the piece whose time window fits best says whether it is
 early or late. Off route, the piece nearest relative to the corridor's size gives the distances.
+`conformance` is the reference for one volume; `VolumeTable` keeps many volumes' pieces in flat
+arrays and places a whole batch, each position against its own volume, in one vectorised pass
+with the same figures (bit for bit): what the check stage uses.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import shapely
 from rtree import index as rtree_index
 from shapely.geometry import Point
 
+from geofence.ceiling import CeilingZones
 from geofence.index import ZoneIndex
 from geofence.zones import (
     Reference,
@@ -68,6 +73,7 @@ __all__ = [
     "Volume",
     "VolumeConflict",
     "VolumeIndex",
+    "VolumeTable",
     "ZoneScreen",
     "build_volume",
     "can_change",
@@ -111,6 +117,7 @@ _QUAD_SEGS = 8
 _CIRCUMSCRIBE = 1.0 / math.cos(math.pi / (4 * _QUAD_SEGS))
 _EPS_M = 1e-6
 _PAIR_BLOCK = 1_000_000  # rows x pieces handled at once in conformance and pair tests
+_TABLE_BLOCK = 4096  # (position, piece) pairs per VolumeTable pass: temporaries stay in L2
 
 
 def can_change(old: str, new: str) -> bool:
@@ -639,14 +646,21 @@ class ZoneScreen:
 
 
 def ceiling_reason(volume: Volume, heights: Heights, max_agl_m: float,
-                   ground: tuple[F64, F64] | None = None) -> Reason | None:
-    """The highest point of the volume above ground, when it exceeds max_agl_m."""
+                   ground: tuple[F64, F64] | None = None, *, uav: str = "",
+                   ceilings: CeilingZones | None = None) -> Reason | None:
+    """The point of the volume furthest above the AGL ceiling in force there, when it exceeds
+    it: max_agl_m, or higher where `ceilings` zones authorise uav for a whole piece."""
     g_lo, _ = ground if ground is not None else heights.ground_range(volume)
     top_agl = volume.hi_m - heights.geoid_undulation_m - g_lo
-    worst = int(np.argmax(top_agl))
-    if not top_agl[worst] > max_agl_m:
+    limit = np.full(len(volume), max_agl_m)
+    high = np.flatnonzero(top_agl > max_agl_m)
+    if ceilings is not None and high.size:
+        limit[high] = ceilings.piece_ceilings(volume.polygons[high], volume.t0[high],
+                                              volume.t1[high], uav, max_agl_m)
+    worst = int(np.argmax(top_agl - limit))
+    if not top_agl[worst] > limit[worst]:
         return None
-    return {"ceiling": max_agl_m, "agl_m": round(float(top_agl[worst]), 1),
+    return {"ceiling": float(limit[worst]), "agl_m": round(float(top_agl[worst]), 1),
             "segment": int(volume.segment[worst]), "at": float(volume.t0[worst])}
 
 
@@ -657,7 +671,8 @@ def decide(volume: Volume, uav: str, *, zones: ZoneScreen | None, reserved: Volu
     reasons: list[Reason] = []
     if zones is not None:
         reasons.extend(zones.reasons(volume, uav, heights, ground))
-    ceiling = ceiling_reason(volume, heights, max_agl_m, ground)
+    ceiling = ceiling_reason(volume, heights, max_agl_m, ground, uav=uav,
+                             ceilings=None if zones is None else zones.source.ceilings)
     if ceiling is not None:
         reasons.append(ceiling)
     reasons.extend(c.reason() for c in reserved.conflicts(volume))
@@ -741,3 +756,185 @@ def conformance(
     return Conformance(out["dist"], out["vert"], out["early"], out["late"], inside, at_end,
                        out["along"], piece)
 
+
+
+class VolumeTable:
+    """Many volumes flattened for conformance of a whole batch in one vectorised pass.
+
+    Each volume's pieces sit in flat per-piece arrays (a contiguous range per volume, appended
+    on `add`); per-volume constants sit in slot arrays. `remove` leaves holes until compaction
+    (when holes outnumber live pieces). `conformance` pairs every position with each piece of its
+    own volume and reduces per position: the same figures as `conformance`, bit for bit."""
+
+    _PIECE = ("ax", "ay", "vx", "vy", "inv", "zlo", "zhi", "t0", "t1")  # rows of _piece
+    _SLOT = ("lon0", "y0", "corridor", "vertical", "end_x", "end_y", "end_z")
+
+    def __init__(self, volumes: Iterable[tuple[str, Volume]] = ()) -> None:
+        volumes = list(volumes)
+        self._slot: dict[str, int] = {}  # id -> slot, in the order added
+        cap = max(1024, sum(len(v) for _, v in volumes))
+        self._piece = np.zeros((len(self._PIECE), cap))  # one gather (np.take) per batch
+        self._sa, self._sb = np.zeros(cap), np.zeros(cap)
+        self._segment = np.zeros(cap, np.int64)
+        slots = max(64, len(volumes))
+        self._per_slot = {name: np.zeros(slots) for name in self._SLOT}
+        self._start = np.zeros(slots, np.int64)
+        self._count = np.zeros(slots, np.int64)
+        self._last_segment = np.zeros(slots, np.int64)
+        self._n = self._slots = self._dead = 0
+        for cid, volume in volumes:
+            self.add(cid, volume)
+
+    def __len__(self) -> int:
+        return len(self._slot)
+
+    def __contains__(self, cid: object) -> bool:
+        return cid in self._slot
+
+    def add(self, cid: str, volume: Volume) -> None:
+        """Append a volume (replacing any under the same id)."""
+        if cid in self._slot:
+            self.remove(cid)
+        n, m, k = self._n, len(volume), self._slots
+        if n + m > self._segment.size:
+            cap = max(n + m, 2 * self._segment.size)
+            piece = np.zeros((len(self._PIECE), cap))
+            piece[:, :n] = self._piece[:, :n]
+            self._piece = piece
+            self._sa, self._sb, self._segment = (
+                _grown(a, cap) for a in (self._sa, self._sb, self._segment))
+        if k == self._start.size:
+            self._per_slot = {name: _grown(a, 2 * k) for name, a in self._per_slot.items()}
+            self._start, self._count, self._last_segment = (
+                _grown(a, 2 * k) for a in (self._start, self._count, self._last_segment))
+        vx, vy = volume.bx - volume.ax, volume.by - volume.ay  # as `conformance` derives them
+        l2 = vx * vx + vy * vy
+        derived = {
+            "ax": volume.ax, "ay": volume.ay, "vx": vx, "vy": vy,
+            "inv": np.divide(1.0, l2, out=np.zeros_like(l2), where=l2 > 0.0),
+            "zlo": np.minimum(volume.az, volume.bz), "zhi": np.maximum(volume.az, volume.bz),
+            "t0": volume.t0, "t1": volume.t1,
+        }
+        for row, name in enumerate(self._PIECE):
+            self._piece[row, n : n + m] = derived[name]
+        self._sa[n : n + m], self._sb[n : n + m] = volume.sa, volume.sb
+        self._segment[n : n + m] = volume.segment
+        constants = {
+            "lon0": volume.lon0, "y0": volume.y0, "corridor": volume.corridor_m + _EPS_M,
+            "vertical": volume.vertical_m + _EPS_M, "end_x": volume.bx[-1],
+            "end_y": volume.by[-1], "end_z": volume.bz[-1],
+        }
+        for name, value in constants.items():
+            self._per_slot[name][k] = value
+        self._start[k], self._count[k], self._last_segment[k] = n, m, volume.segment[-1]
+        self._n, self._slots = n + m, k + 1
+        self._slot[cid] = k
+
+    def remove(self, cid: str) -> bool:
+        slot = self._slot.pop(cid, None)
+        if slot is None:
+            return False
+        self._dead += int(self._count[slot])
+        if self._dead > max(1024, self._n - self._dead):
+            self._compact()
+        return True
+
+    def _compact(self) -> None:
+        """Close the holes: live pieces and slots moved down, in order (array work only)."""
+        slots = np.fromiter(self._slot.values(), np.int64, len(self._slot))
+        count = self._count[slots]
+        start = np.cumsum(count) - count
+        pieces = np.repeat(self._start[slots] - start, count) + np.arange(int(count.sum()))
+        n, k = pieces.size, slots.size
+        self._piece = np.concatenate([self._piece[:, pieces],
+                                      np.zeros((len(self._PIECE), max(1024, 2 * n) - n))], 1)
+        self._sa, self._sb, self._segment = (_grown(a[pieces], max(1024, 2 * n))
+                                             for a in (self._sa, self._sb, self._segment))
+        size = max(64, 2 * k)
+        self._per_slot = {name: _grown(a[slots], size) for name, a in self._per_slot.items()}
+        self._last_segment = _grown(self._last_segment[slots], size)
+        self._start, self._count = _grown(start, size), _grown(count, size)
+        self._slot = dict(zip(self._slot, range(k), strict=True))
+        self._n, self._slots, self._dead = n, k, 0
+
+    def conformance(
+        self, cids: Sequence[str], lon: npt.ArrayLike, lat: npt.ArrayLike,
+        alt_m: npt.ArrayLike, t: npt.ArrayLike, on_ground: npt.ArrayLike,
+    ) -> Conformance:
+        """Position i against the volume of cids[i] (KeyError when it is not in the table),
+        exactly as `conformance(volume, ...)` places it."""
+        n = len(cids)
+        slots = np.fromiter(map(self._slot.__getitem__, cids), np.int64, n)
+        const = {name: a[slots] for name, a in self._per_slot.items()}
+        px, py = tm_forward(np.asarray(lon, np.float64).ravel(),
+                            np.asarray(lat, np.float64).ravel(), const["lon0"])
+        py = py - const["y0"]
+        pz = np.asarray(alt_m, np.float64).ravel()
+        pt = np.asarray(t, np.float64).ravel()
+        ground = np.asarray(on_ground, np.bool_).ravel()
+        corridor, vertical = const["corridor"], const["vertical"]
+        end_dist = np.hypot(px - const["end_x"], py - const["end_y"])
+        end_vert = np.abs(pz - const["end_z"])
+        at_end = (end_dist <= corridor) & ((end_vert <= vertical) | ground)
+        out = {name: np.zeros(n) for name in ("dist", "vert", "early", "late", "along")}
+        inside = np.zeros(n, np.bool_)
+        piece = np.zeros(n, np.int64)
+        start, count = self._start[slots], self._count[slots]
+        done = np.cumsum(count)
+        s = 0
+        while s < n:  # blocks of at most _TABLE_BLOCK pairs (or one position)
+            e = max(s + 1, int(np.searchsorted(done, done[s] - count[s] + _TABLE_BLOCK, "right")))
+            r = slice(s, e)
+            block = self._block(px[r], py[r], pz[r], pt[r], corridor[r], vertical[r],
+                                start[r], count[r])
+            for name, values in zip(("dist", "vert", "early", "late", "along"), block[:5],
+                                    strict=True):
+                out[name][r] = values
+            inside[r], piece[r] = block[5], block[6]
+            at_end[r] &= self._segment[start[r] + block[7]] == self._last_segment[slots[r]]
+            s = e
+        return Conformance(out["dist"], out["vert"], out["early"], out["late"], inside, at_end,
+                           out["along"], piece)
+
+    def _block(self, px: F64, py: F64, pz: F64, pt: F64, corridor: F64, vertical: F64,
+               start: I64, count: I64) -> tuple[F64, F64, F64, F64, F64, Bool, I64, I64]:
+        """Every (position, piece of its volume) pair of a block, reduced per position: distance,
+        vertical, early, late, along, inside, chosen piece, piece deciding `at_end`."""
+        first = np.cumsum(count) - count  # each position's first pair
+        local = np.arange(int(first[-1] + count[-1])) - np.repeat(first, count)  # its piece
+        g = np.repeat(start, count) + local
+        ax, ay, vx, vy, inv, zlo, zhi, t0, t1 = np.take(self._piece, g, axis=1)
+        ex, ey = np.repeat(px, count) - ax, np.repeat(py, count) - ay
+        u = np.clip((ex * vx + ey * vy) * inv, 0.0, 1.0)
+        dh = np.hypot(ex - u * vx, ey - u * vy)
+        z = np.repeat(pz, count)
+        dv = np.maximum(zlo - z, 0.0) + np.maximum(z - zhi, 0.0)
+        tt = np.repeat(pt, count)
+        early, late = np.maximum(t0 - tt, 0.0), np.maximum(tt - t1, 0.0)
+        off_time = early + late
+        corridor_p, vertical_p = np.repeat(corridor, count), np.repeat(vertical, count)
+        in_h = dh <= corridor_p
+        in_space = in_h & (dv <= vertical_p)
+        any_in = np.logical_or.reduceat(in_space, first)
+        excess = np.maximum(dh / corridor_p, dv / vertical_p)
+        key = np.where(np.repeat(any_in, count), np.where(in_space, off_time, np.inf), excess)
+        best = _last_argmin(key, first, count, local)
+        end_piece = _last_argmin(np.where(in_h, off_time, np.inf), first, count, local)
+        k = first + best
+        gk = g[k]
+        sa, sb = self._sa, self._sb
+        along = sa[gk] + u[k] * (sb[gk] - sa[gk])
+        return dh[k], dv[k], early[k], late[k], along, any_in, best, end_piece
+
+
+def _grown(a: npt.NDArray[Any], size: int) -> npt.NDArray[Any]:
+    grown = np.zeros(size, a.dtype)
+    grown[: a.size] = a
+    return grown
+
+
+def _last_argmin(key: F64, first: I64, count: I64, local: I64) -> I64:
+    """Per segment (`count` keys from `first`), the local index of its smallest key; ties go to
+    the last, as `conformance`'s reversed argmin does."""
+    low = np.minimum.reduceat(key, first)
+    return np.maximum.reduceat(np.where(key == np.repeat(low, count), local, -1), first)
