@@ -2,7 +2,9 @@
 
 In one process, no I/O, on traffic made like the simulator's (lowalt/simulator/senders.py):
 - F3411: Message Packs (0xF) of Basic ID + Location, 53 bytes each: `odid.decode` and
-  `odid.encode` per pack, and `OdidAssembler.feed` (decode, join, observation maps) per item;
+  `odid.encode` per pack, also given per message (a pack carries 2); single 25-byte messages
+  (Basic ID and Location in turn) through `odid.decode`, per message; and `OdidAssembler.feed`
+  (decode, join, observation maps) per item;
 - SBS: MSG,4 (velocity) + MSG,3 (position) line pairs through `SbsTracker.feed`, per line;
 - MessagePack: gateway data frames of 100 observations, array form and map form, through
   `decode_payload` (the gateway's decode), per observation; JSON map form beside them for
@@ -80,6 +82,8 @@ def run(n: int = 20_000, min_s: float = 1.0) -> dict[str, Any]:
     states = _states(n)
     packs = [_pack(s) for s in states]
     wire = [odid.encode(p) for p in packs]
+    singles = [odid.encode(m) for p in packs for m in p.messages]  # 25 bytes each
+    per_pack = len(packs[0].messages)
     items = [{"t": T0, "msg": w, "src": f"02:00:00:{k >> 16 & 255:02x}:{k >> 8 & 255:02x}:"
                                         f"{k & 255:02x}"} for k, w in enumerate(wire)]
     sbs_text = "".join(_sbs(s) for s in states)
@@ -99,6 +103,11 @@ def run(n: int = 20_000, min_s: float = 1.0) -> dict[str, Any]:
         for w in wire:
             odid.decode(w)
         return len(wire)
+
+    def decode_singles() -> int:
+        for w in singles:
+            odid.decode(w)
+        return len(singles)
 
     def encode_all() -> int:
         for p in packs:
@@ -138,7 +147,11 @@ def run(n: int = 20_000, min_s: float = 1.0) -> dict[str, Any]:
         "json_map_obs_per_s": _rate(frames(frames_json, json.loads), min_s),
         "validate_obs_per_s": _rate(validate, min_s),
     }
-    out: dict[str, Any] = {"items": n, "pack_bytes": len(wire[0])}
+    rates["f3411_decode_single_messages_per_s"] = _rate(decode_singles, min_s)
+    # A pack decodes all of its messages at once: the same figure per message.
+    rates["f3411_decode_pack_messages_per_s"] = rates["f3411_decode_packs_per_s"] * per_pack
+    out: dict[str, Any] = {"items": n, "pack_bytes": len(wire[0]),
+                           "message_bytes": len(singles[0]), "messages_per_pack": per_pack}
     out.update({k: round(v) for k, v in rates.items()})
     return out
 

@@ -100,9 +100,9 @@ def bench_fusion(n: int, seconds: int = 5) -> dict[str, Any]:
         for start in range(0, len(rows), BATCH):
             batch = rows[start:start + BATCH]
             t1 = time.perf_counter()
-            picture.add(batch)
+            checked = picture.add(batch)
             t2 = time.perf_counter()
-            _, present = check.cross_check(check.pairs(batch))
+            _, present = check.cross_check(check.pairs(checked))
             t3 = time.perf_counter()
             add_s += t2 - t1
             check_s += t3 - t2

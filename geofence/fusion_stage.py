@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -30,12 +30,14 @@ from dispatch.traffic import TRAFFIC, TrafficFeed
 from dispatch.traffic_nats import TRAFFIC_NATS, TrafficNatsPublisher
 from geofence.service_app import CHECKS
 from lowalt.fusion import (
+    F64,
     FUSED,
+    M_PER_DEG,
+    Aircraft,
     FusedPicture,
     distance_m,
-    extrapolate,
-    nearest_report,
-    source_name,
+    floats_of,
+    nearest_of,
 )
 from lowalt.models import Observation
 from lowalt.settings import Settings
@@ -58,27 +60,19 @@ class CrossCheck:
         self.picture = picture
         self.floor_m, self.k, self.default_acc_h_m = floor_m, k, default_acc_h_m
 
-    def pairs(self, rows: Iterable[Observation]) -> list[Pair]:
-        """Each row with the nearest-in-time report of every other source name (|dt| < 1 s)."""
-        aircraft, resolve = self.picture.aircraft, self.picture.identities.resolve
+    def pairs(self, checked: Iterable[tuple[Aircraft, Observation]]) -> list[Pair]:
+        """Each row (as `FusedPicture.add` returns them, with their aircraft) with the
+        nearest-in-time report of every other source name (|dt| < 1 s), each pair once."""
         found: list[Pair] = []
-        seen: set[tuple[str, str, float, str, float]] = set()
-        names: dict[str, str] = {}
-        for row in rows:
-            a = aircraft.get(resolve(row.uav))
-            if a is None or len(a.sources) < 2:
-                continue
-            name = names.get(row.source) or names.setdefault(row.source, source_name(row.source))
-            for source, reports in a.sources.items():
-                if (names.get(source) or names.setdefault(source, source_name(source))) == name:
+        seen: set[tuple[int, int]] = set()
+        for a, row in checked:
+            mine, t = row.source, row.t
+            for source, reports in a.partners[mine]:
+                other = nearest_of(reports, t)
+                if not -MAX_DT_S < other.t - t < MAX_DT_S:
                     continue
-                other = nearest_report(reports, row.t)
-                if other is None or abs(other.t - row.t) >= MAX_DT_S:
-                    continue
-                if row.source < source:
-                    key = (a.uav, row.source, row.t, source, other.t)
-                else:
-                    key = (a.uav, source, other.t, row.source, row.t)
+                # Committed rows are unique by (uav, t), so a pair is its two row objects.
+                key = (id(row), id(other)) if mine < source else (id(other), id(row))
                 if key not in seen:
                     seen.add(key)
                     found.append((a.uav, row, other))
@@ -88,22 +82,26 @@ class CrossCheck:
         """(uav -> evaluation t, the position_mismatch conditions) for the pairs, vectorised."""
         if not pairs:
             return {}, []
-        a_cols = _columns([p[1] for p in pairs])
-        b_cols = _columns([p[2] for p in pairs])
-        t_common = np.maximum(a_cols[0], b_cols[0])
-        a_lat, a_lon = self._at(a_cols, t_common)
-        b_lat, b_lon = self._at(b_cols, t_common)
-        dist = distance_m(a_lat, a_lon, b_lat, b_lon)
-        acc_a = np.where(np.isnan(a_cols[7]), self.default_acc_h_m, a_cols[7])
-        acc_b = np.where(np.isnan(b_cols[7]), self.default_acc_h_m, b_cols[7])
-        threshold = np.maximum(self.floor_m, self.k * np.hypot(acc_a, acc_b))
-        evaluated: dict[str, float] = {}
-        worst: dict[str, tuple[float, int]] = {}
+        n = len(pairs)
+        rows = list(map(_A, pairs)) + list(map(_B, pairs))  # both sides in one pass
+        t = floats_of(rows, "t")
+        t_common = np.maximum(t[:n], t[n:])
+        lat, lon = _moved(rows, np.concatenate([t_common, t_common]) - t)
+        dist = distance_m(lat[:n], lon[:n], lat[n:], lon[n:])
+        acc = floats_of(rows, "acc_h_m")
+        acc[np.isnan(acc)] = self.default_acc_h_m
+        threshold = np.maximum(self.floor_m, self.k * np.hypot(acc[:n], acc[n:]))
+        uavs: list[str] = list(map(_UAV, pairs))
+        # The latest evaluation t per uav: later ones overwrite earlier ones, keys keep the
+        # order they first appear in.
+        by_t = np.argsort(t_common, kind="stable").tolist()
+        evaluated = dict.fromkeys(uavs, 0.0)
+        evaluated.update(zip(map(uavs.__getitem__, by_t), t_common[by_t].tolist(), strict=True))
         ratio = dist / threshold
-        for k, (uav, _, _) in enumerate(pairs):
-            t = float(t_common[k])
-            evaluated[uav] = max(evaluated.get(uav, -math.inf), t)
-            if dist[k] > threshold[k] and ratio[k] > worst.get(uav, (0.0, -1))[0]:
+        worst: dict[str, tuple[float, int]] = {}
+        for k in np.flatnonzero(dist > threshold).tolist():
+            uav = uavs[k]
+            if ratio[k] > worst.get(uav, (0.0, -1))[0]:
                 worst[uav] = (float(ratio[k]), k)
         present = []
         for uav, (_, k) in worst.items():
@@ -121,14 +119,6 @@ class CrossCheck:
             ))
         return evaluated, present
 
-    @staticmethod
-    def _at(
-        cols: np.ndarray[Any, np.dtype[np.float64]], t: np.ndarray[Any, np.dtype[np.float64]]
-    ) -> tuple[np.ndarray[Any, np.dtype[np.float64]], np.ndarray[Any, np.dtype[np.float64]]]:
-        t0, lat, lon, alt, speed, track, vspeed = cols[:7]
-        lat_x, lon_x, *_ = extrapolate(lat, lon, alt, speed, track, vspeed, t - t0)
-        return lat_x, lon_x
-
 
 class FusionStage:
     """Check stage: committed rows into the fused picture, then the cross-check."""
@@ -143,18 +133,28 @@ class FusionStage:
     async def on_committed(
         self, rows: Sequence[Observation], advanced: Sequence[Observation]
     ) -> None:
-        self.picture.add(rows)
-        evaluated, present = self.check.cross_check(self.check.pairs(rows))
+        checked = self.picture.add(rows)
+        evaluated, present = self.check.cross_check(self.check.pairs(checked))
         if evaluated:
             await self.alerts.assess(MISMATCH_TYPES, evaluated, present)
 
 
-def _columns(rows: list[Observation]) -> np.ndarray[Any, np.dtype[np.float64]]:
-    return np.array(
-        [(r.t, r.lat, r.lon, r.alt_m, r.speed_mps, r.track_deg, r.vspeed_mps, r.acc_h_m)
-         for r in rows],
-        dtype=np.float64,
-    ).T
+_UAV, _A, _B = itemgetter(0), itemgetter(1), itemgetter(2)
+
+
+def _moved(rows: list[Observation], dt: F64) -> tuple[F64, F64]:
+    """The rows' positions moved dt seconds at their constant velocity, locally flat (as
+    lowalt.fusion.extrapolate; unknown velocity: not moved)."""
+    lat, lon, speed, track = (floats_of(rows, name)
+                              for name in ("lat", "lon", "speed_mps", "track_deg"))
+    rad = np.radians(track)
+    step = speed * dt
+    north, east = step * np.cos(rad), step * np.sin(rad)
+    still = np.isnan(north)  # no speed or no track
+    north[still] = 0.0
+    east[still] = 0.0
+    coslat = np.maximum(np.cos(np.radians(lat)), 1e-6)
+    return lat + north / M_PER_DEG, lon + east / (M_PER_DEG * coslat)
 
 
 def _report(row: Observation) -> dict[str, Any]:

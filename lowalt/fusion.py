@@ -24,11 +24,17 @@ exists; `epoch` changes when a slot is given to another aircraft, `version` on e
 from __future__ import annotations
 
 import bisect
+import contextlib
+import gc
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from itertools import chain, repeat
+from operator import attrgetter, itemgetter, ne
+from types import MappingProxyType
+from typing import Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -51,7 +57,14 @@ _HEX6 = re.compile(r"[0-9A-Fa-f]{6}")
 STATUS_RANK: dict[str | None, int] = {
     None: 0, "ground": 1, "airborne": 2, "lost_link": 3, "emergency": 4,
 }
+RANK_STATUS: dict[int, str | None] = {rank: status for status, rank in STATUS_RANK.items()}
 MIN_ACC_M = 1.0  # a reported accuracy of 0 would take all the weight
+Partners = Mapping[str, tuple[tuple[str, list[Observation]], ...]]
+NO_PARTNERS: Partners = MappingProxyType({})
+# Observation fields by position: columns are read with C-level getters, not per-row Python.
+_FIELD = {name: itemgetter(i) for i, name in enumerate(Observation._fields)}
+_UAV, _T, _SOURCE, _LAST = _FIELD["uav"], _FIELD["t"], _FIELD["source"], itemgetter(-1)
+_SLOT, _SOURCES, _UAVS = attrgetter("slot"), attrgetter("sources"), attrgetter("uav")
 
 
 def source_name(source: str) -> str:
@@ -136,7 +149,10 @@ class Aircraft:
     sources: dict[str, list[Observation]] = field(default_factory=dict)  # sorted by t
     state: Observation | None = None  # fused; uav = canonical, source = newest source's
     used: tuple[str, ...] = ()  # the sources blended into `state`, newest first
-    version: int = 0
+    # With several source names (then cross-checked): per source, the (source, reports) of
+    # the sources under other names. Else one shared empty mapping (no allocation per aircraft).
+    partners: Partners = field(default_factory=lambda: NO_PARTNERS)
+    several_names: bool = False
 
     @property
     def kind(self) -> str:
@@ -184,6 +200,7 @@ class FusedPicture:
         self.manoeuvre_mps2 = manoeuvre_mps2
         self.aircraft: dict[str, Aircraft] = {}
         self._dirty: dict[str, Aircraft] = {}  # new reports since the last refresh
+        self._used_tuples, self._used_one = _Interned(), _OneSource()
         self._version = 0
         self._free: list[int] = []
         self._next_slot = 0
@@ -219,14 +236,20 @@ class FusedPicture:
         if self.identities.sync():
             self._rekey()
 
-    def add(self, rows: Iterable[Observation]) -> None:
+    def add(self, rows: Iterable[Observation]) -> list[tuple[Aircraft, Observation]]:
         """Take committed rows (any order). The fused states of the aircraft whose newest
-        report changed are computed at the next `refresh`."""
+        report changed are computed at the next `refresh`. Returns, in order, the rows of
+        aircraft heard under more than one source name, with their aircraft: what the
+        cross-check compares."""
         self.sync()
+        if not isinstance(rows, list | tuple):
+            rows = list(rows)
         resolve = self.identities.canonical_of.get
         aircraft = self.aircraft
         limit = self.reports_per_source
         touched = self._dirty
+        checked: list[tuple[Aircraft, Observation]] = []
+        joined = False  # an aircraft got its second source name: rows before it count too
         for row in rows:
             uav = resolve(row.uav, row.uav)
             a = aircraft.get(uav)
@@ -235,24 +258,36 @@ class FusedPicture:
             reports = a.sources.get(row.source)
             if reports is None:
                 a.sources[row.source] = [row]
+                if len(a.sources) > 1:
+                    a.partners = _partners(a.sources)
+                    if a.partners and not a.several_names:
+                        a.several_names = joined = True
             elif row.t > reports[-1].t:
                 reports.append(row)
                 if len(reports) > limit:
                     del reports[0]
             else:  # late: kept for the cross-check; the fused state uses newest reports only
                 _insert_late(reports, row, limit)
+                if a.several_names:
+                    checked.append((a, row))
                 continue
             touched[uav] = a
+            if a.several_names:
+                checked.append((a, row))
+        if joined:
+            checked = [(a, row) for row in rows
+                       if (a := aircraft[resolve(row.uav, row.uav)]).several_names]
+        return checked
 
     def refresh(self) -> list[Aircraft]:
         """Fuse the aircraft with new reports since the last refresh; return them. Readers call
         it first: the cost is paid once per read tick, not per report."""
         if not self._dirty:
             return []
-        aircraft = self.aircraft
-        changed = [a for uav, a in self._dirty.items() if aircraft.get(uav) is a]
+        changed = list(self._dirty.values())  # `_remove` takes an aircraft out of it
         self._dirty.clear()
-        self._refresh(changed)
+        with _collector_paused():
+            self._refresh(changed)
         return changed
 
     def forget_silent(self, before_t: float) -> int:
@@ -283,6 +318,7 @@ class FusedPicture:
 
     def _remove(self, a: Aircraft) -> None:
         del self.aircraft[a.uav]
+        self._dirty.pop(a.uav, None)
         self.by_slot[a.slot] = None
         self.present[a.slot] = False
         self._free.append(a.slot)
@@ -326,6 +362,8 @@ class FusedPicture:
                 self.owner[a.slot] = self._code(operator)
                 merged[uav] = a  # registered/kind changed: a new version for the feeds
         for a in merged.values():
+            a.partners = _partners(a.sources)
+            a.several_names = bool(a.partners)
             a.registered = a.uav in operator_of
             a.operator = operator_of.get(a.uav)
             self.owner[a.slot] = self._code(a.operator)
@@ -336,57 +374,76 @@ class FusedPicture:
     # -- fusion -----------------------------------------------------------------------------
 
     def _refresh(self, changed: Sequence[Aircraft]) -> None:
+        """Fuse `changed`. An aircraft with one source in the window takes that source's newest
+        report as it is; the others are blended together, vectorised over all of them. The
+        per-aircraft steps are C-level maps: this runs for every changed aircraft each tick."""
         if not changed:
             return
-        window = self.window_s
-        blends: list[tuple[Aircraft, list[Observation]]] = []
-        singles: list[Aircraft] = []
-        states: list[Observation] = []
-        for a in changed:
-            sources = a.sources
-            if len(sources) == 1:
-                for reports in sources.values():
-                    row = reports[-1]
-            else:
-                used = [reports[-1] for reports in sources.values()]
-                used.sort(key=_t_of, reverse=True)
-                t_newest = used[0].t
-                used = [r for r in used if t_newest - r.t <= window]
-                if len(used) > 1:
-                    blends.append((a, used))
-                    continue
-                row = used[0]
-            state = row if row.uav == a.uav else row._replace(uav=a.uav)
-            a.state = state
-            a.used = (row.source,)
-            singles.append(a)
-            states.append(state)
-        if blends:
-            states.extend(self._blend(blends))
-            changed = singles + [a for a, _ in blends]
+        n_sources = np.fromiter(map(len, map(_SOURCES, changed)), np.int64, len(changed))
+        one_source = n_sources == 1
+        singles = _pick(changed, one_source)
+        rows = _newest_reports(singles)  # the singles' states (under their canonical id)
+        blended: list[Aircraft] = []
+        if len(singles) < len(changed):
+            several = _pick(changed, ~one_source)
+            newest = _newest_reports(several)
+            used, used_counts = self._used(newest, n_sources[~one_source])
+            one = used_counts == 1  # the other sources are past the window
+            in_one = np.repeat(one, used_counts)
+            singles += _pick(several, one)
+            rows += map(newest.__getitem__, used[in_one].tolist())
+            if not one.all():
+                blended = _pick(several, ~one)
+                blend = self._blend(blended, list(map(newest.__getitem__, used[~in_one].tolist())),
+                                    used_counts[~one])
+        renamed = np.flatnonzero(np.fromiter(  # reported under an alias
+            map(ne, map(_UAV, rows), map(_UAVS, singles)), np.bool_, len(rows))).tolist()
+        states = rows.copy() if renamed else rows
+        for k in renamed:
+            states[k] = rows[k]._replace(uav=singles[k].uav)
+        _set_each(singles, "state", states)
+        _set_each(singles, "used", map(self._used_one.__getitem__, map(_SOURCE, rows)))
+        n_single = len(singles)
         first = self._version + 1
-        self._version += len(changed)
-        for k, a in enumerate(changed):
-            a.version = first + k
-        slots = np.fromiter((a.slot for a in changed), dtype=np.int64, count=len(changed))
-        self.lat[slots] = [s.lat for s in states]
-        self.lon[slots] = [s.lon for s in states]
-        self.heard_t[slots] = [s.t for s in states]
-        self.version[slots] = np.arange(first, first + len(changed), dtype=np.int64)
+        self._version += n_single + len(blended)
+        if n_single:
+            slots = np.fromiter(map(_SLOT, singles), np.int64, n_single)
+            self.lat[slots] = floats_of(rows, "lat")
+            self.lon[slots] = floats_of(rows, "lon")
+            self.heard_t[slots] = floats_of(rows, "t")
+            self.version[slots] = np.arange(first, first + n_single, dtype=np.int64)
+        if blended:
+            slots = np.fromiter(map(_SLOT, blended), np.int64, len(blended))
+            self.heard_t[slots], self.lat[slots], self.lon[slots] = blend
+            self.version[slots] = np.arange(first + n_single, self._version + 1, dtype=np.int64)
 
-    def _blend(self, blends: list[tuple[Aircraft, list[Observation]]]) -> list[Observation]:
-        """Inverse-variance blend of each aircraft's used reports, vectorised over all of them.
-        Each aircraft's reports come newest first; the first gives T and the longitude origin."""
-        rows = [r for _, used in blends for r in used]
-        counts = np.array([len(used) for _, used in blends])
-        g = np.repeat(np.arange(len(blends)), counts)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        cols = np.array(
-            [(r.t, r.lat, r.lon, r.alt_m, r.speed_mps, r.track_deg, r.vspeed_mps, r.acc_h_m,
-              r.acc_v_m) for r in rows],
-            dtype=np.float64,
-        ).T
-        t, lat, lon, alt, speed, track, vspeed, acc_h, acc_v = cols
+    def _used(self, newest: list[Observation], counts: I64) -> tuple[I64, I64]:
+        """The reports to blend, given each aircraft's newest report per source (`counts` per
+        aircraft, in order): indexes into `newest`, per aircraft newest first (ties keep their
+        order), within `window_s` of the aircraft's newest; and how many per aircraft."""
+        g = np.repeat(np.arange(len(counts)), counts)
+        starts = np.zeros(len(counts), dtype=np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        t = floats_of(newest, "t")
+        t_newest = np.maximum.reduceat(t, starts)
+        order = np.lexsort((-t, g))  # stable: by aircraft, then newest first
+        used = order[(t_newest[g] - t <= self.window_s)[order]]
+        return used, np.bincount(g[used], minlength=len(counts)).astype(np.int64)
+
+    def _blend(
+        self, blended: list[Aircraft], rows: list[Observation], counts: I64
+    ) -> tuple[F64, F64, F64]:
+        """Inverse-variance blend of each aircraft's used reports, vectorised over all of them;
+        sets each aircraft's `state` and `used`, returns the fused (t, lat, lon) columns. Each
+        aircraft's reports come newest first; the first gives T and the longitude origin."""
+        n, size = len(blended), len(rows)
+        g = np.repeat(np.arange(n), counts)
+        starts = np.zeros(n, dtype=np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        t, lat, lon, alt = (floats_of(rows, name) for name in ("t", "lat", "lon", "alt_m"))
+        speed, track, vspeed = (floats_of(rows, name)
+                                for name in ("speed_mps", "track_deg", "vspeed_mps"))
+        acc_h, acc_v, agl = (floats_of(rows, name) for name in ("acc_h_m", "acc_v_m", "agl_m"))
         acc_h = np.maximum(np.where(np.isnan(acc_h), self.default_acc_h_m, acc_h), MIN_ACC_M)
         acc_v = np.maximum(np.where(np.isnan(acc_v), self.default_acc_v_m, acc_v), MIN_ACC_M)
         t_fused = t[starts]
@@ -397,7 +454,6 @@ class FusedPicture:
         grow = 0.5 * self.manoeuvre_mps2 * dt * dt
         w = 1.0 / (acc_h / 2.0 + grow) ** 2
         wv = 1.0 / (acc_v / 2.0 + grow) ** 2
-        n = len(blends)
         sw, swv = np.bincount(g, w, n), np.bincount(g, wv, n)
         lon0 = lon_x[starts]
         dlon = (lon_x - lon0[g] + 180.0) % 360.0 - 180.0
@@ -413,30 +469,33 @@ class FusedPicture:
         speed_f = np.hypot(ve_f, vn_f)
         track_f = np.degrees(np.arctan2(ve_f, vn_f)) % 360.0
         acc_h_f, acc_v_f = 2.0 / np.sqrt(sw), 2.0 / np.sqrt(swv)
-        fused = np.stack([t_fused, lat_f, lon_f, alt_f, speed_f, track_f, vs_f, acc_h_f,
-                          acc_v_f]).T.tolist()
-        states = []
-        for k, (a, used) in enumerate(blends):
-            tf, la, lo, al, sp, tr, vs, acc_h_m, acc_v_m = fused[k]
-            agl = None
-            for j, r in enumerate(used):  # newest report with a height above ground
-                if r.agl_m is not None:
-                    agl = r.agl_m + al - float(alt_x[starts[k] + j])
-                    break
-            status = used[0].status
-            for r in used:
-                if STATUS_RANK.get(r.status, 0) > STATUS_RANK.get(status, 0):
-                    status = r.status
-            moving = bool(s_vel[k] > 0)
-            newest = used[0]
-            a.state = Observation(
-                a.uav, tf, la, lo, al, sp if moving else None, tr if moving else None,
-                vs if s_vs[k] > 0 else None, agl, status, acc_h_m, acc_v_m, newest.source,
-                newest.received_at,
-            )
-            a.used = tuple(r.source for r in used)
-            states.append(a.state)
-        return states
+        # agl_m follows the fused altitude from the newest report that has one.
+        has_agl = ~np.isnan(agl)
+        first_agl = np.minimum.reduceat(np.where(has_agl, np.arange(size), size), starts)
+        got_agl = first_agl < size
+        first_agl = np.where(got_agl, first_agl, starts)
+        agl_f = agl[first_agl] + alt_f - alt_x[first_agl]
+        # status: the most urgent one; without a ranked one, the newest report's.
+        statuses = list(map(_FIELD["status"], rows))
+        ranks = np.fromiter(map(STATUS_RANK.get, statuses, repeat(0)), np.int64, size)
+        top = np.maximum.reduceat(ranks, starts).tolist()
+        firsts = [rows[k] for k in starts.tolist()]
+        status = [RANK_STATUS[r] if r else row.status for r, row in zip(top, firsts, strict=True)]
+        moving = s_vel > 0
+        states = _observations(zip(
+            list(map(_UAVS, blended)), list(map(_T, firsts)), lat_f.tolist(), lon_f.tolist(),
+            alt_f.tolist(), _or_none(speed_f, moving), _or_none(track_f, moving),
+            _or_none(vs_f, s_vs > 0), _or_none(agl_f, got_agl), status, acc_h_f.tolist(),
+            acc_v_f.tolist(), list(map(_FIELD["source"], firsts)),
+            list(map(_FIELD["received_at"], firsts)), strict=True,
+        ))
+        sources = list(map(_FIELD["source"], rows))
+        ends = (starts + counts).tolist()
+        intern = self._used_tuples.intern
+        for a, state, start, end in zip(blended, states, starts.tolist(), ends, strict=True):
+            a.state = state
+            a.used = intern(tuple(sources[start:end]))
+        return t_fused, lat_f, lon_f
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -484,6 +543,91 @@ def _t_of(row: Observation) -> float:
     return row.t
 
 
+def floats_of(rows: Sequence[Observation], name: str) -> F64:
+    """One numeric field of rows as a column (None: NaN)."""
+    return np.fromiter(map(_FIELD[name], rows), np.float64, len(rows))
+
+
+def _or_none(values: F64, keep: Bool) -> list[float | None]:
+    """values as Python floats, None where not keep."""
+    result: list[float | None]
+    if keep.all():
+        result = values.tolist()
+    else:
+        out = values.astype(object)
+        out[~keep] = None
+        result = out.tolist()
+    return result
+
+
+def _observations(fields: Iterable[tuple[Any, ...]]) -> list[Observation]:
+    """Observations from tuples of all their fields, as `Observation._make` builds them but
+    without a Python-level call per row."""
+    return cast(list[Observation], list(map(tuple.__new__, repeat(Observation), fields)))
+
+
+# `Aircraft.used` tuples are shared, one per combination of sources: a refresh then leaves no
+# new objects behind but the blended states (less work for the garbage collector).
+USED_TUPLES_LIMIT = 10_000
+
+
+class _Interned(dict[tuple[str, ...], tuple[str, ...]]):
+    def intern(self, used: tuple[str, ...]) -> tuple[str, ...]:
+        if len(self) > USED_TUPLES_LIMIT:
+            self.clear()
+        return self.setdefault(used, used)
+
+
+class _OneSource(dict[str, tuple[str, ...]]):
+    """source -> (source,)"""
+
+    def __missing__(self, source: str) -> tuple[str, ...]:
+        if len(self) > USED_TUPLES_LIMIT:
+            self.clear()
+        self[source] = used = (source,)
+        return used
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector held off: a refresh allocates thousands of states while
+    its lists of every changed aircraft are alive, so each collection it would trigger walks
+    them all. One collection afterwards, with those lists gone, costs a fraction."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _pick(items: Sequence[Aircraft], mask: Bool) -> list[Aircraft]:
+    return list(map(items.__getitem__, np.flatnonzero(mask).tolist()))
+
+
+def _newest_reports(aircraft: Iterable[Aircraft]) -> list[Observation]:
+    """The newest report of each source of each aircraft, in order."""
+    return list(map(_LAST, chain.from_iterable(map(dict.values, map(_SOURCES, aircraft)))))
+
+
+def _set_each(objects: Iterable[Any], name: str, values: Iterable[Any]) -> None:
+    """setattr(o, name, v) for each pair, as one C-level loop."""
+    deque(map(setattr, objects, repeat(name), values), maxlen=0)
+
+
+def _partners(sources: Mapping[str, list[Observation]]) -> Partners:
+    """Per source, the other sources under another source name, with their reports; the
+    shared empty mapping when all carry one name."""
+    names = {source: source_name(source) for source in sources}
+    if len(set(names.values())) < 2:
+        return NO_PARTNERS
+    return {mine: tuple((source, reports) for source, reports in sources.items()
+                        if names[source] != names[mine])
+            for mine in sources}
+
+
 def _insert_late(reports: list[Observation], row: Observation, limit: int) -> None:
     """Insert row by t (a repeated t from the same source keeps the first); keep the newest
     `limit`."""
@@ -496,13 +640,22 @@ def _insert_late(reports: list[Observation], row: Observation, limit: int) -> No
 
 
 def nearest_report(reports: list[Observation], t: float) -> Observation | None:
-    """The report of a t-sorted list nearest in time to t."""
-    i = bisect.bisect_left(reports, t, key=_t_of)
-    best: Observation | None = None
-    for j in (i - 1, i):
-        if 0 <= j < len(reports) and (best is None or abs(reports[j].t - t) < abs(best.t - t)):
-            best = reports[j]
-    return best
+    """The report of a t-sorted list nearest in time to t (of two equally near, the earlier)."""
+    return nearest_of(reports, t) if reports else None
+
+
+def nearest_of(reports: list[Observation], t: float) -> Observation:
+    """`nearest_report` of a list that is not empty."""
+    last = reports[-1]
+    if t >= last.t:  # the usual cases first: t at or past the newest, or just before it
+        return last
+    if len(reports) > 1 and t >= (before := reports[-2]).t:
+        return last if last.t - t < t - before.t else before
+    i = bisect.bisect_left(reports, t, key=_t_of)  # < len(reports) - 1 here
+    if i == 0:
+        return reports[0]
+    before, after = reports[i - 1], reports[i]
+    return after if after.t - t < t - before.t else before
 
 
 def fused_picture(

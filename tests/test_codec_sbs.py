@@ -284,3 +284,88 @@ def test_arbitrary_msg_lines_never_raise(lines: list[str]) -> None:
     for obs in observations:
         assert -90.0 <= obs["lat"] <= 90.0 and -180.0 <= obs["lon"] <= 180.0  # type: ignore[operator]
         assert obs["kind"] == "crewed" and obs["alt_m"] is not None
+
+
+# The inline conversions agree with the field-by-field ones, on any field text
+
+_NUMBER_TEXTS = st.sampled_from(
+    ["", "0", "-0", "12.5", "-300", "1e3", "1e999", "-1e999", "nan", "inf", "-Infinity",
+     " 7", "1_000", "x", "29.5", "106.4", "400", "-91", "180.0", "1e308", "0x10"]
+)
+_FLAG_FIELD_TEXTS = st.sampled_from(["", "0", "1", "-1", " 1", "1 ", "2", "yes"])
+_TIME_TEXTS = st.sampled_from(["06:00:05.000", "23:59:59.999", "24:00:00", "06:60:00", "6:00:05",
+                               "06:00:5", "06-00-05", "06:00:61", "06:00:60.5", "0６:00:05",
+                               "06:00:05e0", "06:00:", "12:34:56"])
+
+
+def _reference(fields: list[str]) -> tuple[dict[str, object] | None, str | None]:
+    """What the field-by-field helpers make of a MSG,3 line's numbers, flags and time."""
+    from ingest.codecs.sbs import (  # the helpers the inline path falls back to
+        FT_M,
+        _BadLine,
+        _flag,
+        _number,
+    )
+
+    try:
+        alt, _, _, lat, lon, _ = (_number(fields, i, name) for i, name in (
+            (11, "altitude"), (12, "ground speed"), (13, "track"), (14, "latitude"),
+            (15, "longitude"), (16, "vertical rate")))
+        emergency = _flag(fields, 19, "emergency")
+        on_ground = _flag(fields, 21, "is on ground")
+    except _BadLine as exc:
+        return None, exc.reason
+    if lat is None and lon is None:
+        return None, None
+    if lat is None or lon is None:
+        return None, "fields 15-16: latitude and longitude must come together"
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+        return None, f"fields 15-16: position ({lat}, {lon}) out of range"
+    if alt is None:
+        return None, "position without a known altitude: no observation"
+    seconds = _seconds_reference(fields[7])
+    status = "emergency" if emergency else "ground" if on_ground else "airborne"
+    return {"alt_m": alt * FT_M, "lat": lat, "lon": lon, "status": status,
+            "t": None if seconds is None else seconds}, None
+
+
+def _seconds_reference(time: str) -> float | None:
+    """Seconds of day of HH:MM:SS[.fff], field by field."""
+    if len(time) < 8 or time[2] != ":" or time[5] != ":":
+        return None
+    hours, minutes, seconds = time[:2], time[3:5], time[6:]
+    if not (hours.isascii() and hours.isdigit() and minutes.isascii() and minutes.isdigit()):
+        return None
+    if not (seconds[:2].isascii() and seconds[:2].isdigit()):
+        return None
+    try:
+        s = float(seconds)
+    except ValueError:
+        return None
+    h, m = int(hours), int(minutes)
+    if h > 23 or m > 59 or not 0.0 <= s < 61.0:
+        return None
+    return h * 3600 + m * 60 + s
+
+
+@FUZZ
+@given(alt=_NUMBER_TEXTS, lat=_NUMBER_TEXTS, lon=_NUMBER_TEXTS, emergency=_FLAG_FIELD_TEXTS,
+       ground=_FLAG_FIELD_TEXTS, time=_TIME_TEXTS)
+def test_inline_conversions_match_the_field_checks(alt: str, lat: str, lon: str, emergency: str,
+                                                   ground: str, time: str) -> None:
+    line = _line(3, alt=alt, lat=lat, lon=lon, emergency=emergency, ground=ground, time=time)
+    expected, reason = _reference(line.split(","))
+    observations, errors = SbsTracker().feed(line, RECEIVE_T)
+    if reason is not None:
+        assert (observations, errors) == ([], [(1, reason)])
+        return
+    assert errors == []
+    if expected is None:
+        assert observations == []
+        return
+    (obs,) = observations
+    midnight = calendar.timegm((2026, 11, 24, 0, 0, 0))
+    t = RECEIVE_T if expected["t"] is None else midnight + expected["t"]  # type: ignore[operator]
+    assert {k: obs[k] for k in ("alt_m", "lat", "lon", "status")} == {
+        k: expected[k] for k in ("alt_m", "lat", "lon", "status")}
+    assert obs["t"] == t

@@ -63,8 +63,11 @@ _SKIPPED_RECORDS = frozenset({"SEL", "ID", "AIR", "STA", "CLK"})
 _HEX_DIGITS = "0123456789ABCDEF"
 _OCTAL_DIGITS = "01234567"
 _FLAGS = {"0": False, "1": True, "-1": True}
+_FLAG_TEXTS: dict[str, bool | None] = {"": None, **_FLAGS}  # a flag field as it usually comes
 _EMERGENCY_SQUAWKS = {"7500": "emergency", "7600": "lost_link", "7700": "emergency"}
 _UNIX_EPOCH = datetime.date(1970, 1, 1)
+# "HH:MM" -> seconds from midnight to that minute, for every minute of the day.
+_MINUTES_OF_DAY = {f"{h:02d}:{m:02d}": h * 3600 + m * 60 for h in range(24) for m in range(60)}
 
 
 @dataclass(slots=True)
@@ -141,23 +144,41 @@ class SbsTracker:
             raise _BadLine(f"unknown record type {fields[0][:16]!r}")
         if len(fields) != _FIELDS:
             raise _BadLine(f"expected {_FIELDS} fields, got {len(fields)}")
-        kind = fields[1]
+        (_, kind, _, _, hex_ident, _, date, time, _, _, callsign, alt_text, speed_text,
+         track_text, lat_text, lon_text, vrate_text, squawk, _, emergency_text, _,
+         ground_text) = fields
         if kind not in _TRANSMISSION_TYPES:
             raise _BadLine(f"field 2: transmission type {kind[:16]!r} is not 1..8")
-        icao = fields[4].upper()
+        icao = hex_ident.upper()
         if len(icao) != 6 or icao.strip(_HEX_DIGITS):
-            raise _BadLine(f"field 5: hex ident {fields[4][:16]!r} is not 6 hex digits")
+            raise _BadLine(f"field 5: hex ident {hex_ident[:16]!r} is not 6 hex digits")
 
-        callsign = fields[10].strip()
-        alt_ft = _number(fields, 11, "altitude")
-        speed_kt = _number(fields, 12, "ground speed")
-        track_deg = _number(fields, 13, "track")
-        lat = _number(fields, 14, "latitude")
-        lon = _number(fields, 15, "longitude")
-        vrate_fpm = _number(fields, 16, "vertical rate")
-        squawk = fields[17].strip()
-        emergency = _flag(fields, 19, "emergency")
-        on_ground = _flag(fields, 21, "is on ground")
+        callsign = callsign.strip()
+        # Inline for the usual well-formed fields; on anything else the field-by-field
+        # conversions below raise the precise error (or accept the line after all).
+        try:
+            alt_ft = float(alt_text) if alt_text else None
+            speed_kt = float(speed_text) if speed_text else None
+            track_deg = float(track_text) if track_text else None
+            lat = float(lat_text) if lat_text else None
+            lon = float(lon_text) if lon_text else None
+            vrate_fpm = float(vrate_text) if vrate_text else None
+            usual = math.isfinite((alt_ft or 0.0) + (speed_kt or 0.0) + (track_deg or 0.0)
+                                  + (lat or 0.0) + (lon or 0.0) + (vrate_fpm or 0.0))
+        except ValueError:
+            usual = False
+        if not usual:
+            alt_ft = _number(fields, 11, "altitude")
+            speed_kt = _number(fields, 12, "ground speed")
+            track_deg = _number(fields, 13, "track")
+            lat = _number(fields, 14, "latitude")
+            lon = _number(fields, 15, "longitude")
+            vrate_fpm = _number(fields, 16, "vertical rate")
+        squawk = squawk.strip()
+        emergency = (_FLAG_TEXTS[emergency_text] if emergency_text in _FLAG_TEXTS
+                     else _flag(fields, 19, "emergency"))
+        on_ground = (_FLAG_TEXTS[ground_text] if ground_text in _FLAG_TEXTS
+                     else _flag(fields, 21, "is on ground"))
         if speed_kt is not None and speed_kt < 0.0:
             raise _BadLine(f"field 13: ground speed {speed_kt} is negative")
         if track_deg is not None:
@@ -200,7 +221,7 @@ class SbsTracker:
         state.lat, state.lon = lat, lon
         if state.alt_m is None:
             raise _BadLine("position without a known altitude: no observation")
-        t = self._generated_t(fields[6], fields[7])
+        t = self._generated_t(date, time)
         return _observation(state, receive_t if t is None else t)
 
     def _generated_t(self, date: str, time: str) -> float | None:
@@ -286,18 +307,18 @@ def _midnight_unix_s(date: str) -> float | None:
 
 def _seconds_of_day(time: str) -> float | None:
     """Seconds since midnight of HH:MM:SS[.fff], None if it is not one."""
-    if len(time) < 8 or time[2] != ":" or time[5] != ":":
+    if len(time) < 8 or time[5] != ":":
         return None
-    hours, minutes, seconds = time[:2], time[3:5], time[6:]
-    if not (hours.isascii() and hours.isdigit() and minutes.isascii() and minutes.isdigit()):
+    minute_s = _MINUTES_OF_DAY.get(time[:5])  # also checks the digits, the ":" and ranges
+    if minute_s is None:
         return None
+    seconds = time[6:]
     if not (seconds[:2].isascii() and seconds[:2].isdigit()):
         return None
     try:
         s = float(seconds)
     except ValueError:
         return None
-    h, m = int(hours), int(minutes)
-    if h > 23 or m > 59 or not 0.0 <= s < 61.0:
+    if not 0.0 <= s < 61.0:
         return None
-    return h * 3600 + m * 60 + s
+    return minute_s + s
