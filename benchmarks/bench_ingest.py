@@ -9,8 +9,13 @@ WebSocket (same frames, binary MessagePack), HTTP with one observation per reque
 connections, a minimal HTTP/1.1 client so the client's own CPU stays small), and the naive design
 (one INSERT and one commit per observation, from one connection, into the same table).
 
+F3411 over the gateway (API.md section 6), on the same server right after the WebSocket run: the
+same fleet, connections, frames and window, each item a Message Pack (Basic ID + Location) as a
+ground station relays it (`F3411Fleet`); its observations/s beside the native gateway's, the ratio
+F3411 / native, and the rows the server stored for it (must equal what it acked).
+
     .venv/bin/python -m benchmarks.bench_ingest [--backend sqlite postgres] [--seconds 30]
-        [--connections 1 2 4 8]
+        [--connections 1 2 4 8] [--f3411-seconds S]
 
 `memory_per_uav` (the `memory` part of `lowalt bench`): server RSS growth per live UAV.
 """
@@ -41,6 +46,7 @@ from benchmarks.harness import (
     server,
 )
 from ingest.client import GatewayClient
+from ingest.codecs import odid
 
 HEADLINE_CONNECTIONS = 4
 
@@ -107,6 +113,8 @@ class Fleet:
     at 12 m/s around its own centre; frames take the share's UAVs round robin, so every report
     is plausible and the server's checks do their normal work."""
 
+    key = "obs"  # the data frame's list that `frame` fills
+
     def __init__(self, first: int, step: int, uavs: int, frame_obs: int, seed: int) -> None:
         rng = np.random.default_rng(seed)
         self.ids = np.arange(first, uavs, step)
@@ -132,25 +140,105 @@ class Fleet:
                 for j, i in enumerate(k.tolist())]
 
 
+_LOC = 3 + odid.MESSAGE_SIZE  # the Location's offset in a pack of Basic ID + Location
+_PACK_BYTES = 3 + 2 * odid.MESSAGE_SIZE
+_AIRBORNE_AGL = 0x24  # Location byte 1: status airborne, height type agl, speed multiplier 0
+# The Location fields that move, in place in a 53-byte pack (layout: ingest/codecs/odid.py).
+_MOVING = np.dtype({"names": ["flags", "track", "lat", "lon", "tenths"],
+                    "formats": ["u1", "u1", "<i4", "<i4", "<u2"],
+                    "offsets": [_LOC + 1, _LOC + 2, _LOC + 5, _LOC + 9, _LOC + 21],
+                    "itemsize": _PACK_BYTES})
+
+
+class F3411Fleet(Fleet):
+    """The same fleet as a ground station relays its broadcast Remote ID (API.md section 6):
+    each item `{"t": receive time, "msg": Message Pack (Basic ID + Location), "src": the
+    broadcaster's address}`. Each UAV's pack is encoded once with `odid.encode`; a frame copies
+    its UAVs' packs and patches the Location fields that move (E/W bit, track, lat, lon,
+    timestamp) with numpy, so the client's CPU stays near the native fleet's. The timestamp is
+    tenths of a second past the hour: a UAV's advances by at least 0.1 s per report, so no
+    (uav, t) repeats, and its position is computed at that instant."""
+
+    key = "odid"
+
+    def __init__(self, first: int, step: int, uavs: int, frame_obs: int, seed: int) -> None:
+        super().__init__(first, step, uavs, frame_obs, seed)
+        self.srcs = [f"02:00:00:00:{n >> 8 & 255:02x}:{n & 255:02x}" for n in self.ids.tolist()]
+        self.packs = np.frombuffer(b"".join(
+            odid.encode(self._pack(j, track_deg=0.0, t_tenths=0))
+            for j in range(self.ids.size)), np.uint8).reshape(self.ids.size, _PACK_BYTES)
+        self.last_tenths = np.zeros(self.ids.size, np.int64)
+        self._check_layout()
+
+    def _pack(self, j: int, *, track_deg: float, t_tenths: int, lat: float | None = None,
+              lon: float | None = None) -> odid.MessagePack:
+        basic = odid.BasicId(id_type="caa_registration", ua_type="helicopter_or_multirotor",
+                             uas_id=self.names[j])
+        location = odid.Location(
+            status="airborne", height_type="agl", track_deg=track_deg, speed_mps=12.0,
+            vspeed_mps=0.0, lat=float(self.lat0[j]) if lat is None else lat,
+            lon=float(self.lon0[j]) if lon is None else lon, geodetic_alt_m=float(self.alt[j]),
+            height_m=float(self.agl[j]), horiz_accuracy=10, vert_accuracy=4, speed_accuracy=3,
+            timestamp_s_past_hour=t_tenths % 36000 / 10, timestamp_accuracy_s=0.1)
+        return odid.MessagePack(messages=(basic, location))
+
+    def _patched(self, k: np.ndarray, tenths: np.ndarray) -> np.ndarray:
+        """Packs of the UAVs at indexes `k`, at Unix time `tenths` / 10 on their circles."""
+        angle = tenths / 10.0 * 12.0 / 300.0 + self.ids[k]
+        track = np.rint(np.degrees(-angle) % 360.0).astype(np.int64) % 360
+        packs: np.ndarray = self.packs[k]  # a copy
+        moving = packs.reshape(-1).view(_MOVING)
+        moving["flags"] = _AIRBORNE_AGL | np.where(track >= 180, 0x02, 0)
+        moving["track"] = track % 180
+        moving["lat"] = np.rint((self.lat0[k] + 0.0027 * np.sin(angle)) * 1e7).astype(np.int32)
+        moving["lon"] = np.rint((self.lon0[k] + 0.0031 * np.cos(angle)) * 1e7).astype(np.int32)
+        moving["tenths"] = tenths % 36000
+        return packs
+
+    def _check_layout(self) -> None:
+        """The patched bytes are what `odid.encode` writes for the same Location."""
+        tenths = np.array([17_000_000_123], np.int64)
+        got = self._patched(np.array([0]), tenths).tobytes()
+        angle = 1_700_000_012.3 * 12.0 / 300.0 + int(self.ids[0])
+        want = odid.encode(self._pack(
+            0, track_deg=float(round(np.degrees(-angle) % 360.0) % 360), t_tenths=int(tenths[0]),
+            lat=round((self.lat0[0] + 0.0027 * np.sin(angle)) * 1e7) / 1e7,
+            lon=round((self.lon0[0] + 0.0031 * np.cos(angle)) * 1e7) / 1e7))
+        if got != want:
+            raise RuntimeError(f"F3411Fleet: patched pack {got.hex()} != encoded {want.hex()}")
+
+    def frame(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        self.tick += 1
+        received = time.time()
+        k = (self.tick * self.frame_obs + np.arange(self.frame_obs)) % self.ids.size
+        tenths = np.maximum(int((received - 0.5) * 10), self.last_tenths[k] + 1)
+        self.last_tenths[k] = tenths
+        raw, n, srcs = self._patched(k, tenths).tobytes(), _PACK_BYTES, self.srcs
+        return [{"t": received, "msg": raw[j * n:(j + 1) * n], "src": srcs[i]}
+                for j, i in enumerate(k.tolist())]
+
+
 async def stream_load(
     open_link: Any, *, connections: int, seconds: float, frame_obs: int = 100,
     uavs: int = 10_000, window: int = 8, label: str = "gateway", server_pid: int | None = None,
+    fleet_type: type[Fleet] = Fleet,
 ) -> dict[str, Any]:
-    """Drive `connections` links (made by `await open_link(conn_no)`) for `seconds`."""
+    """Drive `connections` links (made by `await open_link(conn_no)`) for `seconds`, frames
+    made by `fleet_type`."""
     latencies: list[float] = []
-    acked = 0
+    acked = duplicates = rejected = 0
     links: list[_Link] = [await open_link(n) for n in range(connections)]
     stop_at = time.monotonic() + seconds
     progress = Progress(label, seconds)
 
     async def one(conn_no: int, link: _Link) -> None:
         nonlocal acked
-        fleet = Fleet(conn_no, connections, uavs, frame_obs, seed=conn_no)
+        fleet = fleet_type(conn_no, connections, uavs, frame_obs, seed=conn_no)
         sent_at: dict[int, float] = {}
         inflight = asyncio.Semaphore(window)
 
         async def receiver() -> None:
-            nonlocal acked
+            nonlocal acked, duplicates, rejected
             while True:
                 ack = await link.recv()
                 if "ack" not in ack:
@@ -159,6 +247,8 @@ async def stream_load(
                     continue  # a pushed frame (clearance): not ours
                 latencies.append(time.monotonic() - sent_at.pop(ack["ack"]))
                 acked += ack["accepted"] + ack["duplicates"]
+                duplicates += ack["duplicates"]
+                rejected += len(ack["rejected"])
                 inflight.release()
 
         recv_task = asyncio.create_task(receiver())
@@ -170,7 +260,7 @@ async def stream_load(
                     recv_task.result()
                 seq += 1
                 sent_at[seq] = time.monotonic()
-                await link.send({"seq": seq, "obs": fleet.frame()})
+                await link.send({"seq": seq, fleet.key: fleet.frame()})
                 if conn_no == 0:
                     progress.update(acked)
             for _ in range(window):  # every permit back: every frame acked
@@ -188,7 +278,7 @@ async def stream_load(
     elapsed = time.monotonic() - started
     result: dict[str, Any] = {
         "connections": connections, "observations": acked, "seconds": round(elapsed, 2),
-        "obs_per_s": round(acked / elapsed),
+        "obs_per_s": round(acked / elapsed), "duplicates": duplicates, "rejected": rejected,
         "ack_p50_ms": round(percentile(latencies, 0.5) * 1e3, 1),
         "ack_p99_ms": round(percentile(latencies, 0.99) * 1e3, 1),
         "client_cpu_percent": round(100 * (time.process_time() - client_before) / elapsed),
@@ -292,28 +382,51 @@ def gateway_run(url: str, connections: int, seconds: float, *, frame_obs: int = 
 
 
 def _gateway_on(srv: Any, token: str, connections: int, seconds: float, *, frame_obs: int,
-                uavs: int, window: int, label: str) -> dict[str, Any]:
+                uavs: int, window: int, label: str,
+                fleet_type: type[Fleet] = Fleet) -> dict[str, Any]:
     async def go() -> dict[str, Any]:
         return await stream_load(
             lambda n: _GatewayLink.open(srv.gateway_port, token, f"bench-{n}"),
             connections=connections, seconds=seconds, frame_obs=frame_obs, uavs=uavs,
-            window=window, label=label, server_pid=srv.proc.pid)
+            window=window, label=label, server_pid=srv.proc.pid, fleet_type=fleet_type)
 
     result = asyncio.run(go())
     result["server_rss_mib"] = round(rss_kib(srv.proc.pid) / 1024, 1)
     return result
 
 
+async def stored_rows(database_url: str, source_suffix: str) -> int:
+    """Observations in storage whose source ends with `source_suffix` (e.g. "/f3411")."""
+    pattern = f"%{source_suffix}"
+    if database_url.startswith("sqlite"):
+        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+        try:
+            (n,) = conn.execute("SELECT count(*) FROM observations WHERE source LIKE ?",
+                                (pattern,)).fetchone()
+        finally:
+            conn.close()
+        return int(n)
+    pg = await asyncpg.connect(database_url)
+    try:
+        return int(await pg.fetchval(
+            "SELECT count(*) FROM observations WHERE source LIKE $1", pattern))
+    finally:
+        await pg.close()
+
+
 def run(backends: Sequence[str], seconds: float = 30.0,
         connections: Sequence[int] = (1, 2, 4, 8), frame_obs: int = 100, uavs: int = 10_000,
         window: int = 8, ws_seconds: float = 10.0, http_seconds: float = 10.0,
-        naive_seconds: float = 10.0) -> dict[str, Any]:
+        naive_seconds: float = 10.0, f3411_seconds: float | None = None) -> dict[str, Any]:
     """Per backend: gateway at each connection count (fresh storage and server each); on the
-    headline count's server also WebSocket, HTTP and the naive design; the ratio."""
+    headline count's server also WebSocket, F3411 over the gateway (`f3411_seconds`, default
+    `seconds`), HTTP and the naive design; the ratios."""
     headline = HEADLINE_CONNECTIONS if HEADLINE_CONNECTIONS in connections else connections[-1]
+    f3411_seconds = seconds if f3411_seconds is None else f3411_seconds
     out: dict[str, Any] = {
         "params": {"seconds": seconds, "connections": list(connections), "frame_obs": frame_obs,
-                   "uavs": uavs, "window": window, "headline_connections": headline},
+                   "uavs": uavs, "window": window, "headline_connections": headline,
+                   "f3411_seconds": f3411_seconds},
     }
     for backend in backends:
         sweep: list[dict[str, Any]] = []
@@ -333,6 +446,18 @@ def run(backends: Sequence[str], seconds: float = 30.0,
                     lambda n, s=srv, tok=token: _WsLink.open(s.http_port, tok),
                     connections=c, seconds=ws_seconds, frame_obs=frame_obs, uavs=uavs,
                     window=window, label=f"{backend} websocket x{c}", server_pid=srv.proc.pid))
+                # Next, while the fleet is fresh (no telemetry_lost to resolve): F3411 packs
+                # continue the same flights; the table already holds the runs before it.
+                log(f"ingest {backend}: F3411 gateway, {c} connection(s), {f3411_seconds:g} s")
+                f3411 = _gateway_on(srv, token, c, f3411_seconds, frame_obs=frame_obs,
+                                    uavs=uavs, window=window, label=f"{backend} F3411 x{c}",
+                                    fleet_type=F3411Fleet)
+                f3411["stored"] = asyncio.run(stored_rows(url, "/f3411"))
+                accepted = f3411["observations"] - f3411["duplicates"]
+                if f3411["stored"] != accepted or f3411["rejected"]:
+                    raise RuntimeError(f"F3411 gateway: {accepted} accepted, "
+                                       f"{f3411['rejected']} rejected, {f3411['stored']} stored")
+                row["f3411_gateway"] = f3411
                 log(f"ingest {backend}: HTTP, one observation per request, {http_seconds:g} s")
                 row["http_one_obs_per_request"] = asyncio.run(
                     http_load(srv.http_port, token, seconds=http_seconds,
@@ -345,6 +470,8 @@ def run(backends: Sequence[str], seconds: float = 30.0,
         row["ratio_gateway_vs_naive"] = round(row["gateway"]["obs_per_s"] / max(1, naive), 1)
         row["ratio_http_vs_naive"] = round(
             row["http_one_obs_per_request"]["req_per_s"] / max(1, naive), 1)
+        row["ratio_f3411_vs_native"] = round(
+            row["f3411_gateway"]["obs_per_s"] / max(1, row["gateway"]["obs_per_s"]), 2)
         out[backend] = row
     return out
 
@@ -421,10 +548,13 @@ def main(argv: list[str] | None = None) -> None:
                         choices=("sqlite", "postgres"))
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--f3411-seconds", type=float, metavar="S",
+                        help="F3411 gateway run (default: --seconds)")
     parser.add_argument("--memory", type=int, default=0, metavar="UAVS",
                         help="also measure memory per live UAV with this many UAVs")
     args = parser.parse_args(argv)
-    result = run(args.backend, args.seconds, args.connections)
+    result = run(args.backend, args.seconds, args.connections,
+                 f3411_seconds=args.f3411_seconds)
     if args.memory:
         result["memory"] = memory_run(args.memory)
     print(json.dumps(result, indent=2))

@@ -37,7 +37,8 @@ def test_bench_quick_codecs_and_conflicts(tmp_path: Path) -> None:
     codecs = results["codecs"]
     for key in ("f3411_decode_packs_per_s", "f3411_encode_packs_per_s",
                 "f3411_assemble_obs_per_s", "sbs_lines_per_s", "msgpack_array_obs_per_s",
-                "msgpack_map_obs_per_s", "json_map_obs_per_s", "validate_obs_per_s"):
+                "msgpack_map_obs_per_s", "json_map_obs_per_s", "validate_obs_per_s",
+                "f3411_decode_single_messages_per_s", "f3411_decode_pack_messages_per_s"):
         assert _positive(codecs[key]), key
 
     conflicts = results["conflicts"]
@@ -54,6 +55,8 @@ def test_bench_quick_codecs_and_conflicts(tmp_path: Path) -> None:
     table = (out / "bench.md").read_text()
     assert "| part | figure | measured | target | verdict |" in table
     assert "F3411 decode" in table and "detection, city 2,000 UAVs" in table
+    assert "F3411 decode, single 25-byte messages, messages/s" in table
+    assert ">= 300,000 (formats issue)" in table
     assert table in done.stdout
     if importlib.util.find_spec("matplotlib") is not None:
         assert results["plots"] == ["tick_vs_n.png"]
@@ -95,6 +98,34 @@ def test_bench_quick_webhooks_against_a_server(tmp_path: Path) -> None:
     table = (out / "bench.md").read_text()
     assert "sqlite: deliveries, one subscription, events/s" in table
     assert "sqlite: batched / naive" in table
+
+
+@pytest.mark.timeout(300)
+def test_bench_quick_ingest_native_and_f3411_gateway(tmp_path: Path) -> None:
+    """The ingest part on SQLite: the F3411 gateway load (message packs) runs on the headline
+    server beside the native one, every pack acked is stored once, and the ratio is given."""
+    out = tmp_path / "bench"
+    done = subprocess.run(
+        [sys.executable, "-m", "lowalt.cli", "bench", "ingest", "--quick", "--backend", "sqlite",
+         "--connections", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=280,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "bench.json").read_text())
+    assert results["errors"] == {} and results["backends"] == ["sqlite"]
+
+    b = results["ingest"]["sqlite"]
+    native, f3411 = b["gateway"], b["f3411_gateway"]
+    assert native["connections"] == f3411["connections"] == 1
+    for run in (native, f3411):
+        assert _positive(run["obs_per_s"]) and _positive(run["observations"])
+        assert run["duplicates"] == 0 and run["rejected"] == 0
+    assert f3411["stored"] == f3411["observations"]
+    assert _positive(b["ratio_f3411_vs_native"])
+    table = (out / "bench.md").read_text()
+    assert "sqlite: F3411 gateway (message packs), 1 connections, obs/s" in table
+    assert "sqlite: F3411 / native gateway, 1 connections" in table
+    assert ">= 0.5 (formats issue)" in table
 
 
 def test_bench_unknown_part_is_a_usage_error(tmp_path: Path) -> None:
