@@ -108,10 +108,12 @@ class Validator:
         indexes: list[int] = []
         rejected: list[tuple[int, str]] = []
         check = self.observation
-        fast = self._fast_array
+        fast, fast_map = self._fast_array, self._fast_map
         t_min, t_max = now - self.max_age_s, now + self.max_future_s
         for index, item in enumerate(items):
-            row = fast(item, t_min, t_max, now, source) if type(item) is list else None
+            kind = type(item)
+            row = (fast(item, t_min, t_max, now, source) if kind is list
+                   else fast_map(item, t_min, t_max, now, source) if kind is dict else None)
             if row is not None:
                 good.append(row)
                 indexes.append(index)
@@ -154,3 +156,32 @@ class Validator:
             return None
         return Observation(uav, t, lat, lon, alt_m, speed, track, vspeed, agl, None, None, None,
                            source, now)
+
+    @staticmethod
+    def _fast_map(
+        item: dict[str, Any], t_min: float, t_max: float, now: float, source: str
+    ) -> Observation | None:
+        """The same for a map-form item of floats (JSON maps, the F3411 and SBS codecs' output);
+        None sends it to `observation`. Keys other than the observation's are ignored there too."""
+        get = item.get
+        uav, t, lat, lon, alt_m = get("uav"), get("t"), get("lat"), get("lon"), get("alt_m")
+        speed, track, vspeed, agl = get("speed_mps"), get("track_deg"), get("vspeed_mps"), get(
+            "agl_m")
+        status, acc_h, acc_v = get("status"), get("acc_h_m"), get("acc_v_m")
+        F = float
+        if not (
+            type(t) is F and type(lat) is F and type(lon) is F and type(alt_m) is F
+            and t_min <= t <= t_max and -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0
+            and -500.0 <= alt_m <= 20000.0
+            and (speed is None or (type(speed) is F and 0.0 <= speed <= 300.0))
+            and (track is None or (type(track) is F and 0.0 <= track < 360.0))
+            and (vspeed is None or (type(vspeed) is F and -1e9 < vspeed < 1e9))
+            and (agl is None or (type(agl) is F and -500.0 <= agl <= 20000.0))
+            and (status is None or (type(status) is str and status in STATUSES))
+            and (acc_h is None or (type(acc_h) is F and 0.0 <= acc_h < 1e300))
+            and (acc_v is None or (type(acc_v) is F and 0.0 <= acc_v < 1e300))
+            and type(uav) is str and UAV_RE.match(uav) is not None
+        ):
+            return None
+        return Observation(uav, t, lat, lon, alt_m, speed, track, vspeed, agl, status, acc_h,
+                           acc_v, source, now)

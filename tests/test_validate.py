@@ -140,3 +140,34 @@ def test_batch_fast_path_agrees_with_the_rules(items: list[list[Any]]) -> None:
             expected_rejected.append((index, str(exc)))
     assert list(zip(indexes, good, strict=True)) == expected_good
     assert rejected == expected_rejected
+
+
+_KEYS = ("uav", "t", "lat", "lon", "alt_m", "speed_mps", "track_deg", "vspeed_mps", "agl_m",
+         "status", "acc_h_m", "acc_v_m", "format")
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(st.lists(st.one_of(
+    st.dictionaries(st.sampled_from(_KEYS), st.one_of(_values, st.sampled_from(
+        ["airborne", "ground", "emergency", "flying", "U1"])), max_size=13),
+    st.fixed_dictionaries(
+        {"uav": st.sampled_from(["U1", "bad uav", "x" * 65]),
+         "t": st.floats(NOW - 90000, NOW + 10), "lat": st.floats(-91, 91),
+         "lon": st.floats(-181, 181), "alt_m": st.floats(-600, 21000)},
+        optional={"speed_mps": st.floats(-1, 301), "track_deg": st.floats(-1, 361),
+                  "vspeed_mps": st.floats(-50, 50), "agl_m": st.floats(-600, 21000),
+                  "status": st.sampled_from(["airborne", "lost_link", "nope"]),
+                  "acc_h_m": st.one_of(st.floats(-1, 100), st.just(math.inf)),
+                  "acc_v_m": st.floats(-1, 100), "format": st.just("f3411")}),
+), max_size=20))
+def test_batch_fast_map_path_agrees_with_the_rules(items: list[dict[str, Any]]) -> None:
+    """batch() accepts map items on a fast path too: it must agree with observation() exactly."""
+    good, indexes, rejected = V.batch(items, NOW, "s")
+    expected_good, expected_rejected = [], []
+    for index, item in enumerate(items):
+        try:
+            expected_good.append((index, V.observation(item, NOW, "s")))
+        except ItemError as exc:
+            expected_rejected.append((index, str(exc)))
+    assert list(zip(indexes, good, strict=True)) == expected_good
+    assert rejected == expected_rejected
