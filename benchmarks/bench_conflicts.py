@@ -29,6 +29,7 @@ import math
 import statistics
 import time
 import tracemalloc
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -139,16 +140,18 @@ def detection(data: dict[str, Any], runs: int, naive_full_max_n: int = NAIVE_FUL
 
 
 class _MemoryAlertStore:
-    """Just enough of an AlertStore for the manager: events are kept in a counter only."""
+    """Just enough of an AlertStore for the manager: events are only counted, by state."""
 
     def __init__(self) -> None:
         self.events = 0
+        self.by_state: Counter[str] = Counter()
 
     async def load_state(self) -> LoadedState:
         return LoadedState(0, 0, [])
 
     async def append_events(self, events: Sequence[AlertEvent]) -> None:
         self.events += len(events)
+        self.by_state.update(e.state for e in events)
 
     async def max_seq(self) -> int:
         return self.events
@@ -199,13 +202,18 @@ async def monitor_ticks(data: dict[str, Any], runs: int) -> dict[str, Any]:
         monitor = TrafficMonitor(live, manager, settings)
         first = await monitor.tick(float(data["tick_t"]))
         await manager.flush()
+        first_events = store.events
         times = []
+        tick_events = []
         for k in range(1, runs + 2):
             now = moved(data, float(k))
             live.update(live_rows(now))
             if k <= runs:
+                before_events = store.events
                 result = await monitor.tick(float(now["tick_t"]))
                 times.append(result.seconds)
+                await manager.flush()
+                tick_events.append(store.events - before_events)
             else:  # one more tick, for its memory
                 tracemalloc.start()
                 before, _ = tracemalloc.get_traced_memory()
@@ -221,7 +229,9 @@ async def monitor_ticks(data: dict[str, Any], runs: int) -> dict[str, Any]:
         "tick_ms": round(statistics.median(times) * 1e3, 2),
         "tick_ms_max": round(max(times) * 1e3, 2),
         "aircraft": first.aircraft, "conflicts": first.conflicts, "telemetry_lost": first.lost,
-        "alert_events": store.events,
+        "alert_events": store.events, "first_tick_events": first_events,
+        "events_per_tick": round(statistics.median(tick_events)),
+        "events_per_tick_max": max(tick_events),
         "tick_peak_bytes_per_uav": round((peak - before) / n),
         "persistent_bytes_per_uav": round(_persistent_bytes(monitor) / n, 1),
     }

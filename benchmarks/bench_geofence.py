@@ -9,10 +9,11 @@ fifth with a time window, a tenth with a weekly schedule, a tenth with authorise
 uniform over the same area, heights 0..400 m, times over two weeks. The naive loop runs on the
 first `--naive` points only and must give the same hits.
 
-The check stage as ingest runs it (`Geofence.on_committed`: heights, the index check, one
-condition per hit, the alert manager's reconciliation; events to an in-memory store), on batches
-of 5,000 reports from the ingest benchmark's fleet (10,000 UAVs, 30..120 m AGL, over the zones'
-area): microseconds per observation, split into the index check and the rest.
+The check stage as ingest runs it (`Geofence.on_committed`: heights, the index check, the hits
+as a condition batch, the alert manager's reconciliation; events to an in-memory store), on 100
+batches of 5,000 reports from the ingest benchmark's fleet (10,000 UAVs, 30..120 m AGL, over the
+zones' area) with the observation clock at 20,000 reports/s: microseconds per observation, split
+into the index check and the rest, and alert events per 100,000 observations by state.
 
 Also: reloading the zones (read from storage, parsed, indexed, prepared by a first check) per
 backend, and, with `--ingest-seconds`, the gateway ingest benchmark (benchmarks/bench_ingest.py,
@@ -172,8 +173,28 @@ async def _reload(url: str, zones: list[Zone]) -> dict[str, float]:
             "first_check_s": round(done - indexed, 3)}
 
 
-async def stage_cost(zones: list[Zone], batches: int = 20, batch: int = 5_000) -> dict[str, Any]:
-    """The geofence check stage per observation on the ingest benchmark's traffic."""
+def _frame_at(fleet: Any, t: float) -> list[Observation]:
+    """`Fleet.frame` (benchmarks/bench_ingest.py) with its clock at observation time t, as the
+    committed rows the check stage gets."""
+    fleet.tick += 1
+    k = (fleet.tick * fleet.frame_obs + np.arange(fleet.frame_obs)) % fleet.ids.size
+    angle = t * 12.0 / 300.0 + fleet.ids[k]
+    lat = (fleet.lat0[k] + 0.0027 * np.sin(angle)).tolist()
+    lon = (fleet.lon0[k] + 0.0031 * np.cos(angle)).tolist()
+    track = ((np.degrees(-angle) + 360.0) % 360.0).tolist()
+    alt, agl = fleet.alt[k].tolist(), fleet.agl[k].tolist()
+    names = fleet.names
+    return [Observation(names[i], t, lat[j], lon[j], alt[j], 12.0, track[j], 0.0, agl[j], None,
+                        None, None, "bench/gateway/native", t)
+            for j, i in enumerate(k.tolist())]
+
+
+async def stage_cost(zones: list[Zone], batches: int = 100, batch: int = 5_000,
+                     obs_per_s: float = 20_000.0) -> dict[str, Any]:
+    """The geofence check stage per observation on the ingest benchmark's traffic, its clock
+    running at `obs_per_s` (each batch `batch / obs_per_s` seconds of observation time on), and
+    the alert events it raises per 100,000 observations (after the first two batches, in which
+    every UAV is seen once and its alerts open)."""
     from benchmarks.bench_conflicts import _MemoryAlertStore
     from benchmarks.bench_ingest import Fleet
 
@@ -186,11 +207,11 @@ async def stage_cost(zones: list[Zone], batches: int = 20, batch: int = 5_000) -
     fleet = Fleet(0, 1, 10_000, batch, seed=5)
     stage_s = check_s = 0.0
     hits = n = 0
+    warm_up = 2
+    events_before: dict[str, int] = {}
     try:
-        for k in range(batches + 1):
-            rows = [Observation(u, t, lat, lon, alt, v, trk, vs, agl, None, None, None,
-                                "bench/gateway/native", t)
-                    for u, t, lat, lon, alt, v, trk, vs, agl in fleet.frame()]
+        for k in range(batches + warm_up):
+            rows = _frame_at(fleet, T0 + k * batch / obs_per_s)
             t0 = time.perf_counter()
             await geofence.on_committed(rows, rows)
             t1 = time.perf_counter()
@@ -201,7 +222,8 @@ async def stage_cost(zones: list[Zone], batches: int = 20, batch: int = 5_000) -
                                 agl, agl + 250.0, agl + 250.0, np.array([r.t for r in rows]),
                                 [r.uav for r in rows])
             t3 = time.perf_counter()
-            if k == 0:  # warm-up: first use, every alert opens
+            if k < warm_up:  # first use: every alert opens
+                events_before = dict(store.by_state)
                 continue
             stage_s += t1 - t0
             check_s += t3 - t2
@@ -209,10 +231,13 @@ async def stage_cost(zones: list[Zone], batches: int = 20, batch: int = 5_000) -
             n += len(rows)
     finally:
         await manager.close()
-    return {"observations": n, "batch": batch, "zones": len(zones),
+    steady = {state: store.by_state[state] - events_before.get(state, 0)
+              for state in ("open", "updated", "resolved")}
+    return {"observations": n, "batch": batch, "zones": len(zones), "obs_per_s": obs_per_s,
             "stage_us_per_obs": round(stage_s / n * 1e6, 2),
             "index_check_us_per_obs": round(check_s / n * 1e6, 2),
-            "hits_per_obs": round(hits / n, 3), "alert_events": store.events}
+            "hits_per_obs": round(hits / n, 3), "alert_events": store.events,
+            "events_per_100k_obs": {s: round(v * 1e5 / n) for s, v in steady.items()}}
 
 
 def ingest_impact(zones: list[Zone], backend: str, seconds: float,
@@ -268,7 +293,7 @@ def run(zones: int = 10_000, points: int = 100_000, naive: int = 200, seed: int 
         "reload": {},
     }
     log("geofence: the check stage on the ingest benchmark's traffic")
-    out["stage"] = asyncio.run(stage_cost(zone_list, batches=4 if points < 50_000 else 20))
+    out["stage"] = asyncio.run(stage_cost(zone_list, batches=4 if points < 50_000 else 100))
     for backend in backends or []:
         log(f"geofence: reload {zones:,} zones from {backend}")
         with database(backend) as url:

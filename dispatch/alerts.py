@@ -1,10 +1,27 @@
 """Alerts: conditions in, durable alert events out (API.md section 4).
 
-Check stages describe what is true now as `Condition`s; `AlertManager` turns them into alerts with
-the lifecycle open -> updated* -> resolved, one open alert per `Condition.key`, `updated` events
-throttled to one per `update_min_s` of observation time (a severity change always goes out) and
-resolution delayed until the condition has been absent for `clear_s` of observation time, so a UAV
-hovering on a boundary does not flap.
+Check stages describe what is true now as `Condition`s (or, on the hot paths, a `ConditionBatch`
+of parallel columns); `AlertManager` turns them into alerts with the lifecycle
+open -> updated* -> resolved, one open alert per `Condition.key`, and resolution delayed until
+the condition has been absent for `clear_s` of observation time, so a UAV hovering on a boundary
+does not flap.
+
+An open alert sends `updated` only when it has news (times are observation times, measured from
+the alert's last event):
+- a severity change: always, at once;
+- a material change, at most once per `update_min_s`: for the types in `MATERIAL`, a detail value
+  listed there moves past its tolerance (`Material`: a pair's `cpa_m` or `cpa_v_m` falling by
+  more than max(5 m, 20 %) or rising by more than max(5 m, 100 %), its `t_los_s` moving by more
+  than 2 s beyond its own countdown; a zone hit's `distance_m` likewise, its `agl_m` by more
+  than max(5 m, 20 %)); for other types, any change of detail;
+- otherwise a refresh of position and detail, at most once per `refresh_s` (and only when
+  something changed: the position, or a listed detail value, or for other types the detail).
+Between events the newest condition is kept (`open_alerts`, and what a resolution reports).
+
+A batch costs, for an open alert without news, a dict lookup and a few array writes: the values
+its last event told are kept in arrays indexed by a slot per open alert, so the tests above run
+in numpy over the whole batch, and a `Condition` (with its detail) is built only for a row that
+opens, updates or resolves an alert.
 
 Every change is an `AlertEvent`. Events go to ONE writer task, which takes whatever is waiting
 (after a group-commit window of a few ms), numbers it with the next `seq`s and commits it in one
@@ -18,15 +35,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import itertools
 import json
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
 
 from lowalt.metrics import Metrics
 
@@ -34,6 +53,10 @@ if TYPE_CHECKING:
     from dispatch.store import AlertStore
 
 log = logging.getLogger("lowalt.alerts")
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+Bool = npt.NDArray[np.bool_]
 
 ALERT_TYPES = frozenset({
     "geofence_breach", "geofence_approach", "altitude_limit", "separation_loss",
@@ -43,10 +66,51 @@ ALERT_TYPES = frozenset({
 })
 # Severity order: higher is more urgent ("emergency first" sorts on this).
 SEVERITY_RANK: Mapping[str, int] = {"info": 0, "warning": 1, "critical": 2}
+SEVERITIES = ("info", "warning", "critical")  # by rank
 # Committed ahead of the waiting group and without its delay; listed first among open alerts.
 URGENT_TYPES = frozenset({"emergency"})
 EVENT_STATES = frozenset({"open", "updated", "resolved"})
 AlertKey = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class Material:
+    """When a detail value has changed enough to tell at once: |new - expected| >
+    max(abs_tol, rel_tol * |told|), where `told` is what the alert's last event said and
+    `expected` is `told`, or for a countdown (a time until something) `told` less the observation
+    time since, not below 0. With `rise_rel_tol`, a rise (for a distance: an easing) is measured
+    against max(abs_tol, rise_rel_tol * |told|) instead. A value appearing or disappearing (NaN)
+    is material."""
+
+    abs_tol: float
+    rel_tol: float = 0.0
+    countdown: bool = False
+    rise_rel_tol: float | None = None
+
+
+METRES = Material(5.0, 0.2)
+# A distance to a conflict or a zone: closing in by max(5 m, 20 %) is news; opening out (aircraft
+# moving apart after their closest approach, a UAV turning away) only when it doubles.
+CLEARANCE_M = Material(5.0, 0.2, rise_rel_tol=1.0)
+COUNTDOWN_S = Material(2.0, countdown=True)
+ANY_CHANGE = Material(0.0)
+_ZONE: Mapping[str, Material] = {"distance_m": CLEARANCE_M, "agl_m": METRES}
+_PAIR: Mapping[str, Material] = {
+    "cpa_m": CLEARANCE_M, "cpa_v_m": CLEARANCE_M, "t_los_s": COUNTDOWN_S, "crewed": ANY_CHANGE,
+}
+# Per alert type, the detail values (in this order: a `ConditionBatch`'s `values` columns) whose
+# material change is news. Types not listed: any change of detail is.
+MATERIAL: Mapping[str, Mapping[str, Material]] = {
+    "geofence_breach": _ZONE,
+    "geofence_approach": _ZONE,
+    "altitude_limit": {"agl_m": METRES, "max_agl_m": ANY_CHANGE, "ceiling_agl_m": ANY_CHANGE},
+    "separation_loss": _PAIR,
+    "conflict_predicted": _PAIR,
+}
+_MAX_VALUES = max(len(v) for v in MATERIAL.values())
+_TYPE_LIST = tuple(sorted(ALERT_TYPES))
+_TYPE_CODE: Mapping[str, int] = {name: k for k, name in enumerate(_TYPE_LIST)}
+_KEEP_BATCHES = 16  # batches whose rows open alerts may point at, before the oldest are let go
 
 
 @dataclass(frozen=True)
@@ -118,8 +182,18 @@ class AlertEvent:
         }
 
     def numbered(self, seq: int) -> AlertEvent:
-        numbered = dataclasses.replace(self, seq=seq)
-        return dataclasses.replace(numbered, body=encode_json(numbered.as_json()))
+        # Built directly: dataclasses.replace costs ~10x more, on the writer's hot path.
+        numbered = AlertEvent(
+            seq, self.alert_id, self.state, self.type, self.severity, self.uav, self.other_uav,
+            self.zone, self.clearance, self.t, self.raised_at, self.lat, self.lon, self.alt_m,
+            self.detail,
+        )
+        body = encode_json(numbered.as_json())
+        return AlertEvent(
+            seq, self.alert_id, self.state, self.type, self.severity, self.uav, self.other_uav,
+            self.zone, self.clearance, self.t, self.raised_at, self.lat, self.lon, self.alt_m,
+            self.detail, body,
+        )
 
     @classmethod
     def from_body(cls, body: str) -> AlertEvent:
@@ -221,17 +295,110 @@ class Broadcaster:
         self._tick.set()
 
 
-@dataclass
+class ConditionBatch:
+    """Conditions of one check as parallel columns, for `AlertManager.assess(batches=...)`.
+
+    Row k is the condition `build(k)`, whose key is (types[k], uav[k], ref[k]) (`ref`: the zone,
+    other UAV or clearance, or ""), whose severity has rank severity[k], at t[k] and
+    (lat, lon, alt_m)[k], and whose detail holds values[k, j] under the j-th name of
+    `MATERIAL[types[k]]` (a batch takes only types listed there, all with the same names).
+    `build` is called only for rows that open, update or resolve an alert, or when the newest
+    condition is asked for.
+    """
+
+    __slots__ = ("_build", "alt_m", "lat", "lon", "ref", "severity", "t", "types", "uav",
+                 "values")
+
+    def __init__(
+        self, types: Sequence[str], uav: Sequence[str], ref: Sequence[str],
+        severity: npt.ArrayLike, t: npt.ArrayLike, lat: npt.ArrayLike, lon: npt.ArrayLike,
+        alt_m: npt.ArrayLike, values: npt.ArrayLike, build: Callable[[int], Condition],
+    ) -> None:
+        self.types, self.uav, self.ref = types, uav, ref
+        self.severity = np.asarray(severity, dtype=np.int64).ravel()
+        self.t = np.asarray(t, dtype=np.float64).ravel()
+        self.lat = np.asarray(lat, dtype=np.float64).ravel()
+        self.lon = np.asarray(lon, dtype=np.float64).ravel()
+        self.alt_m = np.asarray(alt_m, dtype=np.float64).ravel()
+        n = len(uav)
+        self.values = np.asarray(values, dtype=np.float64)
+        if self.values.ndim != 2:
+            self.values = self.values.reshape(n, -1 if n else 0)
+        self._build = build
+        for name, col in (("types", types), ("ref", ref), ("severity", self.severity),
+                          ("t", self.t), ("lat", self.lat), ("lon", self.lon),
+                          ("alt_m", self.alt_m), ("values", self.values)):
+            if len(col) != n:
+                raise ValueError(f"{name} has {len(col)} rows, uav has {n}")
+
+    @classmethod
+    def empty(cls) -> ConditionBatch:
+        def none(k: int) -> Condition:
+            raise IndexError(k)
+
+        return cls([], [], [], [], [], [], [], [], np.empty((0, 0)), none)
+
+    def __len__(self) -> int:
+        return len(self.uav)
+
+    def condition(self, k: int) -> Condition:
+        return self._build(k)
+
+    def conditions(self) -> list[Condition]:
+        return [self._build(k) for k in range(len(self.uav))]
+
+
+def _material(
+    rules: Sequence[Material], new: F64, told: F64, dt: F64
+) -> tuple[Bool, Bool]:
+    """Per row: (changed materially, changed at all) of values (n, len(rules)) against those
+    told dt seconds ago."""
+    material = np.zeros(dt.size, dtype=np.bool_)
+    changed = np.zeros(dt.size, dtype=np.bool_)
+    for j, rule in enumerate(rules):
+        a, b = new[:, j], told[:, j]
+        both_nan = np.isnan(a) & np.isnan(b)
+        changed |= (a != b) & ~both_nan
+        expected = np.maximum(b - dt, 0.0) if rule.countdown else b
+        fall = np.maximum(rule.abs_tol, rule.rel_tol * np.abs(b))
+        rise = fall if rule.rise_rel_tol is None else np.maximum(
+            rule.abs_tol, rule.rise_rel_tol * np.abs(b))
+        change = a - expected
+        material |= ~((change <= rise) & (change >= -fall)) & ~both_nan
+    return material, changed
+
+
+def _detail_values(c: Condition) -> F64:
+    """The `MATERIAL` values of c's detail, NaN where missing or not a number."""
+    out = np.full(_MAX_VALUES, np.nan)
+    for j, name in enumerate(MATERIAL.get(c.type, ())):
+        value = c.detail.get(name)
+        if isinstance(value, int | float):
+            out[j] = float(value)
+    return out
+
+
 class _OpenAlert:
-    alert_id: int
-    opened_at: float  # raised_at of its open event
-    emitted: Condition  # what its last event said
-    latest: Condition  # the newest condition seen (may be newer than emitted: throttled)
-    absent_since: float | None = None  # evaluation t at which its condition was first missing
+    """What an open alert keeps besides its slot's array entries (see AlertManager)."""
+
+    __slots__ = ("alert_id", "detail_told", "key", "latest", "opened_at", "other_uav", "uav")
+
+    def __init__(self, alert_id: int, opened_at: float, c: Condition) -> None:
+        self.alert_id, self.opened_at, self.key = alert_id, opened_at, c.key
+        self.uav, self.other_uav = c.uav, c.other_uav
+        self.latest = c  # the newest condition, unless the slot points at a batch row
+        # Types without MATERIAL values: the detail of the last event.
+        self.detail_told: Mapping[str, Any] | None = None if c.type in MATERIAL else c.detail
 
 
 class AlertManager:
-    """Keeps the open alerts and turns conditions into events; see the module docstring."""
+    """Keeps the open alerts and turns conditions into events; see the module docstring.
+
+    Each open alert has a slot; per slot, arrays hold what its last event told (t, severity,
+    position, `MATERIAL` values), since when its condition has been absent (NaN: present), the
+    last `assess` pass that saw it, and where its newest condition is (a batch row, or
+    `_OpenAlert.latest` when the batch is -1).
+    """
 
     def __init__(
         self,
@@ -240,6 +407,7 @@ class AlertManager:
         *,
         clear_s: float = 3.0,
         update_min_s: float = 1.0,
+        refresh_s: float = 10.0,
         commit_delay_s: float = 0.002,
         max_pending_events: int = 100_000,
         max_batch_events: int = 2_000,
@@ -247,14 +415,20 @@ class AlertManager:
         metrics: Metrics | None = None,
     ) -> None:
         self.store, self.broadcaster = store, broadcaster
-        self.clear_s, self.update_min_s = clear_s, update_min_s
+        self.clear_s, self.update_min_s, self.refresh_s = clear_s, update_min_s, refresh_s
         self.commit_delay_s = commit_delay_s
         self.max_pending_events = max_pending_events
         self.max_batch_events = max_batch_events
         self.retry_delay_s = retry_delay_s
         self.metrics = metrics or Metrics()
-        self._open: dict[AlertKey, _OpenAlert] = {}
+        self._slot_of: dict[AlertKey, int] = {}
+        self._by_slot: list[_OpenAlert | None] = []
         self._keys_of_uav: dict[str, set[AlertKey]] = {}  # uav (or other_uav) -> open keys
+        self._allocate_arrays(1024)
+        self._free = list(range(1023, -1, -1))  # free slots, lowest last
+        self._pass = 0  # numbers assess passes, for `_seen`
+        self._batches: dict[int, ConditionBatch] = {}
+        self._batch_no = 0
         self._alert_id = 0
         self._seq = 0
         self._queue: deque[AlertEvent] = deque()
@@ -271,9 +445,29 @@ class AlertManager:
         m.counter("lowalt_alert_events_dropped_total", "Alert events raised after shutdown.")
         m.counter("lowalt_alert_commit_failures_total", "Alert event commits that failed.")
         m.histogram("lowalt_alert_commit_seconds", "Time to commit one group of alert events.")
-        m.gauge("lowalt_alerts_open", "Open alerts.", lambda: float(len(self._open)))
+        m.gauge("lowalt_alerts_open", "Open alerts.", lambda: float(len(self._slot_of)))
         m.gauge("lowalt_alert_events_pending", "Alert events waiting to commit.",
                 lambda: float(len(self._queue) + len(self._urgent)))
+
+    def _allocate_arrays(self, capacity: int) -> None:
+        """(Re)size the per-slot arrays to capacity, keeping what they hold."""
+        def grown(name: str, fill: float, dtype: type[Any], width: int = 0) -> Any:
+            new = np.full((capacity, width) if width else capacity, fill, dtype=dtype)
+            old: npt.NDArray[Any] | None = getattr(self, name, None)
+            if old is not None:
+                new[: old.shape[0]] = old
+            return new
+
+        self._told_t: F64 = grown("_told_t", np.inf, np.float64)
+        self._told_severity: I64 = grown("_told_severity", -1, np.int64)
+        self._told_position: F64 = grown("_told_position", np.nan, np.float64, 3)
+        self._told_values: F64 = grown("_told_values", np.nan, np.float64, _MAX_VALUES)
+        self._absent_since: F64 = grown("_absent_since", np.nan, np.float64)
+        self._seen: I64 = grown("_seen", -1, np.int64)
+        self._type: I64 = grown("_type", -1, np.int64)  # index in _TYPE_LIST; -1: a free slot
+        self._latest_batch: I64 = grown("_latest_batch", -1, np.int64)
+        self._latest_row: I64 = grown("_latest_row", -1, np.int64)
+        self._by_slot.extend([None] * (capacity - len(self._by_slot)))
 
     @property
     def committed_seq(self) -> int:
@@ -286,8 +480,7 @@ class AlertManager:
         self._seq, self._alert_id = state.last_seq, state.last_alert_id
         self.broadcaster.head = self._seq
         for event, opened_at in state.open_alerts:
-            c = event.condition()
-            self._add(_OpenAlert(event.alert_id, opened_at, c, c))
+            self._add(event.alert_id, opened_at, event.condition())
         self._writer = asyncio.create_task(self._write_loop(), name="lowalt-alert-writer")
 
     async def close(self, timeout_s: float = 10.0) -> bool:
@@ -314,34 +507,29 @@ class AlertManager:
     # -- the API check stages call ------------------------------------------------------------
 
     async def assess(
-        self, types: frozenset[str], evaluated: Mapping[str, float], present: Sequence[Condition]
+        self, types: frozenset[str], evaluated: Mapping[str, float],
+        present: Sequence[Condition] = (), *, batches: Sequence[ConditionBatch] = (),
     ) -> None:
-        """Reconcile the open alerts of `types` for the `evaluated` UAVs with what is `present`.
+        """Reconcile the open alerts of `types` for the `evaluated` UAVs with what is `present`
+        (as conditions, or as rows of `batches`).
 
         evaluated: uav -> t of the observation or tick just checked; present: every condition of
         those types true now for those UAVs. Pair alerts count as evaluated when either UAV is.
         """
+        self._pass += 1
+        this_pass = self._pass
         for c in present:
             self._observe(c)
-        present_keys = {c.key for c in present}
-        candidates = {key for uav in evaluated for key in self._keys_of_uav.get(uav, ())
-                      if key[0] in types and key not in present_keys}
-        for key in sorted(candidates):
-            alert = self._open[key]
-            c = alert.latest
-            t_uav = evaluated.get(c.uav)
-            t_other = evaluated.get(c.other_uav) if c.other_uav is not None else None
-            if t_uav is None and t_other is None:
-                continue
-            t = max(x for x in (t_uav, t_other) if x is not None)
-            if alert.absent_since is None:
-                alert.absent_since = t
-            if t - alert.absent_since >= self.clear_s:
-                self._resolve(key, alert, t, None)
+            self._seen[self._slot_of[c.key]] = this_pass
+        for batch in batches:
+            self._observe_batch(batch, this_pass)
+        self._resolve_absent(types, evaluated, this_pass)
+        if len(self._batches) > _KEEP_BATCHES:
+            self._let_go_of_batches()
         await self._wait_for_room()
 
     async def open_or_update(self, c: Condition) -> None:
-        """Open an alert for c.key, or update the open one (throttled like `assess`)."""
+        """Open an alert for c.key, or update the open one (by the rules of `assess`)."""
         self._observe(c)
         await self._wait_for_room()
 
@@ -349,17 +537,18 @@ class AlertManager:
         self, key: tuple[str, str, str], t: float, detail: Mapping[str, Any] | None = None
     ) -> None:
         """Resolve the open alert for key now (no hysteresis); nothing when none is open."""
-        alert = self._open.get(key)
-        if alert is not None:
-            self._resolve(key, alert, t, detail)
+        slot = self._slot_of.get(key)
+        if slot is not None:
+            self._resolve(slot, t, detail)
         await self._wait_for_room()
 
     def open_alerts(self) -> list[dict[str, Any]]:
         """The open alerts, most severe first (emergencies first of all), each with its newest
         known position."""
         ranked: list[tuple[int, bool, int, dict[str, Any]]] = []
-        for alert in self._open.values():
-            c = alert.latest
+        for slot in self._slot_of.values():
+            alert = self._alert(slot)
+            c = self._latest(slot)
             ranked.append((-SEVERITY_RANK[c.severity], c.type not in URGENT_TYPES, alert.alert_id, {
                 "alert_id": alert.alert_id, "state": "open", "type": c.type,
                 "severity": c.severity, "uav": c.uav, "other_uav": c.other_uav, "zone": c.zone,
@@ -376,43 +565,240 @@ class AlertManager:
             raise ValueError(f"unknown alert type {c.type!r}")
         if c.severity not in SEVERITY_RANK:
             raise ValueError(f"unknown severity {c.severity!r}")
-        alert = self._open.get(c.key)
-        if alert is None:
+        slot = self._slot_of.get(c.key)
+        if slot is None:
             self._alert_id += 1
             event = self._emit(self._alert_id, "open", c, c.t, c.detail)
-            self._add(_OpenAlert(self._alert_id, event.raised_at, c, c))
+            self._add(self._alert_id, event.raised_at, c)
             return
-        if c.t < alert.emitted.t:  # older than what was said already: late data, no news
+        dt = c.t - float(self._told_t[slot])
+        if dt < 0.0:  # older than what was said already: late data, no news
             return
-        alert.absent_since = None
+        alert = self._alert(slot)
+        self._absent_since[slot] = np.nan
         alert.latest = c
-        last = alert.emitted
-        if c.severity != last.severity or (
-            (c.lat, c.lon, c.alt_m, c.detail) != (last.lat, last.lon, last.alt_m, last.detail)
-            and c.t - last.t >= self.update_min_s
-        ):
+        self._latest_batch[slot] = -1
+        moved = (c.lat, c.lon, c.alt_m) != tuple(self._told_position[slot].tolist())
+        rules = MATERIAL.get(c.type)
+        if rules is None:
+            material = changed = c.detail != alert.detail_told
+        else:
+            m = len(rules)
+            mat, chg = _material(tuple(rules.values()), _detail_values(c)[None, :m],
+                                 self._told_values[slot: slot + 1, :m], np.array([dt]))
+            material, changed = bool(mat[0]), bool(chg[0])
+        if (SEVERITY_RANK[c.severity] != self._told_severity[slot]
+                or (material and dt >= self.update_min_s)
+                or ((changed or moved) and dt >= max(self.refresh_s, self.update_min_s))):
             self._emit(alert.alert_id, "updated", c, c.t, c.detail)
-            alert.emitted = c
+            self._tell(slot, c)
 
-    def _resolve(
-        self, key: AlertKey, alert: _OpenAlert, t: float, detail: Mapping[str, Any] | None
+    def _observe_batch(self, batch: ConditionBatch, this_pass: int) -> None:
+        n = len(batch)
+        if n == 0:
+            return
+        kinds = set(batch.types)
+        unknown = kinds - ALERT_TYPES
+        if unknown:
+            raise ValueError(f"unknown alert type {sorted(unknown)[0]!r}")
+        names = {tuple(MATERIAL.get(kind, ())) for kind in kinds}
+        if len(names) != 1 or not all(kind in MATERIAL for kind in kinds) \
+                or batch.values.shape[1] != len(next(iter(names))):
+            raise ValueError(f"a batch's types must share their MATERIAL values: {sorted(kinds)}")
+        rules = tuple(MATERIAL[next(iter(kinds))].values())
+        if not (batch.severity.min() >= 0 and batch.severity.max() < len(SEVERITIES)):
+            raise ValueError("severity rank out of range")
+        self._batch_no += 1
+        batch_no = self._batch_no
+        self._batches[batch_no] = batch
+        keys = list(zip(batch.types, batch.uav, batch.ref, strict=True))
+        slots = np.fromiter(map(self._slot_of.get, keys, itertools.repeat(-1)), np.int64, n)
+        known = slots[slots >= 0]
+        new = np.flatnonzero(slots < 0).tolist()
+        if np.unique(known).size == known.size and len({keys[k] for k in new}) == len(new):
+            self._observe_rows(batch, batch_no, rules, np.arange(n), slots, this_pass)
+            return
+        # The same key more than once: take the rows in rounds (each key's first row, then its
+        # second ...), so each key's rows still go in order.
+        count: dict[AlertKey, int] = {}
+        occurrence = np.empty(n, dtype=np.int64)
+        for k, key in enumerate(keys):
+            occurrence[k] = count[key] = count.get(key, -1) + 1
+        for r in range(int(occurrence.max()) + 1):
+            rows = np.flatnonzero(occurrence == r)
+            slots = np.fromiter(map(self._slot_of.get, [keys[k] for k in rows.tolist()],
+                                    itertools.repeat(-1)), np.int64, rows.size)
+            self._observe_rows(batch, batch_no, rules, rows, slots, this_pass)
+
+    def _observe_rows(
+        self, batch: ConditionBatch, batch_no: int, rules: Sequence[Material], rows: I64,
+        slots: I64, this_pass: int,
     ) -> None:
-        c = alert.latest
+        """Rows of a batch with distinct keys, and the slots of their open alerts (-1: none)."""
+        known = slots >= 0
+        new_rows = rows[~known]
+        rows, slots = rows[known], slots[known]
+        self._seen[slots] = this_pass
+        t = batch.t[rows]
+        dt = t - self._told_t[slots]
+        current = dt >= 0.0  # else late data: no news
+        rows, slots, t, dt = rows[current], slots[current], t[current], dt[current]
+        self._absent_since[slots] = np.nan
+        self._latest_batch[slots] = batch_no
+        self._latest_row[slots] = rows
+        m = len(rules)
+        material, changed = _material(rules, batch.values[rows], self._told_values[slots, :m], dt)
+        position = self._told_position[slots]
+        changed |= ((batch.lat[rows] != position[:, 0]) | (batch.lon[rows] != position[:, 1])
+                    | (batch.alt_m[rows] != position[:, 2]))
+        news = ((batch.severity[rows] != self._told_severity[slots])
+                | (material & (dt >= self.update_min_s))
+                | (changed & (dt >= max(self.refresh_s, self.update_min_s))))
+        rows, slots = rows[news], slots[news]
+        if not rows.size and not new_rows.size:
+            return
+        # Opens and updates go out in row order.
+        every = np.concatenate([new_rows, rows])
+        every_slot = np.concatenate([np.full(new_rows.size, -1, dtype=np.int64), slots])
+        order = np.argsort(every, kind="stable")
+        opened = []
+        for k, slot in zip(every[order].tolist(), every_slot[order].tolist(), strict=True):
+            c = batch.condition(k)
+            if slot < 0:
+                self._alert_id += 1
+                event = self._emit(self._alert_id, "open", c, c.t, c.detail)
+                opened.append(self._take_slot(self._alert_id, event.raised_at, c))
+            else:
+                self._emit(self._alert(slot).alert_id, "updated", c, c.t, c.detail)
+        if opened:
+            at = np.array(opened, dtype=np.int64)
+            self._seen[at] = this_pass
+            self._absent_since[at] = np.nan
+            self._latest_batch[at] = -1
+            self._told_values[at] = np.nan
+            rows, slots = np.concatenate([new_rows, rows]), np.concatenate([at, slots])
+        if rows.size:
+            self._told_t[slots] = batch.t[rows]
+            self._told_severity[slots] = batch.severity[rows]
+            self._told_position[slots] = np.column_stack(
+                [batch.lat[rows], batch.lon[rows], batch.alt_m[rows]])
+            self._told_values[slots, :m] = batch.values[rows]
+
+    def _resolve_absent(
+        self, types: frozenset[str], evaluated: Mapping[str, float], this_pass: int
+    ) -> None:
+        """Start, or finish, the hysteresis of open alerts of `types` whose UAV (or other UAV)
+        was evaluated and whose condition was not seen in this pass."""
+        in_types = np.zeros(len(_TYPE_LIST) + 1, dtype=np.bool_)  # last entry: free slots
+        in_types[[_TYPE_CODE[kind] for kind in types if kind in _TYPE_CODE]] = True
+        used = len(self._by_slot)
+        absent = np.flatnonzero(in_types[self._type[:used]] & (self._seen[:used] != this_pass))
+        if absent.size > 8 * len(evaluated):  # few UAVs evaluated among many alerts: from those
+            slot_of, keys_of_uav = self._slot_of, self._keys_of_uav
+            near = np.unique(np.array(
+                [slot_of[key] for uav in evaluated for key in keys_of_uav.get(uav, ())],
+                dtype=np.int64))
+            absent = near[in_types[self._type[near]] & (self._seen[near] != this_pass)]
+        if not absent.size:
+            return
+        by_slot, evaluated_t = self._by_slot, evaluated.get
+        slots, times = [], []
+        for slot in absent.tolist():
+            alert = by_slot[slot]
+            assert alert is not None
+            t = evaluated_t(alert.uav)
+            if alert.other_uav is not None:
+                t_other = evaluated_t(alert.other_uav)
+                if t_other is not None and (t is None or t_other > t):
+                    t = t_other
+            if t is not None:
+                slots.append(slot)
+                times.append(t)
+        if not slots:
+            return
+        at = np.array(slots, dtype=np.int64)
+        t_now = np.array(times, dtype=np.float64)
+        since = self._absent_since[at]
+        since = np.where(np.isnan(since), t_now, since)
+        self._absent_since[at] = since
+        done = np.flatnonzero(t_now - since >= self.clear_s).tolist()
+        for k in sorted(done, key=lambda k: self._alert(slots[k]).key):
+            self._resolve(slots[k], times[k], None)
+
+    def _resolve(self, slot: int, t: float, detail: Mapping[str, Any] | None) -> None:
+        alert = self._alert(slot)
+        c = self._latest(slot)
         self._emit(alert.alert_id, "resolved", c, t, c.detail if detail is None else detail)
-        del self._open[key]
-        for uav in (c.uav, c.other_uav):
+        del self._slot_of[alert.key]
+        for uav in (alert.uav, alert.other_uav):
             keys = self._keys_of_uav.get(uav or "")
             if uav is not None and keys is not None:
-                keys.discard(key)
+                keys.discard(alert.key)
                 if not keys:
                     del self._keys_of_uav[uav]
+        self._by_slot[slot] = None
+        self._type[slot] = -1
+        self._latest_batch[slot] = -1
+        self._seen[slot] = -1
+        self._free.append(slot)
 
-    def _add(self, alert: _OpenAlert) -> None:
-        c = alert.emitted
-        self._open[c.key] = alert
+    def _add(self, alert_id: int, opened_at: float, c: Condition) -> None:
+        """A new open alert whose last event said c."""
+        slot = self._take_slot(alert_id, opened_at, c)
+        self._seen[slot] = -1
+        self._absent_since[slot] = np.nan
+        self._latest_batch[slot] = -1
+        self._tell(slot, c)
+
+    def _take_slot(self, alert_id: int, opened_at: float, c: Condition) -> int:
+        """A slot for a new open alert, with its key and UAVs filed (its arrays not set)."""
+        if not self._free:
+            old = len(self._by_slot)
+            self._allocate_arrays(2 * old)
+            self._free = list(range(2 * old - 1, old - 1, -1))
+        slot = self._free.pop()
+        alert = _OpenAlert(alert_id, opened_at, c)
+        self._by_slot[slot] = alert
+        self._slot_of[alert.key] = slot
         for uav in (c.uav, c.other_uav):
             if uav is not None:
-                self._keys_of_uav.setdefault(uav, set()).add(c.key)
+                self._keys_of_uav.setdefault(uav, set()).add(alert.key)
+        self._type[slot] = _TYPE_CODE[c.type]
+        return slot
+
+    def _tell(self, slot: int, c: Condition) -> None:
+        """Record that the slot's last event said c."""
+        self._told_t[slot] = c.t
+        self._told_severity[slot] = SEVERITY_RANK[c.severity]
+        self._told_position[slot] = (c.lat, c.lon, c.alt_m)
+        self._told_values[slot] = _detail_values(c)
+        alert = self._alert(slot)
+        if alert.detail_told is not None:
+            alert.detail_told = c.detail
+
+    def _alert(self, slot: int) -> _OpenAlert:
+        alert = self._by_slot[slot]
+        assert alert is not None
+        return alert
+
+    def _latest(self, slot: int) -> Condition:
+        """The newest condition of an open alert, built from its batch row when it has one."""
+        alert = self._alert(slot)
+        batch_no = int(self._latest_batch[slot])
+        if batch_no >= 0:
+            alert.latest = self._batches[batch_no].condition(int(self._latest_row[slot]))
+            self._latest_batch[slot] = -1
+        return alert.latest
+
+    def _let_go_of_batches(self) -> None:
+        """Keep the newest half of the batches; alerts still pointing at older ones (their UAV
+        has not been seen since) get their newest condition built now."""
+        oldest_kept = self._batch_no - _KEEP_BATCHES // 2 + 1
+        for slot in np.flatnonzero((self._latest_batch >= 0)
+                                   & (self._latest_batch < oldest_kept)).tolist():
+            self._latest(slot)
+        for batch_no in [b for b in self._batches if b < oldest_kept]:
+            del self._batches[batch_no]
 
     def _emit(
         self, alert_id: int, state: str, c: Condition, t: float, detail: Mapping[str, Any]

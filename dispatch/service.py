@@ -38,7 +38,8 @@ class Dispatch:
         self.broadcaster = Broadcaster()
         self.manager = AlertManager(
             self.store, self.broadcaster, clear_s=s.alert_clear_s,
-            update_min_s=s.alert_update_min_s, commit_delay_s=s.alert_commit_delay_s,
+            update_min_s=s.alert_update_min_s, refresh_s=s.alert_refresh_s,
+            commit_delay_s=s.alert_commit_delay_s,
             max_pending_events=s.alert_max_pending_events, metrics=rt.metrics,
         )
         self.feed = AlertFeed(

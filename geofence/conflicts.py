@@ -32,8 +32,10 @@ import numpy.typing as npt
 from lowalt.errors import ConfigError
 
 __all__ = [
+    "ConflictArrays",
     "ConflictPair",
     "ConflictParams",
+    "detect_conflict_arrays",
     "detect_conflicts",
     "detect_conflicts_naive",
 ]
@@ -245,23 +247,44 @@ def _pair_kernel(s: _State, i: I64, j: I64, params: ConflictParams) -> _Hits:
     )
 
 
-def _to_pairs(s: _State, blocks: list[_Hits]) -> list[ConflictPair]:
+class ConflictArrays(NamedTuple):
+    """Pairs in conflict as parallel arrays, sorted by (i, j); `i < j` index the input arrays,
+    times are seconds from the tick (the fields of `ConflictPair`, `lost_now` for its kind)."""
+
+    i: I64
+    j: I64
+    lost_now: Bool  # SEPARATION_LOSS, else CONFLICT_PREDICTED
+    h_now_m: F64
+    v_now_m: F64
+    t_los_s: F64
+    cpa_s: F64
+    cpa_m: F64
+    cpa_v_m: F64
+
+    def pairs(self) -> list[ConflictPair]:
+        kinds = np.array([CONFLICT_PREDICTED, SEPARATION_LOSS], dtype=object)[
+            self.lost_now.astype(np.intp)
+        ].tolist()
+        columns = (self.i.tolist(), self.j.tolist(), kinds, *(col.tolist() for col in self[3:]))
+        return list(map(ConflictPair, *columns))
+
+
+def _to_arrays(s: _State, blocks: list[_Hits]) -> ConflictArrays:
     """Merge block results, map back to input rows, sort by (i, j)."""
     if not blocks:
-        return []
+        none_i, none_f = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+        return ConflictArrays(none_i, none_i, np.empty(0, dtype=np.bool_), *(none_f,) * 6)
     cat = _Hits(*(np.concatenate(parts) for parts in zip(*blocks, strict=True)))
     i, j = s.index[cat.i], s.index[cat.j]
     order = np.lexsort((j, i))
-    kinds = np.array([CONFLICT_PREDICTED, SEPARATION_LOSS], dtype=object)[
-        cat.lost_now[order].astype(np.intp)
-    ].tolist()
-    columns = (
-        i[order].tolist(),
-        j[order].tolist(),
-        kinds,
-        *(col[order].tolist() for col in cat[3:]),
+    return ConflictArrays(
+        i[order], j[order], cat.lost_now[order], cat.h_now_m[order], cat.v_now_m[order],
+        cat.t_los_s[order], cat.cpa_s[order], cat.cpa_m[order], cat.cpa_v_m[order],
     )
-    return list(map(ConflictPair, *columns))
+
+
+def _to_pairs(s: _State, blocks: list[_Hits]) -> list[ConflictPair]:
+    return _to_arrays(s, blocks).pairs()
 
 
 def detect_conflicts_naive(
@@ -394,6 +417,26 @@ def detect_conflicts(
 
     `stats`, when given, receives counters of the pass (`aircraft`, `candidate_pairs`).
     """
+    return detect_conflict_arrays(
+        lat, lon, alt_m, t, speed_mps, track_deg, vspeed_mps, crewed, tick_t, params, stats=stats
+    ).pairs()
+
+
+def detect_conflict_arrays(
+    lat: npt.ArrayLike,
+    lon: npt.ArrayLike,
+    alt_m: npt.ArrayLike,
+    t: npt.ArrayLike,
+    speed_mps: npt.ArrayLike,
+    track_deg: npt.ArrayLike,
+    vspeed_mps: npt.ArrayLike,
+    crewed: npt.ArrayLike,
+    tick_t: float,
+    params: ConflictParams,
+    *,
+    stats: dict[str, int] | None = None,
+) -> ConflictArrays:
+    """`detect_conflicts` as parallel arrays, for callers that go on in numpy."""
     s = _state_at_tick(lat, lon, alt_m, t, speed_mps, track_deg, vspeed_mps, crewed, tick_t)
     blocks = []
     candidates = 0
@@ -404,4 +447,4 @@ def detect_conflicts(
     if stats is not None:
         stats["aircraft"] = int(s.index.size)
         stats["candidate_pairs"] = candidates
-    return _to_pairs(s, blocks)
+    return _to_arrays(s, blocks)

@@ -36,9 +36,11 @@ import numpy.typing as npt
 import shapely
 from shapely.geometry import Point
 
+from geofence.ceiling import CeilingZones
 from geofence.zones import (
     MINUTES_PER_WEEK,
     REFERENCES,
+    RESTRICTIONS,
     Zone,
     circle_outlines,
     minute_of_week,
@@ -47,7 +49,7 @@ from geofence.zones import (
 )
 from lowalt.errors import ValidationError
 
-__all__ = ["ZoneHit", "ZoneIndex"]
+__all__ = ["ZoneHit", "ZoneHits", "ZoneIndex"]
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -71,6 +73,20 @@ class ZoneHit(NamedTuple):
     distance_m: float  # 0 for a breach; horizontal distance to the zone's edge for an approach
 
 
+class ZoneHits(NamedTuple):
+    """`ZoneIndex.hits`: breaches and approaches as parallel arrays, ordered by observation then
+    zone (`zone` is the zone's position in `ZoneIndex.zones`)."""
+
+    obs: I64
+    zone: I64
+    breach: npt.NDArray[np.bool_]
+    distance_m: F64  # 0 for a breach; horizontal distance to the zone's edge for an approach
+
+    def take(self, rows: npt.NDArray[Any]) -> ZoneHits:
+        """The hits at rows (indices or a mask)."""
+        return ZoneHits(self.obs[rows], self.zone[rows], self.breach[rows], self.distance_m[rows])
+
+
 def _frozen(a: _A) -> _A:
     a.flags.writeable = False
     return a
@@ -84,11 +100,13 @@ class ZoneIndex:
         "_auth_codes",
         "_auth_keys",
         "_by_id",
+        "_ceilings",
         "_centre_y",
         "_circle",
         "_disc_m",
         "_end",
         "_has_auth",
+        "_id_array",
         "_ids",
         "_lon0",
         "_lower",
@@ -96,6 +114,7 @@ class ZoneIndex:
         "_metric",
         "_polygons",
         "_r2",
+        "_restriction",
         "_sched_mask",
         "_sched_row",
         "_start",
@@ -114,6 +133,10 @@ class ZoneIndex:
             self._by_id[zone.id] = k
         self._ids = [z.id for z in self._zones]
         n = len(self._zones)
+        self._id_array: Geoms = _frozen(np.array(self._ids, dtype=object).reshape(n))
+        self._restriction: I64 = _frozen(
+            np.array([RESTRICTIONS.index(z.restriction) for z in self._zones], np.int64)
+        )
 
         polygons = np.empty(n, dtype=object)
         metric = np.empty(n, dtype=object)
@@ -205,6 +228,7 @@ class ZoneIndex:
             bounds[:, 0] - dlon, bounds[:, 1] - dlat, bounds[:, 2] + dlon, bounds[:, 3] + dlat
         )
         self._tree = shapely.STRtree(boxes)
+        self._ceilings = CeilingZones(self._zones, self._polygons)
 
     @classmethod
     def empty(cls) -> ZoneIndex:
@@ -214,6 +238,21 @@ class ZoneIndex:
     @property
     def zones(self) -> tuple[Zone, ...]:
         return self._zones
+
+    @property
+    def ceilings(self) -> CeilingZones:
+        """The zones that raise the AGL ceiling (geofence/ceiling.py)."""
+        return self._ceilings
+
+    @property
+    def zone_ids(self) -> npt.NDArray[np.object_]:
+        """The zones' ids, by position in `zones` (an object array, for gathering by hits)."""
+        return self._id_array
+
+    @property
+    def restriction_codes(self) -> I64:
+        """The zones' restrictions as positions in `geofence.zones.RESTRICTIONS`."""
+        return self._restriction
 
     def __len__(self) -> int:
         return len(self._zones)
@@ -256,6 +295,33 @@ class ZoneIndex:
         the shape (edge included). An approach: the same but outside the shape and at most
         `approach_m` from it horizontally.
         """
+        found = self.hits(lon, lat, agl_m, amsl_m, wgs84_m, t, uav)
+        ids = self._ids
+        kinds = ("approach", "breach")
+        return list(
+            map(
+                partial(tuple.__new__, ZoneHit),
+                zip(
+                    found.obs.tolist(),
+                    [ids[k] for k in found.zone.tolist()],
+                    [kinds[b] for b in found.breach.tolist()],
+                    found.distance_m.tolist(),
+                    strict=True,
+                ),
+            )
+        )
+
+    def hits(
+        self,
+        lon: npt.ArrayLike,
+        lat: npt.ArrayLike,
+        agl_m: npt.ArrayLike,
+        amsl_m: npt.ArrayLike,
+        wgs84_m: npt.ArrayLike,
+        t: npt.ArrayLike,
+        uav: Sequence[str],
+    ) -> ZoneHits:
+        """`check` as parallel arrays, for callers that go on in numpy."""
         lon_a = np.asarray(lon, dtype=np.float64).ravel()
         n = lon_a.size
         cols = [np.asarray(c, dtype=np.float64).ravel() for c in (lat, agl_m, amsl_m, wgs84_m, t)]
@@ -266,7 +332,8 @@ class ZoneIndex:
             raise ValueError(f"uav has {len(uav)} rows, lon has {n}")
         lat_a, agl_a, amsl_a, wgs84_a, t_a = cols
         if n == 0 or not self._zones:
-            return []
+            none = np.empty(0, dtype=np.int64)
+            return ZoneHits(none, none, np.empty(0, dtype=np.bool_), np.empty(0))
 
         points = shapely.points(lon_a, lat_a)
         obs, zone = self._tree.query(points)
@@ -327,18 +394,4 @@ class ZoneIndex:
         all_zone = np.concatenate([b_zone, a_zone])
         all_dist = np.concatenate([np.zeros(b_obs.size), a_dist])
         order = np.lexsort((all_zone, all_obs))
-        n_breach = b_obs.size
-        ids = self._ids
-        kinds = ("approach", "breach")
-        return list(
-            map(
-                partial(tuple.__new__, ZoneHit),
-                zip(
-                    all_obs[order].tolist(),
-                    [ids[k] for k in all_zone[order].tolist()],
-                    [kinds[j < n_breach] for j in order.tolist()],
-                    all_dist[order].tolist(),
-                    strict=True,
-                ),
-            )
-        )
+        return ZoneHits(all_obs[order], all_zone[order], order < b_obs.size, all_dist[order])

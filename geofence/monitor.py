@@ -2,8 +2,9 @@
 
 Every `monitor_tick_s` the monitor takes the live picture's airborne UAVs with fresh positions
 (reported within their `lost_after_s`), hands them to the vectorised conflict detector (which
-extrapolates each to the tick from its own `t`), and reports the pairs found as conditions to the
-alert manager, which keeps one alert per pair and resolves it with hysteresis. The same tick
+extrapolates each to the tick from its own `t`), and reports the pairs found to the alert manager
+as one condition batch (arrays; a pair's `Condition` is built only when its alert opens, updates
+or resolves), which keeps one alert per pair and resolves it with hysteresis. The same tick
 raises `telemetry_lost` for airborne UAVs silent past their expected interval (per gateway:
 `[gateways.<name>] lost_after_s = 30` in the config file, for satellite links) and resolves it as
 soon as the UAV reports again. `implausible_motion` is checked on every committed batch: a UAV
@@ -19,12 +20,18 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
 
-from dispatch.alerts import AlertManager, Condition
-from geofence.conflicts import ConflictParams, detect_conflicts
+from dispatch.alerts import MATERIAL, AlertManager, Condition, ConditionBatch
+from geofence.conflicts import (
+    CONFLICT_PREDICTED,
+    SEPARATION_LOSS,
+    ConflictParams,
+    detect_conflict_arrays,
+)
 from lowalt.fusion import FusedPicture
 from lowalt.live import LiveState
 from lowalt.models import Observation
@@ -40,10 +47,6 @@ DEFAULT_ACCURACY_M = 10.0
 
 def gateway_name(row: Observation) -> str:
     return row.source.split("/", 1)[0]
-
-
-def _floats(rows: Sequence[Observation], field: str) -> np.ndarray[Any, np.dtype[np.float64]]:
-    return np.array([getattr(r, field) for r in rows], dtype=np.float64)
 
 
 @dataclass
@@ -72,13 +75,20 @@ class TrafficMonitor:
             for name, table in (gateways.items() if isinstance(gateways, Mapping) else [])
             if isinstance(table, Mapping) and "lost_after_s" in table
         }
+        self._lost_after_by_source: dict[str, float] = {}  # source -> lost_after_s, cached
         self.lost: set[str] = set()
         # When set, the monitor works on fused aircraft: one row per canonical aircraft, silent
         # only when every one of its sources is.
         self.fused = fused
 
     def lost_after_s(self, row: Observation) -> float:
-        return self.lost_after_by_gateway.get(gateway_name(row), self.settings.lost_after_s)
+        limit = self._lost_after_by_source.get(row.source)
+        if limit is None:
+            if len(self._lost_after_by_source) >= 10_000:
+                self._lost_after_by_source.clear()
+            limit = self._lost_after_by_source[row.source] = self.lost_after_by_gateway.get(
+                gateway_name(row), self.settings.lost_after_s)
+        return limit
 
     async def tick(self, tick_t: float | None = None) -> TickResult:
         started = time.perf_counter()
@@ -86,10 +96,14 @@ class TrafficMonitor:
         fresh: list[Observation] = []
         silent: list[Observation] = []
         if self.fused is None:
+            limits, lost_after_s = self._lost_after_by_source, self.lost_after_s
             for row in self.live.latest.values():
                 if row.status == "ground":
                     continue
-                (fresh if now - row.t <= self.lost_after_s(row) else silent).append(row)
+                limit = limits.get(row.source)
+                if limit is None:
+                    limit = lost_after_s(row)
+                (fresh if now - row.t <= limit else silent).append(row)
         else:
             self.fused.refresh()
             for a in self.fused.aircraft.values():
@@ -100,38 +114,61 @@ class TrafficMonitor:
                 (fresh if heard else silent).append(state)
         # The pair search runs on a worker thread (numpy releases the GIL for most of it), so a
         # tick over tens of thousands of aircraft does not stall ingest on the event loop.
-        conditions = await asyncio.to_thread(self._conflicts, fresh, now)
-        evaluated = {r.uav: now for r in fresh}
-        await self.alerts.assess(CONFLICT_TYPES, evaluated, conditions)
+        conflicts = await asyncio.to_thread(self._conflicts, fresh, now)
+        evaluated = dict.fromkeys(map(attrgetter("uav"), fresh), now)
+        await self.alerts.assess(CONFLICT_TYPES, evaluated, batches=[conflicts])
         await self._telemetry_lost(fresh, silent, now)
-        return TickResult(now, len(fresh), len(conditions), len(self.lost),
+        return TickResult(now, len(fresh), len(conflicts), len(self.lost),
                           time.perf_counter() - started)
 
-    def _conflicts(self, rows: list[Observation], now: float) -> list[Condition]:
+    def _conflicts(self, rows: list[Observation], now: float) -> ConditionBatch:
+        """The conflicting pairs among rows as one condition batch; a pair's `uav` is the one
+        whose id sorts first, its position the condition's."""
         if len(rows) < 2:
-            return []
-        pairs = detect_conflicts(
-            _floats(rows, "lat"), _floats(rows, "lon"), _floats(rows, "alt_m"),
-            _floats(rows, "t"), _floats(rows, "speed_mps"), _floats(rows, "track_deg"),
-            _floats(rows, "vspeed_mps"), np.array([r.crewed for r in rows], dtype=bool),
-            now, self.params,
-        )
-        conditions = []
-        for p in pairs:
-            a, b = sorted((rows[p.i], rows[p.j]), key=lambda r: r.uav)
-            lost_now = p.kind == "separation_loss"
-            conditions.append(Condition(
-                type=p.kind, uav=a.uav, other_uav=b.uav,
-                severity="critical" if lost_now else "warning",
-                t=now, lat=a.lat, lon=a.lon, alt_m=a.alt_m,
-                detail={
-                    "h_now_m": round(p.h_now_m, 1), "v_now_m": round(p.v_now_m, 1),
-                    "t_los_s": round(p.t_los_s, 1), "cpa_s": round(p.cpa_s, 1),
-                    "cpa_m": round(p.cpa_m, 1), "cpa_v_m": round(p.cpa_v_m, 1),
-                    "crewed": a.crewed or b.crewed,
+            return ConditionBatch.empty()
+        n = len(rows)
+        lat, lon, alt_m, t = (np.fromiter(map(attrgetter(name), rows), np.float64, n)
+                              for name in ("lat", "lon", "alt_m", "t"))
+        speed_mps, track_deg, vspeed_mps = (  # None: unknown, NaN
+            np.array(list(map(attrgetter(name), rows)), dtype=np.float64)
+            for name in ("speed_mps", "track_deg", "vspeed_mps"))
+        crewed = np.fromiter(map(attrgetter("crewed"), rows), np.bool_, n)
+        p = detect_conflict_arrays(lat, lon, alt_m, t, speed_mps, track_deg, vspeed_mps, crewed,
+                                   now, self.params)
+        names = np.array(list(map(attrgetter("uav"), rows)), dtype=object)
+        swap = names[p.i] > names[p.j]
+        first, second = np.where(swap, p.j, p.i), np.where(swap, p.i, p.j)
+        uav, other = names[first].tolist(), names[second].tolist()
+        kinds = np.array([CONFLICT_PREDICTED, SEPARATION_LOSS], dtype=object)[
+            p.lost_now.astype(np.intp)].tolist()
+        pair_crewed = crewed[first] | crewed[second]
+        told = {"cpa_m": np.round(p.cpa_m, 1), "cpa_v_m": np.round(p.cpa_v_m, 1),
+                "t_los_s": np.round(p.t_los_s, 1), "crewed": pair_crewed.astype(np.float64)}
+        values = np.column_stack([told[name] for name in MATERIAL[SEPARATION_LOSS]])
+        lists: list[list[Any]] = []  # the columns as Python lists, made on first use
+
+        def condition(k: int) -> Condition:
+            if not lists:
+                lists.extend(col.tolist() for col in (
+                    first, p.lost_now, p.h_now_m, p.v_now_m, p.t_los_s, p.cpa_s, p.cpa_m,
+                    p.cpa_v_m, pair_crewed))
+            row, lost_now, h_now, v_now, t_los, cpa_s, cpa_m, cpa_v, pair_is_crewed = lists
+            a = rows[row[k]]
+            return Condition(
+                type=kinds[k], uav=uav[k], other_uav=other[k],
+                severity="critical" if lost_now[k] else "warning", t=now, lat=a.lat, lon=a.lon,
+                alt_m=a.alt_m, detail={
+                    "h_now_m": round(h_now[k], 1), "v_now_m": round(v_now[k], 1),
+                    "t_los_s": round(t_los[k], 1), "cpa_s": round(cpa_s[k], 1),
+                    "cpa_m": round(cpa_m[k], 1), "cpa_v_m": round(cpa_v[k], 1),
+                    "crewed": pair_is_crewed[k],
                 },
-            ))
-        return conditions
+            )
+
+        return ConditionBatch(
+            kinds, uav, other, np.where(p.lost_now, 2, 1), np.full(len(uav), now),
+            lat[first], lon[first], alt_m[first], values, condition,
+        )
 
     async def _telemetry_lost(
         self, fresh: list[Observation], silent: list[Observation], now: float

@@ -67,6 +67,7 @@ class Settings:
     # Alerts and their feeds (dispatch/). Hysteresis and update throttling run on observation t.
     alert_clear_s: float = 3.0
     alert_update_min_s: float = 1.0
+    alert_refresh_s: float = 10.0
     alert_commit_delay_s: float = 0.002
     alert_max_pending_events: int = 100_000
     feed_max_clients: int = 256
@@ -307,9 +308,9 @@ def server_ssl_context(s: Settings) -> ssl.SSLContext | None:
 
 
 _DISPATCH_POSITIVE = (
-    "alert_max_pending_events", "feed_max_clients", "feed_queue_events", "feed_heartbeat_s",
-    "feed_write_timeout_s", "webhook_max_age_s", "webhook_timeout_s", "webhook_retry_base_s",
-    "webhook_retry_max_s", "webhook_batch_events",
+    "alert_refresh_s", "alert_max_pending_events", "feed_max_clients", "feed_queue_events",
+    "feed_heartbeat_s", "feed_write_timeout_s", "webhook_max_age_s", "webhook_timeout_s",
+    "webhook_retry_base_s", "webhook_retry_max_s", "webhook_batch_events",
 )
 _DISPATCH_NON_NEGATIVE = ("alert_clear_s", "alert_update_min_s", "alert_commit_delay_s")
 

@@ -1,6 +1,6 @@
-"""The alert lifecycle and its durable log, on both backends: one open alert per key, throttled
-updates, hysteresis, seq strictly increasing with no gap a reader can see, and restarts that keep
-open alerts open and go on counting."""
+"""The alert lifecycle and its durable log, on both backends: one open alert per key, updates
+with news only, hysteresis, seq strictly increasing with no gap a reader can see, and restarts
+that keep open alerts open and go on counting."""
 
 from __future__ import annotations
 
@@ -48,11 +48,14 @@ async def all_events(manager: AlertManager) -> list[AlertEvent]:
     return await manager.store.events(EventQuery(limit=100_000))
 
 
-async def test_lifecycle_throttle_and_hysteresis(store: Store) -> None:
-    async with running_manager(store, clear_s=3.0, update_min_s=1.0) as m:
+async def test_lifecycle_updates_and_hysteresis(store: Store) -> None:
+    """Updates only with news (see tests/test_alert_updates.py for the rule itself);
+    hysteresis; one alert per key at a time."""
+    async with running_manager(store, clear_s=3.0, update_min_s=1.0, refresh_s=10.0) as m:
         await m.assess(BREACH, {"U1": T0}, [cond(t=T0)])
-        await m.assess(BREACH, {"U1": T0 + 0.5}, [cond(t=T0 + 0.5, lat=29.701)])  # throttled
-        await m.assess(BREACH, {"U1": T0 + 1.0}, [cond(t=T0 + 1.0, lat=29.702)])  # updated
+        await m.assess(BREACH, {"U1": T0 + 0.5}, [cond(t=T0 + 0.5, lat=29.701)])  # moved: kept
+        await m.assess(BREACH, {"U1": T0 + 1.0}, [cond(t=T0 + 1.0, lat=29.702)])  # not yet news
+        assert m.open_alerts()[0]["lat"] == 29.702  # the newest position is known all the same
         await m.assess(BREACH, {"U1": T0 + 1.2},  # a severity change goes out at once
                        [cond(t=T0 + 1.2, lat=29.702, severity="warning")])
         await m.assess(BREACH, {"U1": T0 + 1.5},  # nothing changed: no event
@@ -69,15 +72,14 @@ async def test_lifecycle_throttle_and_hysteresis(store: Store) -> None:
         await m.assess(BREACH, {"U1": T0 + 20}, [cond(t=T0 + 20)])  # a new breach: a new alert
         events = await all_events(m)
     assert [(e.seq, e.state) for e in events] == [
-        (1, "open"), (2, "updated"), (3, "updated"), (4, "resolved"), (5, "open")]
-    first, second = events[0].alert_id, events[4].alert_id
-    assert {e.alert_id for e in events[:4]} == {first} and second != first
-    assert (events[1].lat, events[1].t, events[1].severity) == (29.702, T0 + 1.0, "critical")
-    assert events[2].severity == "warning"
-    resolved = events[3]
+        (1, "open"), (2, "updated"), (3, "resolved"), (4, "open")]
+    first, second = events[0].alert_id, events[3].alert_id
+    assert {e.alert_id for e in events[:3]} == {first} and second != first
+    assert (events[1].lat, events[1].t, events[1].severity) == (29.702, T0 + 1.2, "warning")
+    resolved = events[2]
     assert (resolved.t, resolved.severity, resolved.zone) == (T0 + 15, "warning", "Z1")
     assert resolved.as_json() == {
-        "seq": 4, "alert_id": first, "state": "resolved", "type": "geofence_breach",
+        "seq": 3, "alert_id": first, "state": "resolved", "type": "geofence_breach",
         "severity": "warning", "uav": "U1", "other_uav": None, "zone": "Z1", "clearance": None,
         "t": T0 + 15, "raised_at": resolved.raised_at, "lat": 29.702, "lon": 106.6,
         "alt_m": 120.0, "detail": {},
@@ -180,7 +182,7 @@ async def test_restart_keeps_open_alerts_and_continues_seq(
         await m.open_or_update(cond("U2", zone="Z2"))
         await m.open_or_update(cond("A", type="separation_loss", other_uav="B"))
         await m.resolve(("geofence_breach", "U2", "Z2"), T0 + 1)
-        await m.open_or_update(cond("U1", T0 + 2, zone="Z1", lat=29.8))
+        await m.open_or_update(cond("U1", T0 + 10, zone="Z1", lat=29.8))  # a refresh
         await m.flush(10)
         before = m.open_alerts()
         last_seq = m.committed_seq
@@ -193,7 +195,8 @@ async def test_restart_keeps_open_alerts_and_continues_seq(
             assert [{k: v for k, v in a.items() if k != "opened_at"} for a in m2.open_alerts()] \
                 == [{k: v for k, v in a.items() if k != "opened_at"} for a in before]
             ids = {a["uav"]: a["alert_id"] for a in before}
-            await m2.open_or_update(cond("U1", T0 + 5, zone="Z1", lat=29.9))  # same alert
+            # Moved, alert_refresh_s after its last event: an update of the same alert.
+            await m2.open_or_update(cond("U1", T0 + 20, zone="Z1", lat=29.9))
             await m2.open_or_update(cond("U2", T0 + 5, zone="Z2"))  # resolved before: a new one
             await m2.assess(PAIR, {"A": T0 + 3}, [cond("A", T0 + 3, type="separation_loss",
                                                        other_uav="B")])  # unchanged: no event

@@ -1,0 +1,272 @@
+"""When an open alert sends `updated` (dispatch/alerts.py): a severity change at once, a material
+change at most once per update_min_s, anything else only as a refresh every refresh_s; the same
+through `Condition`s and through `ConditionBatch` rows. Events go to an in-memory store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import numpy as np
+import pytest
+
+from dispatch.alerts import (
+    MATERIAL,
+    SEVERITY_RANK,
+    AlertEvent,
+    AlertManager,
+    Broadcaster,
+    Condition,
+    ConditionBatch,
+)
+from dispatch.store import AlertStore, LoadedState
+from lowalt.errors import ConfigError
+from lowalt.settings import load_settings
+
+T0 = 1_764_000_000.0
+PAIR = frozenset({"conflict_predicted", "separation_loss"})
+ZONE = frozenset({"geofence_breach", "geofence_approach"})
+
+
+class MemoryStore:
+    """Enough of an AlertStore: the events, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[AlertEvent] = []
+
+    async def load_state(self) -> LoadedState:
+        return LoadedState(0, 0, [])
+
+    async def append_events(self, events: Sequence[AlertEvent]) -> None:
+        self.events.extend(events)
+
+    async def max_seq(self) -> int:
+        return len(self.events)
+
+
+@asynccontextmanager
+async def manager(**kw: Any) -> AsyncIterator[tuple[AlertManager, MemoryStore]]:
+    store = MemoryStore()
+    kw = {"clear_s": 3.0, "update_min_s": 1.0, "refresh_s": 10.0, "commit_delay_s": 0.0, **kw}
+    m = AlertManager(cast(AlertStore, store), Broadcaster(), **kw)
+    await m.start()
+    try:
+        yield m, store
+    finally:
+        await m.close()
+
+
+def pair(t: float, *, cpa_m: float = 100.0, t_los_s: float | None = None, cpa_v_m: float = 5.0,
+         severity: str = "warning", lat: float = 29.7, uav: str = "A", other: str = "B",
+         kind: str = "conflict_predicted", crewed: bool = False) -> Condition:
+    if t_los_s is None:
+        t_los_s = max(20.0 - (t - T0), 0.0)
+    return Condition(kind, uav, severity, t, lat, 106.6, 80.0, other_uav=other, detail={
+        "h_now_m": 300.0, "v_now_m": 3.0, "t_los_s": t_los_s, "cpa_s": t_los_s + 5.0,
+        "cpa_m": cpa_m, "cpa_v_m": cpa_v_m, "crewed": crewed,
+    })
+
+
+def zone_hit(t: float, *, distance_m: float = 100.0, agl_m: float = 50.0, lat: float = 29.7,
+             uav: str = "U1", kind: str = "geofence_approach") -> Condition:
+    return Condition(kind, uav, "warning", t, lat, 106.6, 300.0, zone="Z1", detail={
+        "zone_name": "z", "restriction": "prohibited", "agl_m": agl_m, "distance_m": distance_m,
+    })
+
+
+def as_batch(conditions: Sequence[Condition]) -> ConditionBatch:
+    """The conditions as a batch, the way the check stages build one."""
+    names = list(MATERIAL[conditions[0].type])
+    return ConditionBatch(
+        [c.type for c in conditions], [c.uav for c in conditions],
+        [c.key[2] for c in conditions], [SEVERITY_RANK[c.severity] for c in conditions],
+        [c.t for c in conditions], [c.lat for c in conditions], [c.lon for c in conditions],
+        [c.alt_m for c in conditions],
+        np.array([[float(c.detail[name]) for name in names] for c in conditions]).reshape(
+            len(conditions), len(names)),
+        lambda k: conditions[k],
+    )
+
+
+async def feed(m: AlertManager, types: frozenset[str], conditions: Sequence[Condition],
+               path: str) -> None:
+    evaluated: dict[str, float] = {}
+    for c in conditions:
+        for uav in (c.uav, c.other_uav):
+            if uav is not None:
+                evaluated[uav] = max(evaluated.get(uav, c.t), c.t)
+    if path == "conditions":
+        await m.assess(types, evaluated, conditions)
+    else:
+        await m.assess(types, evaluated, batches=[as_batch(conditions)] if conditions else [])
+
+
+async def told(m: AlertManager, store: MemoryStore) -> list[tuple[str, float]]:
+    assert await m.flush(5)
+    return [(e.state, e.t) for e in store.events]
+
+
+@pytest.mark.parametrize("path", ["conditions", "batch"])
+async def test_pair_updates_only_with_news(path: str) -> None:
+    async with manager() as (m, store):
+        steps = [  # t_los_s counts down from 20 at T0 unless said otherwise
+            (pair(T0), "open"),
+            (pair(T0 + 1, cpa_m=104.0, lat=29.701), None),  # cpa 4 m closer: within 20 %
+            (pair(T0 + 2, cpa_m=70.0), "updated"),  # 34 m: material
+            (pair(T0 + 2.5, cpa_m=40.0), None),  # material, but within update_min_s
+            (pair(T0 + 3, cpa_m=40.0), "updated"),  # still material against 70: now it goes
+            (pair(T0 + 4, cpa_m=42.0, cpa_v_m=8.0), None),  # 2 m, 3 m: small
+            (pair(T0 + 5.5, cpa_m=40.0, t_los_s=13.0), None),  # 1.5 s sooner than its countdown
+            (pair(T0 + 6, cpa_m=40.0, t_los_s=10.0), "updated"),  # 4 s sooner
+            (pair(T0 + 6.2, cpa_m=40.0, t_los_s=9.8, severity="critical"), "updated"),  # at once
+            (pair(T0 + 7.2, cpa_m=40.0, t_los_s=9.0, severity="critical", crewed=True), "updated"),
+            (pair(T0 + 7.5, cpa_m=41.0, t_los_s=8.5, severity="critical", crewed=True,
+                  lat=29.71), None),  # moved, small changes: kept for the refresh
+            (pair(T0 + 17.5, cpa_m=41.0, t_los_s=0.0, severity="critical", crewed=True,
+                  lat=29.72), "updated"),  # refresh_s since the last event, and it moved
+            (pair(T0 + 29, cpa_m=41.0, t_los_s=0.0, severity="critical", crewed=True,
+                  lat=29.72), None),  # nothing changed at all: no refresh either
+        ]
+        expected = []
+        for c, state in steps:
+            await feed(m, PAIR, [c], path)
+            if state is not None:
+                expected.append((state, c.t))
+            assert m.open_alerts()[0]["t"] == c.t  # the newest condition is always known
+            assert m.open_alerts()[0]["lat"] == c.lat
+        assert await told(m, store) == expected
+        updated = [e for e in store.events if e.state == "updated"]
+        assert [e.detail["cpa_m"] for e in updated] == [70.0, 40.0, 40.0, 40.0, 40.0, 41.0]
+        assert updated[-1].lat == 29.72
+        # Gone: resolved after clear_s, with the newest condition.
+        await m.assess(PAIR, {"A": T0 + 30}, [])
+        await m.assess(PAIR, {"B": T0 + 33}, [])
+        assert await told(m, store) == [*expected, ("resolved", T0 + 33)]
+        assert store.events[-1].detail["cpa_m"] == 41.0 and store.events[-1].lat == 29.72
+
+
+@pytest.mark.parametrize("path", ["conditions", "batch"])
+async def test_zone_updates_only_with_news(path: str) -> None:
+    async with manager() as (m, store):
+        steps = [
+            (zone_hit(T0), "open"),
+            (zone_hit(T0 + 1, distance_m=85.0, agl_m=54.0, lat=29.7001), None),  # 15 m, 4 m
+            (zone_hit(T0 + 2, distance_m=75.0), "updated"),  # 25 m of 100: material
+            (zone_hit(T0 + 3, distance_m=75.0, agl_m=61.0), "updated"),  # 11 m of 50: material
+            (zone_hit(T0 + 4, distance_m=78.0, agl_m=59.0, lat=29.7002), None),
+            (zone_hit(T0 + 13, distance_m=78.0, agl_m=59.0, lat=29.7003), "updated"),  # refresh
+            (zone_hit(T0 + 13.5, kind="geofence_breach", distance_m=0.0), "open"),  # another key
+        ]
+        expected = []
+        for c, state in steps:
+            await feed(m, ZONE, [c], path)
+            if state is not None:
+                expected.append((state, c.t))
+        assert await told(m, store) == expected
+        assert len(m.open_alerts()) == 2  # the approach is absent, not yet for clear_s
+
+
+@pytest.mark.parametrize("path", ["conditions", "batch"])
+async def test_easing_is_news_only_when_the_distance_doubles(path: str) -> None:
+    """cpa_m falling by max(5 m, 20 %) is news; rising (the pair moving apart) only by
+    max(5 m, 100 %); the same for a zone approach's distance_m."""
+    async with manager() as (m, store):
+        for t, cpa_m in ((0, 40.0), (1, 75.0), (2, 79.0), (3, 85.0), (4, 60.0), (5, 80.0)):
+            await feed(m, PAIR, [pair(T0 + t, cpa_m=cpa_m, t_los_s=0.0,
+                                      kind="separation_loss", severity="critical")], path)
+        for t, distance_m in ((0, 10.0), (1, 19.0), (2, 21.0), (3, 35.0), (4, 15.0)):
+            await feed(m, ZONE, [zone_hit(T0 + t, distance_m=distance_m)], path)
+        assert [(e.type, e.state, e.t) for e in await _events(m, store)] == [
+            ("separation_loss", "open", T0), ("separation_loss", "updated", T0 + 3),
+            ("separation_loss", "updated", T0 + 4), ("geofence_approach", "open", T0),
+            ("geofence_approach", "updated", T0 + 2), ("geofence_approach", "updated", T0 + 4)]
+
+
+@pytest.mark.parametrize("path", ["conditions", "batch"])
+async def test_late_data_is_ignored(path: str) -> None:
+    async with manager() as (m, store):
+        await feed(m, PAIR, [pair(T0 + 5)], path)
+        await feed(m, PAIR, [pair(T0 + 1, cpa_m=10.0, severity="critical")], path)
+        assert await told(m, store) == [("open", T0 + 5)]
+        assert m.open_alerts()[0]["t"] == T0 + 5
+
+
+async def test_batch_with_a_key_twice_takes_its_rows_in_order() -> None:
+    async with manager() as (m, store):
+        rows = [pair(T0), pair(T0, uav="C", other="D"), pair(T0 + 1, cpa_m=10.0),
+                pair(T0 + 1.5, severity="critical")]
+        await m.assess(PAIR, {"A": T0 + 1.5, "C": T0}, batches=[as_batch(rows)])
+        assert [(e.state, e.uav, e.t) for e in await _events(m, store)] == [
+            ("open", "A", T0), ("open", "C", T0), ("updated", "A", T0 + 1),
+            ("updated", "A", T0 + 1.5)]
+        assert [a["severity"] for a in m.open_alerts()] == ["critical", "warning"]
+
+
+async def test_batch_and_conditions_share_one_alert() -> None:
+    """A stage may open an alert by a batch and update it by a condition (and back)."""
+    async with manager() as (m, store):
+        await m.assess(PAIR, {"A": T0}, batches=[as_batch([pair(T0)])])
+        await m.open_or_update(pair(T0 + 1, cpa_m=104.0))  # small: nothing
+        await m.open_or_update(pair(T0 + 2, cpa_m=50.0))  # material
+        await m.assess(PAIR, {"A": T0 + 3}, batches=[as_batch([pair(T0 + 3, cpa_m=52.0)])])
+        await m.assess(PAIR, {"A": T0 + 4}, batches=[as_batch([pair(T0 + 4, cpa_m=20.0)])])
+        assert [(e.state, e.t) for e in await _events(m, store)] == [
+            ("open", T0), ("updated", T0 + 2), ("updated", T0 + 4)]
+
+
+async def test_many_batches_keep_the_newest_condition_of_a_silent_alert() -> None:
+    """Batches are let go of while alerts still need their rows: the condition is kept."""
+    async with manager(clear_s=1_000.0) as (m, store):
+        await m.assess(PAIR, {"A": T0, "B": T0}, batches=[as_batch([pair(T0 + 0.5, lat=29.75)])])
+        for k in range(1, 60):  # A and B stop being seen; C-D go on, one batch a tick
+            t = T0 + k
+            await m.assess(PAIR, {"C": t, "D": t}, batches=[as_batch([
+                pair(t, uav="C", other="D", lat=29.6 + k * 1e-4)])])
+        assert len(m._batches) <= 16
+        alerts = {a["uav"]: a for a in m.open_alerts()}
+        assert (alerts["A"]["lat"], alerts["A"]["t"]) == (29.75, T0 + 0.5)
+        assert alerts["C"]["lat"] == pytest.approx(29.6 + 59 * 1e-4)
+        await m.resolve(("conflict_predicted", "A", "B"), T0 + 70)
+        resolved = (await _events(m, store))[-1]
+        assert (resolved.state, resolved.lat) == ("resolved", 29.75)
+
+
+async def test_many_open_alerts_grow_the_slots() -> None:
+    async with manager(clear_s=0.0) as (m, store):
+        rows = [pair(T0, uav=f"U{k:04d}", other=f"V{k:04d}") for k in range(3_000)]
+        await m.assess(PAIR, {}, batches=[as_batch(rows)])
+        await m.assess(PAIR, {f"U{k:04d}": T0 + 1 for k in range(0, 3_000, 2)},
+                       batches=[as_batch(rows[1::2])])
+        assert len(m.open_alerts()) == 1_500
+        rows = [pair(T0 + 2, uav=f"W{k:04d}", other="X") for k in range(2_000)]
+        await m.assess(PAIR, {}, batches=[as_batch(rows)])
+        events = await _events(m, store)
+        assert [e.state for e in events].count("open") == 5_000
+        assert [e.state for e in events].count("resolved") == 1_500
+        assert len({e.alert_id for e in events}) == 5_000
+        assert len(m.open_alerts()) == 3_500
+
+
+def test_a_batch_must_be_of_types_with_material_values() -> None:
+    c = Condition("emergency", "U1", "critical", T0, 29.7, 106.6, 80.0)
+    batch = ConditionBatch(["emergency"], ["U1"], [""], [2], [T0], [29.7], [106.6], [80.0],
+                           np.empty((1, 0)), lambda k: c)
+    m = AlertManager(cast(AlertStore, MemoryStore()), Broadcaster())
+    with pytest.raises(ValueError, match="MATERIAL"):
+        m._observe_batch(batch, 1)
+    with pytest.raises(ValueError, match="rows"):
+        ConditionBatch(["emergency"], ["U1", "U2"], [""], [2], [T0], [29.7], [106.6], [80.0],
+                       np.empty((2, 0)), lambda k: c)
+
+
+async def _events(m: AlertManager, store: MemoryStore) -> list[AlertEvent]:
+    assert await m.flush(5)
+    return store.events
+
+
+def test_refresh_setting() -> None:
+    assert load_settings({}, {}).alert_refresh_s == 10.0
+    assert load_settings({}, {"LOWALT_ALERT_REFRESH_S": "30"}).alert_refresh_s == 30.0
+    with pytest.raises(ConfigError, match="alert_refresh_s: must be positive"):
+        load_settings({}, {"LOWALT_ALERT_REFRESH_S": "0"})

@@ -1,0 +1,65 @@
+"""The check stages' condition batches say what their conditions say: each row's key, severity,
+time, position and `MATERIAL` values agree with the `Condition` it builds, so the alert manager's
+array tests decide on what the events will carry."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import numpy as np
+
+from benchmarks.bench_conflicts import city_traffic, live_rows
+from benchmarks.bench_geofence import T0, random_zones
+from dispatch.alerts import MATERIAL, SEVERITY_RANK, AlertManager, ConditionBatch
+from geofence.conflicts import ConflictParams, detect_conflicts
+from geofence.index import ZoneIndex
+from geofence.monitor import TrafficMonitor
+from geofence.service import Geofence, ZoneStore
+from lowalt.live import LiveState
+from lowalt.models import Observation
+from lowalt.settings import load_settings
+
+
+def assert_rows_match(batch: ConditionBatch) -> None:
+    assert len(batch) > 0
+    for k in range(len(batch)):
+        c = batch.condition(k)
+        assert c.key == (batch.types[k], batch.uav[k], batch.ref[k])
+        assert SEVERITY_RANK[c.severity] == batch.severity[k]
+        assert (c.t, c.lat, c.lon, c.alt_m) == (
+            batch.t[k], batch.lat[k], batch.lon[k], batch.alt_m[k])
+        told = [float(c.detail[name]) for name in MATERIAL[c.type]]
+        assert told == batch.values[k].tolist()
+
+
+def test_geofence_batch_matches_its_conditions() -> None:
+    rng = np.random.default_rng(3)
+    zones = random_zones(300, rng)
+    n = 3_000
+    rows = [Observation(f"U{k % 700}", T0 + 3600.0 + k, float(lat), float(lon), 250.0 + agl,
+                        10.0, 0.0, 0.0, float(agl), None, None, None, "gw/native", T0)
+            for k, (lat, lon, agl) in enumerate(zip(rng.uniform(29.4, 29.9, n),
+                                                    rng.uniform(106.3, 106.9, n),
+                                                    rng.uniform(0.0, 200.0, n), strict=True))]
+    geofence = Geofence(cast(ZoneStore, None), cast(AlertManager, None), LiveState(),
+                        load_settings({}, {}))
+    index = ZoneIndex(zones)
+    batch, _ = geofence.checked(rows, index)
+    assert_rows_match(batch)
+    agl, alt = np.array([r.agl_m for r in rows]), np.array([r.alt_m for r in rows])
+    hits = index.check([r.lon for r in rows], [r.lat for r in rows], agl, alt, alt,
+                       [r.t for r in rows], [r.uav for r in rows])  # geoid undulation 0
+    assert hits
+    assert [(c.uav, c.zone, c.type) for c in batch.conditions()] == [
+        (rows[h.obs_index].uav, h.zone_id, f"geofence_{h.kind}") for h in hits]
+
+
+def test_monitor_batch_matches_its_conditions_and_the_detector() -> None:
+    data = city_traffic(3_000, hub_side_m=2_000.0)
+    rows = live_rows(data)
+    monitor = TrafficMonitor(LiveState(), cast(AlertManager, None), load_settings({}, {}))
+    batch = monitor._conflicts(rows, float(data["tick_t"]))
+    assert_rows_match(batch)
+    pairs = detect_conflicts(**data, params=ConflictParams())
+    assert sorted((c.uav, c.other_uav, c.type) for c in batch.conditions()) == sorted(
+        (*sorted((rows[p.i].uav, rows[p.j].uav)), p.kind) for p in pairs)
