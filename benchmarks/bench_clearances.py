@@ -49,6 +49,7 @@ from geofence.clearances import (
     naive_conflicts,
 )
 from geofence.index import ZoneIndex
+from lowalt.gcpolicy import tune_gc
 from lowalt.models import Observation
 from lowalt.settings import Settings
 
@@ -272,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--naive", type=int, default=60)
     parser.add_argument("--batches", type=int, default=21)
     args = parser.parse_args(argv)
+    tune_gc()  # as the server runs (lowalt/gcpolicy.py)
     print(json.dumps(run(args.clearances, args.zones, args.requests, args.naive,
                          batches=args.batches), indent=2))
 

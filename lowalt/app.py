@@ -26,6 +26,7 @@ from ingest.validate import Validator
 from lowalt import access, api
 from lowalt.auth import AUTH, PRINCIPAL, Authenticator, Registry, bearer
 from lowalt.errors import AuthError, ListenError, StorageUnavailable
+from lowalt.gcpolicy import tune_gc
 from lowalt.identity import setup_identity
 from lowalt.limits import ConnectionLimits, Limits, RateLimits
 from lowalt.live import LiveState
@@ -279,6 +280,7 @@ async def serve(settings: Settings, *, ready: Callable[[Runtime], None] | None =
     """Run until SIGTERM or SIGINT, then drain and exit."""
     app = create_app(settings)
     runner = await start_http(app, settings)
+    tune_gc()  # after start-up: zones, index and registry go to the permanent generation
     rt = app[RUNTIME]
     log.info("lowalt listening: http %s, gateway %s, storage %s", settings.http,
              settings.gateway, settings.backend)
