@@ -74,3 +74,11 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("lowalt: cannot listen") and str(port) in last, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_gc_policy_freezes_the_heap_and_raises_the_young_threshold() -> None:
+    code = ("import gc; from lowalt.gcpolicy import tune_gc, YOUNG_THRESHOLD; "
+            "before = gc.get_freeze_count(); tune_gc(); "
+            "print(before, gc.get_freeze_count() > 1000, gc.get_threshold()[0] == YOUNG_THRESHOLD)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["0", "True", "True"], out.stderr
