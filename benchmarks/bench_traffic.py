@@ -6,9 +6,7 @@ once. Reports arrive in commit-sized batches (500 rows).
 
 Parts, all in `run()`:
 - fusion: `FusedPicture.add` plus the cross-check's pairing and vectorised comparison, per
-  observation (the fusion check stage's work, without the alert manager), and the refresh once
-  a second; apart, the readers' cost of building the refreshed aircraft's state objects, which
-  happens on the first read of one (`states_built_ms_per_s`);
+  observation (the fusion check stage's work, without the alert manager);
 - fan-out: one second of the feed for 20 clients at rate_hz=1: every aircraft updated, then each
   view flushed once; (a) all 20 clients with the same view (one shared diff), (b) 20 different
   views (20 diffs). CPU per second of traffic, and bytes queued;
@@ -43,7 +41,6 @@ from dispatch.traffic import TrafficFeed
 from geofence.fusion_stage import CrossCheck
 from ingest.client import GatewayClient
 from lowalt.fusion import M_PER_DEG, FusedPicture, Identities
-from lowalt.gcpolicy import tune_gc
 from lowalt.metrics import Metrics
 from lowalt.models import Observation, Principal
 from lowalt.storage import UavRecord
@@ -97,7 +94,7 @@ def bench_fusion(n: int, seconds: int = 5) -> dict[str, Any]:
     for start in range(0, len(batches[0]), BATCH):  # warm-up: every aircraft exists
         picture.add(batches[0][start:start + BATCH])
     picture.refresh()
-    add_s = check_s = refresh_s = build_s = 0.0
+    add_s = check_s = refresh_s = 0.0
     observations = mismatches = fused = 0
     for rows in batches[1:]:
         for start in range(0, len(rows), BATCH):
@@ -112,20 +109,14 @@ def bench_fusion(n: int, seconds: int = 5) -> dict[str, Any]:
             observations += len(batch)
             mismatches += len(present)
         t4 = time.perf_counter()
-        changed = picture.refresh()  # once a second, as the feed and the monitor do
-        t5 = time.perf_counter()
-        refresh_s += t5 - t4
-        fused += len(changed)
-        if changed:
-            _ = changed[0].state  # the first read builds every refreshed aircraft's state
-        build_s += time.perf_counter() - t5
+        fused += len(picture.refresh())  # once a second, as the feed and the monitor do
+        refresh_s += time.perf_counter() - t4
     return {
         "aircraft": len(picture), "observations": observations,
         "file_us_per_obs": round(add_s / observations * 1e6, 2),
         "crosscheck_us_per_obs": round(check_s / observations * 1e6, 2),
         "refresh_ms_per_s": round(refresh_s / seconds * 1e3, 2),
         "fusion_us_per_obs": round((add_s + check_s + refresh_s) / observations * 1e6, 2),
-        "states_built_ms_per_s": round(build_s / seconds * 1e3, 2),
         "fused_states_per_s": round(fused / (add_s + check_s + refresh_s)),
         "observations_per_s": round(observations / (add_s + check_s + refresh_s)),
         "false_mismatches": mismatches,
@@ -276,7 +267,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--e2e", type=float, default=0.0, metavar="SECONDS")
     args = parser.parse_args(argv)
-    tune_gc()  # as the server runs (lowalt/gcpolicy.py)
     print(json.dumps(run(args.n, args.clients, args.e2e), indent=2))
 
 

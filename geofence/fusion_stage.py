@@ -36,6 +36,7 @@ from lowalt.fusion import (
     Aircraft,
     FusedPicture,
     distance_m,
+    floats_of,
     nearest_of,
 )
 from lowalt.models import Observation
@@ -67,9 +68,7 @@ class CrossCheck:
         for a, row in checked:
             mine, t = row.source, row.t
             for source, reports in a.partners[mine]:
-                other = reports[-1]  # the usual case: t at or past the other's newest
-                if t < other.t:
-                    other = nearest_of(reports, t)
+                other = nearest_of(reports, t)
                 if not -MAX_DT_S < other.t - t < MAX_DT_S:
                     continue
                 # Committed rows are unique by (uav, t), so a pair is its two row objects.
@@ -85,12 +84,11 @@ class CrossCheck:
             return {}, []
         n = len(pairs)
         rows = list(map(_A, pairs)) + list(map(_B, pairs))  # both sides in one pass
-        fields = _Fields(rows)
-        t = fields["t"]
+        t = floats_of(rows, "t")
         t_common = np.maximum(t[:n], t[n:])
-        lat, lon = _moved(fields, np.concatenate([t_common, t_common]) - t)
+        lat, lon = _moved(rows, np.concatenate([t_common, t_common]) - t)
         dist = distance_m(lat[:n], lon[:n], lat[n:], lon[n:])
-        acc = fields["acc_h_m"]
+        acc = floats_of(rows, "acc_h_m")
         acc[np.isnan(acc)] = self.default_acc_h_m
         threshold = np.maximum(self.floor_m, self.k * np.hypot(acc[:n], acc[n:]))
         uavs: list[str] = list(map(_UAV, pairs))
@@ -144,24 +142,11 @@ class FusionStage:
 _UAV, _A, _B = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
-class _Fields:
-    """Numeric fields of rows as columns (None: NaN), transposed once in C."""
-
-    def __init__(self, rows: list[Observation]) -> None:
-        self.n = len(rows)
-        self.columns = list(zip(*rows, strict=True))
-
-    def __getitem__(self, name: str) -> F64:
-        return np.fromiter(self.columns[_INDEX[name]], np.float64, self.n)
-
-
-_INDEX = {name: i for i, name in enumerate(Observation._fields)}
-
-
-def _moved(fields: _Fields, dt: F64) -> tuple[F64, F64]:
+def _moved(rows: list[Observation], dt: F64) -> tuple[F64, F64]:
     """The rows' positions moved dt seconds at their constant velocity, locally flat (as
     lowalt.fusion.extrapolate; unknown velocity: not moved)."""
-    lat, lon, speed, track = (fields[name] for name in ("lat", "lon", "speed_mps", "track_deg"))
+    lat, lon, speed, track = (floats_of(rows, name)
+                              for name in ("lat", "lon", "speed_mps", "track_deg"))
     rad = np.radians(track)
     step = speed * dt
     north, east = step * np.cos(rad), step * np.sin(rad)

@@ -13,11 +13,8 @@ all (time T), extrapolates each to T at its own velocity, and averages them weig
 variance, where a report's standard deviation is half its 95 % accuracy (a default when absent)
 plus a * age^2 / 2 for unmodelled manoeuvre: a source that stops fades out smoothly as it ages.
 
-Fusion is lazy: `add` (every committed batch) only files reports, and keeps the newest one of
-each (aircraft, source) in columns (a "report slot" each); `refresh` (each reader, before it
-reads: the feed's flush, the monitor's tick, the API) fuses the aircraft that changed since from
-those columns, with numpy only; an aircraft's `state` object is built when first read, for all
-the aircraft refreshed since at once, as of the last refresh.
+Fusion is lazy: `add` (every committed batch) only files reports; `refresh` (each reader, before
+it reads: the feed's flush, the monitor's tick, the API) fuses the aircraft that changed since.
 Readers: `aircraft` (canonical id -> `Aircraft`, whose `state` is an Observation with the
 canonical id), and per-slot column arrays (`lat`, `lon`, `heard_t`, `version`, `epoch`, `owner`,
 `present`, `ids`) that the traffic feed filters with numpy. Each aircraft holds one slot while it
@@ -32,8 +29,9 @@ import gc
 import math
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
-from itertools import repeat
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import chain, repeat
 from operator import attrgetter, itemgetter, ne
 from types import MappingProxyType
 from typing import Any, Protocol, cast
@@ -65,16 +63,8 @@ Partners = Mapping[str, tuple[tuple[str, list[Observation]], ...]]
 NO_PARTNERS: Partners = MappingProxyType({})
 # Observation fields by position: columns are read with C-level getters, not per-row Python.
 _FIELD = {name: itemgetter(i) for i, name in enumerate(Observation._fields)}
-_UAV, _SOURCE, _STATUS = _FIELD["uav"], _FIELD["source"], _FIELD["status"]
-# The columns a refresh reads: per report slot (rows of FusedPicture._reported, in this order),
-# and per aircraft slot besides t, lat and lon (FusedPicture._fused).
-REPORT_FIELDS = ("t", "lat", "lon", "alt_m", "speed_mps", "track_deg", "vspeed_mps", "agl_m",
-                 "acc_h_m", "acc_v_m")
-_REPORT_GETTERS = tuple(_FIELD[name] for name in REPORT_FIELDS)
-FUSED_FIELDS = ("alt_m", "speed_mps", "track_deg", "vspeed_mps", "agl_m", "acc_h_m", "acc_v_m")
-# Refreshes whose states nobody read, at most: then the next refresh builds them first.
-MAX_UNBUILT_REFRESHES = 8
-_UAVS = attrgetter("uav")
+_UAV, _T, _SOURCE, _LAST = _FIELD["uav"], _FIELD["t"], _FIELD["source"], itemgetter(-1)
+_SLOT, _SOURCES, _UAVS = attrgetter("slot"), attrgetter("sources"), attrgetter("uav")
 
 
 def source_name(source: str) -> str:
@@ -148,55 +138,21 @@ class Identities:
         return self.canonical_of.get(uav, uav)
 
 
+@dataclass(slots=True, eq=False)
 class Aircraft:
-    """One aircraft of the fused picture. Its `state` and `used` are built when first read
-    after a refresh, for every aircraft that refresh changed at once (`FusedPicture._build`)."""
+    """One aircraft of the fused picture."""
 
-    __slots__ = (
-        "_picture",
-        "_state",
-        "_used",
-        "operator",
-        "partners",
-        "registered",
-        "several_names",
-        "slot",
-        "source_slots",
-        "sources",
-        "uav",
-    )
-
-    def __init__(self, uav: str, slot: int, registered: bool, operator: str | None,
-                 picture: FusedPicture | None = None) -> None:
-        self.uav = uav  # canonical id
-        self.slot = slot
-        self.registered = registered
-        self.operator = operator
-        self.sources: dict[str, list[Observation]] = {}  # sorted by t
-        self.source_slots: dict[str, int] = {}  # source -> the picture's row of its newest
-        # With several source names (then cross-checked): per source, the (source, reports) of
-        # the sources under other names. Else one shared empty mapping (no allocation).
-        self.partners: Partners = NO_PARTNERS
-        self.several_names = False
-        self._state: Observation | None = None
-        self._used: tuple[str, ...] = ()
-        self._picture = picture
-
-    @property
-    def state(self) -> Observation | None:
-        """Fused, as of the last refresh; uav = canonical, source = the newest source's."""
-        p = self._picture
-        if p is not None and p._unbuilt[self.slot] and p.by_slot[self.slot] is self:
-            p._build()
-        return self._state
-
-    @property
-    def used(self) -> tuple[str, ...]:
-        """The sources blended into `state`, newest first."""
-        p = self._picture
-        if p is not None and p._unbuilt[self.slot] and p.by_slot[self.slot] is self:
-            p._build()
-        return self._used
+    uav: str  # canonical id
+    slot: int
+    registered: bool
+    operator: str | None
+    sources: dict[str, list[Observation]] = field(default_factory=dict)  # sorted by t
+    state: Observation | None = None  # fused; uav = canonical, source = newest source's
+    used: tuple[str, ...] = ()  # the sources blended into `state`, newest first
+    # With several source names (then cross-checked): per source, the (source, reports) of
+    # the sources under other names. Else one shared empty mapping (no allocation per aircraft).
+    partners: Partners = field(default_factory=lambda: NO_PARTNERS)
+    several_names: bool = False
 
     @property
     def kind(self) -> str:
@@ -242,11 +198,9 @@ class FusedPicture:
         self.reports_per_source = reports_per_source
         self.default_acc_h_m, self.default_acc_v_m = default_acc_h_m, default_acc_v_m
         self.manoeuvre_mps2 = manoeuvre_mps2
-        self.max_unbuilt_refreshes = MAX_UNBUILT_REFRESHES
         self.aircraft: dict[str, Aircraft] = {}
-        self._dirty = bytearray()  # by slot, 1: new reports since the last refresh
-        self._used_tuples: dict[tuple[str, ...], tuple[str, ...]] = {}
-        self._used_one = _OneSource()
+        self._dirty: dict[str, Aircraft] = {}  # new reports since the last refresh
+        self._used_tuples, self._used_one = _Interned(), _OneSource()
         self._version = 0
         self._free: list[int] = []
         self._next_slot = 0
@@ -261,33 +215,7 @@ class FusedPicture:
         self.present: Bool = np.zeros(0, dtype=bool)
         self.ids: Obj = np.zeros(0, dtype=object)
         self.by_slot: list[Aircraft | None] = []
-        # The fused state of each slot as of its last refresh, for `_build`: FUSED_FIELDS
-        # (NaN: None), the most urgent status rank, the newest report, a single source?, and
-        # where the refresh left the blended aircraft's `used` (_used_batches[batch][pos]).
-        self._fused: F64 = np.zeros((len(FUSED_FIELDS), 0))
-        self._fused_rank: I64 = np.zeros(0, dtype=np.int64)
-        self._source_count: I64 = np.zeros(0, dtype=np.int64)  # report slots per aircraft
-        self._fused_row: Obj = np.zeros(0, dtype=object)
-        self._fused_single: Bool = np.zeros(0, dtype=bool)
-        self._fused_batch: I64 = np.zeros(0, dtype=np.int64)
-        self._fused_pos: I64 = np.zeros(0, dtype=np.int64)
-        self._unbuilt = bytearray()  # 1: refreshed since its state was built
-        self._used_batches: list[tuple[list[str], I64, I64]] = []
-        # Per report slot, the newest report of one (aircraft, source), filed by `add`: its
-        # REPORT_FIELDS (NaN: None), status rank, owner slot (-1: free), filing order (ties),
-        # the report and its source.
-        self._report_capacity = 0
-        self._next_report = 0
-        self._free_reports: list[int] = []
-        self._report_seq = 0
-        self._reported: F64 = np.zeros((len(REPORT_FIELDS), 0))
-        self._report_rank: I64 = np.zeros(0, dtype=np.int64)
-        self._report_owner: I64 = np.zeros(0, dtype=np.int64)
-        self._report_order: I64 = np.zeros(0, dtype=np.int64)
-        self._report_row: Obj = np.zeros(0, dtype=object)
-        self._report_source: Obj = np.zeros(0, dtype=object)
         self._grow(capacity)
-        self._grow_reports(capacity)
         identities.sync()
 
     def __len__(self) -> int:
@@ -319,23 +247,18 @@ class FusedPicture:
         resolve = self.identities.canonical_of.get
         aircraft = self.aircraft
         limit = self.reports_per_source
+        touched = self._dirty
         checked: list[tuple[Aircraft, Observation]] = []
-        newest: dict[int, Observation] = {}  # report slot -> its new newest report
         joined = False  # an aircraft got its second source name: rows before it count too
         for row in rows:
-            uav = row.uav
-            uav = resolve(uav, uav)
+            uav = resolve(row.uav, row.uav)
             a = aircraft.get(uav)
             if a is None:
                 a = self._new(uav)
-            source = row.source
-            reports = a.sources.get(source)
+            reports = a.sources.get(row.source)
             if reports is None:
-                a.sources[source] = [row]
-                newest[self._new_report_slot(a, source)] = row
-                if len(a.sources) > 1:  # now blended: file every source's fields (`_file`)
-                    for other, kept in a.sources.items():
-                        newest[a.source_slots[other]] = kept[-1]
+                a.sources[row.source] = [row]
+                if len(a.sources) > 1:
                     a.partners = _partners(a.sources)
                     if a.partners and not a.several_names:
                         a.several_names = joined = True
@@ -343,13 +266,14 @@ class FusedPicture:
                 reports.append(row)
                 if len(reports) > limit:
                     del reports[0]
-                newest[a.source_slots[source]] = row
             else:  # late: kept for the cross-check; the fused state uses newest reports only
                 _insert_late(reports, row, limit)
+                if a.several_names:
+                    checked.append((a, row))
+                continue
+            touched[uav] = a
             if a.several_names:
                 checked.append((a, row))
-        if newest:
-            self._file(newest)
         if joined:
             checked = [(a, row) for row in rows
                        if (a := aircraft[resolve(row.uav, row.uav)]).several_names]
@@ -358,24 +282,19 @@ class FusedPicture:
     def refresh(self) -> list[Aircraft]:
         """Fuse the aircraft with new reports since the last refresh; return them. Readers call
         it first: the cost is paid once per read tick, not per report."""
-        dirty = np.frombuffer(self._dirty, dtype=np.uint8)
-        slots = np.flatnonzero(dirty[:self._next_slot])
-        if not len(slots):
+        if not self._dirty:
             return []
-        dirty[slots] = 0
-        del dirty  # the bytearray can grow again
-        self._refresh(slots)
-        return list(map(self.by_slot.__getitem__, slots.tolist()))  # type: ignore[arg-type]
+        changed = list(self._dirty.values())  # `_remove` takes an aircraft out of it
+        self._dirty.clear()
+        with _collector_paused():
+            self._refresh(changed)
+        return changed
 
     def forget_silent(self, before_t: float) -> int:
-        """Drop aircraft whose fused state is older than before_t; return how many."""
-        n = self._next_slot
-        heard_t = self.heard_t[:n]
-        old = np.flatnonzero(self.present[:n] & (heard_t > -np.inf) & (heard_t < before_t))
-        for slot in old.tolist():
-            a = self.by_slot[slot]
-            if a is not None:
-                self._remove(a)
+        """Drop aircraft whose newest report is older than before_t; return how many."""
+        old = [a for a in self.aircraft.values() if a.state is not None and a.state.t < before_t]
+        for a in old:
+            self._remove(a)
         return len(old)
 
     def _new(self, uav: str) -> Aircraft:
@@ -387,7 +306,7 @@ class FusedPicture:
             if slot >= self.capacity:
                 self._grow(2 * self.capacity)
         operator = self.identities.operator_of.get(uav)
-        a = Aircraft(uav, slot, operator is not None, operator, self)
+        a = Aircraft(uav, slot, operator is not None, operator)
         self.aircraft[uav] = a
         self.by_slot[slot] = a
         self.epoch[slot] += 1
@@ -399,60 +318,10 @@ class FusedPicture:
 
     def _remove(self, a: Aircraft) -> None:
         del self.aircraft[a.uav]
-        self._dirty[a.slot] = 0
-        self._source_count[a.slot] = 0
+        self._dirty.pop(a.uav, None)
         self.by_slot[a.slot] = None
         self.present[a.slot] = False
-        self._unbuilt[a.slot] = 0
-        self._fused_row[a.slot] = None
-        for slot in a.source_slots.values():
-            self._report_owner[slot] = -1
-            self._report_row[slot] = None
-            self._free_reports.append(slot)
         self._free.append(a.slot)
-
-    def _new_report_slot(self, a: Aircraft, source: str) -> int:
-        if self._free_reports:
-            slot = self._free_reports.pop()
-        else:
-            slot = self._next_report
-            self._next_report += 1
-            if slot >= self._report_capacity:
-                self._grow_reports(2 * self._report_capacity)
-        self._report_owner[slot] = a.slot
-        self._source_count[a.slot] += 1
-        self._report_order[slot] = self._report_seq
-        self._report_seq += 1
-        self._report_source[slot] = source
-        a.source_slots[source] = slot
-        return slot
-
-    def _file(self, newest: dict[int, Observation]) -> None:
-        """Write each report slot's new newest report into the report columns, read while the
-        rows are fresh in the cache (the refresh then reads no report objects)."""
-        n = len(newest)
-        slots = np.fromiter(newest, np.int64, n)
-        rows = list(newest.values())
-        self._report_row[slots] = np.fromiter(rows, object, n)
-        owners = self._report_owner[slots]
-        dirty = np.frombuffer(self._dirty, dtype=np.uint8)
-        dirty[owners] = 1  # their newest reports changed
-        del dirty  # the bytearray can grow again
-        reported = self._reported
-        for k, getter in enumerate(_REPORT_GETTERS[:3]):  # t, lat, lon: every aircraft's
-            reported[k, slots] = np.fromiter(map(getter, rows), np.float64, n)  # None: NaN
-        # The rest only where it is blended; an aircraft's second source files its first again.
-        several = self._source_count[owners] > 1
-        if not several.any():
-            return
-        if not several.all():
-            picked = np.flatnonzero(several)
-            slots, n = slots[picked], len(picked)
-            rows = list(map(rows.__getitem__, picked.tolist()))
-        for k, getter in enumerate(_REPORT_GETTERS[3:], 3):
-            reported[k, slots] = np.fromiter(map(getter, rows), np.float64, n)
-        self._report_rank[slots] = np.fromiter(
-            map(STATUS_RANK.get, map(_STATUS, rows), repeat(0)), np.int64, n)
 
     def _code(self, operator: str | None) -> int:
         if operator is None:
@@ -470,30 +339,7 @@ class FusedPicture:
         self.present = np.concatenate([self.present, np.zeros(extra, dtype=bool)])
         self.ids = np.concatenate([self.ids, np.full(extra, None, dtype=object)])
         self.by_slot.extend([None] * extra)
-        self._fused = np.concatenate([self._fused, np.zeros((len(FUSED_FIELDS), extra))], axis=1)
-        self._fused_rank = np.concatenate([self._fused_rank, np.zeros(extra, dtype=np.int64)])
-        self._fused_row = np.concatenate([self._fused_row, np.full(extra, None, dtype=object)])
-        self._fused_single = np.concatenate([self._fused_single, np.zeros(extra, dtype=bool)])
-        self._fused_batch = np.concatenate([self._fused_batch, np.zeros(extra, dtype=np.int64)])
-        self._fused_pos = np.concatenate([self._fused_pos, np.zeros(extra, dtype=np.int64)])
-        self._unbuilt.extend(bytes(extra))
-        self._dirty.extend(bytes(extra))
-        self._source_count = np.concatenate([self._source_count, np.zeros(extra, dtype=np.int64)])
         self.capacity = capacity
-
-    def _grow_reports(self, capacity: int) -> None:
-        extra = capacity - self._report_capacity
-        self._reported = np.concatenate(
-            [self._reported, np.zeros((len(REPORT_FIELDS), extra))], axis=1)
-        self._report_rank = np.concatenate([self._report_rank, np.zeros(extra, dtype=np.int64)])
-        self._report_owner = np.concatenate(
-            [self._report_owner, np.full(extra, -1, dtype=np.int64)])
-        self._report_order = np.concatenate(
-            [self._report_order, np.zeros(extra, dtype=np.int64)])
-        self._report_row = np.concatenate([self._report_row, np.full(extra, None, dtype=object)])
-        self._report_source = np.concatenate(
-            [self._report_source, np.full(extra, None, dtype=object)])
-        self._report_capacity = capacity
 
     def _rekey(self) -> None:
         """The registry changed: update ownership, and merge aircraft whose id became an alias."""
@@ -521,84 +367,83 @@ class FusedPicture:
             a.registered = a.uav in operator_of
             a.operator = operator_of.get(a.uav)
             self.owner[a.slot] = self._code(a.operator)
-        newest: dict[int, Observation] = {}
         for a in merged.values():
-            for source, reports in a.sources.items():
-                slot = a.source_slots.get(source)
-                if slot is None:
-                    slot = self._new_report_slot(a, source)
-                newest[slot] = reports[-1]
-        if newest:
-            self._file(newest)
+            if a.sources:
+                self._dirty[a.uav] = a
 
     # -- fusion -----------------------------------------------------------------------------
 
-    def _refresh(self, slots: I64) -> None:
-        """Fuse the aircraft in `slots` from the report columns, vectorised over all of them:
-        the feeds' columns and the fused columns now, the `state` objects when first read. An
-        aircraft with one source in the window takes that source's newest report as it is; the
-        others are blended together."""
-        if not len(slots):
+    def _refresh(self, changed: Sequence[Aircraft]) -> None:
+        """Fuse `changed`. An aircraft with one source in the window takes that source's newest
+        report as it is; the others are blended together, vectorised over all of them. The
+        per-aircraft steps are C-level maps: this runs for every changed aircraft each tick."""
+        if not changed:
             return
-        if len(self._used_batches) >= self.max_unbuilt_refreshes:  # unread: bound them
-            self._build()
-        changed = np.zeros(self.capacity, dtype=bool)
-        changed[slots] = True
-        owner = self._report_owner[:self._next_report]
-        mine = changed[owner] & (owner >= 0)
-        several = self._source_count[owner] > 1
-        lone = np.flatnonzero(mine & ~several)  # the only report slot of its aircraft
-        if len(lone):
-            a_slots = owner[lone]
-            self.heard_t[a_slots] = self._reported[0, lone]
-            self.lat[a_slots] = self._reported[1, lone]
-            self.lon[a_slots] = self._reported[2, lone]
-            self._fused_row[a_slots] = self._report_row[lone]
-            self._fused_single[a_slots] = True
-        rs = np.flatnonzero(mine & several)
-        if len(rs):
-            self._refresh_several(rs, owner)
-        self.version[slots] = np.arange(self._version + 1, self._version + len(slots) + 1)
-        self._version += len(slots)
-        unbuilt = np.frombuffer(self._unbuilt, dtype=np.uint8)
-        unbuilt[slots] = 1
-        del unbuilt  # the bytearray can grow again
+        n_sources = np.fromiter(map(len, map(_SOURCES, changed)), np.int64, len(changed))
+        one_source = n_sources == 1
+        singles = _pick(changed, one_source)
+        rows = _newest_reports(singles)  # the singles' states (under their canonical id)
+        blended: list[Aircraft] = []
+        if len(singles) < len(changed):
+            several = _pick(changed, ~one_source)
+            newest = _newest_reports(several)
+            used, used_counts = self._used(newest, n_sources[~one_source])
+            one = used_counts == 1  # the other sources are past the window
+            in_one = np.repeat(one, used_counts)
+            singles += _pick(several, one)
+            rows += map(newest.__getitem__, used[in_one].tolist())
+            if not one.all():
+                blended = _pick(several, ~one)
+                blend = self._blend(blended, list(map(newest.__getitem__, used[~in_one].tolist())),
+                                    used_counts[~one])
+        renamed = np.flatnonzero(np.fromiter(  # reported under an alias
+            map(ne, map(_UAV, rows), map(_UAVS, singles)), np.bool_, len(rows))).tolist()
+        states = rows.copy() if renamed else rows
+        for k in renamed:
+            states[k] = rows[k]._replace(uav=singles[k].uav)
+        _set_each(singles, "state", states)
+        _set_each(singles, "used", map(self._used_one.__getitem__, map(_SOURCE, rows)))
+        n_single = len(singles)
+        first = self._version + 1
+        self._version += n_single + len(blended)
+        if n_single:
+            slots = np.fromiter(map(_SLOT, singles), np.int64, n_single)
+            self.lat[slots] = floats_of(rows, "lat")
+            self.lon[slots] = floats_of(rows, "lon")
+            self.heard_t[slots] = floats_of(rows, "t")
+            self.version[slots] = np.arange(first, first + n_single, dtype=np.int64)
+        if blended:
+            slots = np.fromiter(map(_SLOT, blended), np.int64, len(blended))
+            self.heard_t[slots], self.lat[slots], self.lon[slots] = blend
+            self.version[slots] = np.arange(first + n_single, self._version + 1, dtype=np.int64)
 
-    def _refresh_several(self, rs: I64, owner: I64) -> None:
-        """`_refresh` of the aircraft with several sources, given their report slots."""
-        t = self._reported[0, rs]
-        order = np.lexsort((self._report_order[rs], -t, owner[rs]))  # by aircraft, newest first
-        rs, t = rs[order], t[order]
-        g_slot = owner[rs]
-        new_group = np.empty(len(rs), dtype=bool)
-        new_group[0] = True
-        np.not_equal(g_slot[1:], g_slot[:-1], out=new_group[1:])
-        starts = np.flatnonzero(new_group)
-        group = np.cumsum(new_group) - 1
-        t_newest = t[starts]
-        used = t_newest[group] - t <= self.window_s
-        counts = np.bincount(group[used], minlength=len(starts))
-        a_slots, first = g_slot[starts], rs[starts]
-        single = counts == 1
-        self.heard_t[a_slots] = t_newest
-        self._fused_row[a_slots] = self._report_row[first]
-        self._fused_single[a_slots] = single
-        ones, first_one = a_slots[single], first[single]
-        self.lat[ones] = self._reported[1, first_one]
-        self.lon[ones] = self._reported[2, first_one]
-        if not single.all():
-            several = ~single
-            self._blend(a_slots[several], rs[used & several[group]], counts[several])
+    def _used(self, newest: list[Observation], counts: I64) -> tuple[I64, I64]:
+        """The reports to blend, given each aircraft's newest report per source (`counts` per
+        aircraft, in order): indexes into `newest`, per aircraft newest first (ties keep their
+        order), within `window_s` of the aircraft's newest; and how many per aircraft."""
+        g = np.repeat(np.arange(len(counts)), counts)
+        starts = np.zeros(len(counts), dtype=np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        t = floats_of(newest, "t")
+        t_newest = np.maximum.reduceat(t, starts)
+        order = np.lexsort((-t, g))  # stable: by aircraft, then newest first
+        used = order[(t_newest[g] - t <= self.window_s)[order]]
+        return used, np.bincount(g[used], minlength=len(counts)).astype(np.int64)
 
-    def _blend(self, slots: I64, rs: I64, counts: I64) -> None:
-        """Inverse-variance blend of each aircraft's used reports (report slots `rs`, `counts`
-        per aircraft, each newest first: the first gives T and the longitude origin), into the
-        slots' columns."""
-        n = len(slots)
+    def _blend(
+        self, blended: list[Aircraft], rows: list[Observation], counts: I64
+    ) -> tuple[F64, F64, F64]:
+        """Inverse-variance blend of each aircraft's used reports, vectorised over all of them;
+        sets each aircraft's `state` and `used`, returns the fused (t, lat, lon) columns. Each
+        aircraft's reports come newest first; the first gives T and the longitude origin."""
+        n, size = len(blended), len(rows)
         g = np.repeat(np.arange(n), counts)
         starts = np.zeros(n, dtype=np.int64)
         np.cumsum(counts[:-1], out=starts[1:])
-        t, lat, lon, alt, speed, track, vspeed, agl, acc_h, acc_v = self._reported[:, rs]
+        t, lat, lon, alt = (floats_of(rows, name) for name in ("t", "lat", "lon", "alt_m"))
+        speed, track, vspeed = (floats_of(rows, name)
+                                for name in ("speed_mps", "track_deg", "vspeed_mps"))
+        acc_h, acc_v, agl = (floats_of(rows, name) for name in ("acc_h_m", "acc_v_m", "agl_m"))
         acc_h = np.maximum(np.where(np.isnan(acc_h), self.default_acc_h_m, acc_h), MIN_ACC_M)
         acc_v = np.maximum(np.where(np.isnan(acc_v), self.default_acc_v_m, acc_v), MIN_ACC_M)
         t_fused = t[starts]
@@ -612,8 +457,8 @@ class FusedPicture:
         sw, swv = np.bincount(g, w, n), np.bincount(g, wv, n)
         lon0 = lon_x[starts]
         dlon = (lon_x - lon0[g] + 180.0) % 360.0 - 180.0
-        self.lat[slots] = np.bincount(g, w * lat_x, n) / sw
-        self.lon[slots] = (lon0 + np.bincount(g, w * dlon, n) / sw + 180.0) % 360.0 - 180.0
+        lat_f = np.bincount(g, w * lat_x, n) / sw
+        lon_f = (lon0 + np.bincount(g, w * dlon, n) / sw + 180.0) % 360.0 - 180.0
         alt_f = np.bincount(g, wv * alt_x, n) / swv
         w_vel, w_vs = w * has_v, wv * has_vs
         s_vel, s_vs = np.bincount(g, w_vel, n), np.bincount(g, w_vs, n)
@@ -621,79 +466,36 @@ class FusedPicture:
             ve_f = np.bincount(g, w_vel * np.where(has_v, ve, 0.0), n) / s_vel
             vn_f = np.bincount(g, w_vel * np.where(has_v, vn, 0.0), n) / s_vel
             vs_f = np.bincount(g, w_vs * np.where(has_vs, vspeed, 0.0), n) / s_vs
-        moving = s_vel > 0
-        fused = self._fused
-        fused[0, slots] = alt_f
-        fused[1, slots] = np.where(moving, np.hypot(ve_f, vn_f), np.nan)
-        fused[2, slots] = np.where(moving, np.degrees(np.arctan2(ve_f, vn_f)) % 360.0, np.nan)
-        fused[3, slots] = np.where(s_vs > 0, vs_f, np.nan)
+        speed_f = np.hypot(ve_f, vn_f)
+        track_f = np.degrees(np.arctan2(ve_f, vn_f)) % 360.0
+        acc_h_f, acc_v_f = 2.0 / np.sqrt(sw), 2.0 / np.sqrt(swv)
         # agl_m follows the fused altitude from the newest report that has one.
-        size = len(rs)
         has_agl = ~np.isnan(agl)
         first_agl = np.minimum.reduceat(np.where(has_agl, np.arange(size), size), starts)
         got_agl = first_agl < size
         first_agl = np.where(got_agl, first_agl, starts)
-        fused[4, slots] = np.where(got_agl, agl[first_agl] + alt_f - alt_x[first_agl], np.nan)
-        fused[5, slots], fused[6, slots] = 2.0 / np.sqrt(sw), 2.0 / np.sqrt(swv)
-        self._fused_rank[slots] = np.maximum.reduceat(self._report_rank[rs], starts)
-        self._fused_batch[slots] = len(self._used_batches)
-        self._fused_pos[slots] = np.arange(n)
-        self._used_batches.append((self._report_source[rs].tolist(), starts, starts + counts))
-
-    def _build(self) -> None:
-        """The `state` and `used` of every aircraft refreshed since they were last built, from
-        the fused columns; run by the first read of either."""
-        unbuilt = np.frombuffer(self._unbuilt, dtype=np.uint8)
-        idx = np.flatnonzero(unbuilt[:self._next_slot])
-        unbuilt[idx] = 0
-        del unbuilt
-        with _collector_paused():
-            self._build_slots(idx)
-        self._used_batches.clear()
-
-    def _build_slots(self, idx: I64) -> None:
-        """`_build` of the aircraft in slots idx; the per-aircraft steps are C-level maps."""
-        by_slot = self.by_slot  # a removed aircraft's slot is never unbuilt
-        single = self._fused_single[idx]
-        ones = idx[single].tolist()
-        if ones:
-            aircraft = list(map(by_slot.__getitem__, ones))
-            rows = self._fused_row[ones].tolist()
-            renamed = np.flatnonzero(np.fromiter(  # reported under an alias
-                map(ne, map(_UAV, rows), map(_UAVS, aircraft)), np.bool_, len(rows))).tolist()
-            states = rows.copy() if renamed else rows
-            for k in renamed:
-                states[k] = rows[k]._replace(uav=aircraft[k].uav)  # type: ignore[union-attr]
-            _set_each(aircraft, "_state", states)
-            _set_each(aircraft, "_used", map(self._used_one.__getitem__, map(_SOURCE, rows)))
-        several = idx[~single]
-        if not len(several):
-            return
-        aircraft = list(map(by_slot.__getitem__, several.tolist()))
-        rows = self._fused_row[several].tolist()
-        ranks = self._fused_rank[several].tolist()
+        agl_f = agl[first_agl] + alt_f - alt_x[first_agl]
         # status: the most urgent one; without a ranked one, the newest report's.
-        status = [RANK_STATUS[r] if r else row.status for r, row in zip(ranks, rows, strict=True)]
-        alt, speed, track, vspeed, agl, acc_h, acc_v = self._fused[:, several]
-        _set_each(aircraft, "_state", _observations(zip(
-            self.ids[several].tolist(), self.heard_t[several].tolist(),
-            self.lat[several].tolist(), self.lon[several].tolist(), alt.tolist(),
-            _nan_none(speed), _nan_none(track), _nan_none(vspeed), _nan_none(agl), status,
-            acc_h.tolist(), acc_v.tolist(), list(map(_SOURCE, rows)),
-            list(map(_FIELD["received_at"], rows)), strict=True,
-        )))
-        interned = self._used_tuples
-        if len(interned) > USED_TUPLES_LIMIT:
-            interned.clear()
-        batch_of, pos_of = self._fused_batch[several], self._fused_pos[several]
-        for batch in np.unique(batch_of).tolist():
-            picked = np.flatnonzero(batch_of == batch)
-            sources, starts, ends = self._used_batches[batch]
-            pos = pos_of[picked]
-            used = list(map(tuple, map(sources.__getitem__,
-                                       map(slice, starts[pos].tolist(), ends[pos].tolist()))))
-            _set_each(map(aircraft.__getitem__, picked.tolist()), "_used",
-                      map(interned.setdefault, used, used))
+        statuses = list(map(_FIELD["status"], rows))
+        ranks = np.fromiter(map(STATUS_RANK.get, statuses, repeat(0)), np.int64, size)
+        top = np.maximum.reduceat(ranks, starts).tolist()
+        firsts = [rows[k] for k in starts.tolist()]
+        status = [RANK_STATUS[r] if r else row.status for r, row in zip(top, firsts, strict=True)]
+        moving = s_vel > 0
+        states = _observations(zip(
+            list(map(_UAVS, blended)), list(map(_T, firsts)), lat_f.tolist(), lon_f.tolist(),
+            alt_f.tolist(), _or_none(speed_f, moving), _or_none(track_f, moving),
+            _or_none(vs_f, s_vs > 0), _or_none(agl_f, got_agl), status, acc_h_f.tolist(),
+            acc_v_f.tolist(), list(map(_FIELD["source"], firsts)),
+            list(map(_FIELD["received_at"], firsts)), strict=True,
+        ))
+        sources = list(map(_FIELD["source"], rows))
+        ends = (starts + counts).tolist()
+        intern = self._used_tuples.intern
+        for a, state, start, end in zip(blended, states, starts.tolist(), ends, strict=True):
+            a.state = state
+            a.used = intern(tuple(sources[start:end]))
+        return t_fused, lat_f, lon_f
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -741,14 +543,9 @@ def _t_of(row: Observation) -> float:
     return row.t
 
 
-def _set_each(objects: Iterable[Any], name: str, values: Iterable[Any]) -> None:
-    """setattr(o, name, v) for each pair, as one C-level loop."""
-    deque(map(setattr, objects, repeat(name), values), maxlen=0)
-
-
-def _nan_none(values: F64) -> list[float | None]:
-    """values as Python floats, None for NaN."""
-    return _or_none(values, ~np.isnan(values))
+def floats_of(rows: Sequence[Observation], name: str) -> F64:
+    """One numeric field of rows as a column (None: NaN)."""
+    return np.fromiter(map(_FIELD[name], rows), np.float64, len(rows))
 
 
 def _or_none(values: F64, keep: Bool) -> list[float | None]:
@@ -774,6 +571,13 @@ def _observations(fields: Iterable[tuple[Any, ...]]) -> list[Observation]:
 USED_TUPLES_LIMIT = 10_000
 
 
+class _Interned(dict[tuple[str, ...], tuple[str, ...]]):
+    def intern(self, used: tuple[str, ...]) -> tuple[str, ...]:
+        if len(self) > USED_TUPLES_LIMIT:
+            self.clear()
+        return self.setdefault(used, used)
+
+
 class _OneSource(dict[str, tuple[str, ...]]):
     """source -> (source,)"""
 
@@ -797,6 +601,20 @@ def _collector_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+def _pick(items: Sequence[Aircraft], mask: Bool) -> list[Aircraft]:
+    return list(map(items.__getitem__, np.flatnonzero(mask).tolist()))
+
+
+def _newest_reports(aircraft: Iterable[Aircraft]) -> list[Observation]:
+    """The newest report of each source of each aircraft, in order."""
+    return list(map(_LAST, chain.from_iterable(map(dict.values, map(_SOURCES, aircraft)))))
+
+
+def _set_each(objects: Iterable[Any], name: str, values: Iterable[Any]) -> None:
+    """setattr(o, name, v) for each pair, as one C-level loop."""
+    deque(map(setattr, objects, repeat(name), values), maxlen=0)
 
 
 def _partners(sources: Mapping[str, list[Observation]]) -> Partners:

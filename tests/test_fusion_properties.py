@@ -64,10 +64,6 @@ reports = st.builds(
 )
 # Batches of reports; after each, maybe a refresh.
 histories = st.lists(st.tuples(st.lists(reports, max_size=12), st.booleans()), max_size=8)
-# The same, and after each refresh, whether the states are read then (else they are built later,
-# after more reports are filed, or by a later refresh when too many are left unbuilt).
-read_histories = st.lists(st.tuples(st.lists(reports, max_size=12), st.booleans(), st.booleans()),
-                          max_size=10)
 
 
 def expected_state(uav: str, newest: list[Observation]) -> tuple[Observation, tuple[str, ...]]:
@@ -132,10 +128,6 @@ def same(a: object, b: object) -> bool:
 def assert_fused_as_recomputed(picture: FusedPicture, newest: dict[str, dict[str, Observation]]
                                ) -> None:
     assert sorted(picture.aircraft) == sorted(newest)
-    assert_states(picture, newest)
-
-
-def assert_states(picture: FusedPicture, newest: dict[str, dict[str, Observation]]) -> None:
     for uav, by_source in newest.items():
         a = picture.aircraft[uav]
         state, used = expected_state(uav, list(by_source.values()))
@@ -167,34 +159,6 @@ def test_incremental_refresh_matches_a_full_recompute(history: list[tuple[list[O
     picture.refresh()
     assert_fused_as_recomputed(picture, newest)
     assert len(set(picture.version[a.slot] for a in picture.aircraft.values())) == len(newest)
-
-
-@PROPERTY
-@given(read_histories, st.integers(1, 3))
-def test_states_read_late_are_those_of_the_last_refresh(
-    history: list[tuple[list[Observation], bool, bool]], max_unbuilt: int
-) -> None:
-    """States are built when first read, from what the last refresh fused: reports filed since
-    do not show, however many refreshes went unread in between."""
-    picture = FusedPicture(Identities(REGISTRY), window_s=WINDOW_S, capacity=2)
-    picture.max_unbuilt_refreshes = max_unbuilt
-    newest: dict[str, dict[str, Observation]] = {}
-    fused: dict[str, dict[str, Observation]] = {}  # newest as of the last refresh
-    for batch, refresh, read in history:
-        picture.add(batch)
-        for row in batch:
-            mine = newest.setdefault(CANONICAL[row.uav], {})
-            if row.source not in mine or row.t > mine[row.source].t:
-                mine[row.source] = row
-        if refresh:
-            picture.refresh()
-            fused = {uav: dict(by_source) for uav, by_source in newest.items()}
-        if read or not refresh:
-            assert_states(picture, fused)
-            assert all(a.state is None and a.used == () for uav, a in picture.aircraft.items()
-                       if uav not in fused)
-    picture.refresh()
-    assert_fused_as_recomputed(picture, newest)
 
 
 @PROPERTY
@@ -250,22 +214,3 @@ def _moved(r: Observation, t: float) -> tuple[float, float]:
     vn = r.speed_mps * math.cos(math.radians(r.track_deg))
     coslat = max(math.cos(math.radians(r.lat)), 1e-6)
     return r.lat + vn * dt / M_PER_DEG, r.lon + ve * dt / (M_PER_DEG * coslat)
-
-
-def test_forget_silent_frees_slots_and_keeps_what_was_never_fused() -> None:
-    picture = FusedPicture(Identities(REGISTRY), window_s=WINDOW_S, capacity=2)
-    old = Observation("CQ-1", T0, 29.6, 106.5, 100.0, None, None, None, None, None, None, None,
-                      "sat/http/native", T0)
-    alias = old._replace(uav="SN-1", t=T0 + 1, source="rx/gateway/f3411")
-    picture.add([old, alias, old._replace(uav="LONE", t=T0 + 100)])
-    picture.refresh()
-    fresh = old._replace(uav="CQ-2", t=T0 + 50)
-    picture.add([fresh])  # filed, not yet fused: no state to be old
-    assert picture.forget_silent(T0 + 10) == 1
-    assert sorted(picture.aircraft) == ["CQ-2", "LONE"]
-    picture.add([old._replace(t=T0 + 200)])  # CQ-1 again: a new aircraft on a reused slot
-    picture.refresh()
-    newest = {"CQ-1": {"sat/http/native": old._replace(t=T0 + 200)},
-              "CQ-2": {"sat/http/native": fresh},
-              "LONE": {"sat/http/native": old._replace(uav="LONE", t=T0 + 100)}}
-    assert_fused_as_recomputed(picture, newest)
