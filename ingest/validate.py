@@ -142,20 +142,8 @@ class Validator:
             speed = track = vspeed = agl = None
         else:
             return None
-        F = float
-        if not (
-            type(t) is F and type(lat) is F and type(lon) is F and type(alt_m) is F
-            and t_min <= t <= t_max and -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0
-            and -500.0 <= alt_m <= 20000.0
-            and (speed is None or (type(speed) is F and 0.0 <= speed <= 300.0))
-            and (track is None or (type(track) is F and 0.0 <= track < 360.0))
-            and (vspeed is None or (type(vspeed) is F and -1e9 < vspeed < 1e9))
-            and (agl is None or (type(agl) is F and -500.0 <= agl <= 20000.0))
-            and type(uav) is str and UAV_RE.match(uav) is not None
-        ):
-            return None
-        return Observation(uav, t, lat, lon, alt_m, speed, track, vspeed, agl, None, None, None,
-                           source, now)
+        return _accept(uav, t, lat, lon, alt_m, speed, track, vspeed, agl, None, None, None,
+                       t_min, t_max, now, source)
 
     @staticmethod
     def _fast_map(
@@ -168,20 +156,31 @@ class Validator:
         speed, track, vspeed, agl = get("speed_mps"), get("track_deg"), get("vspeed_mps"), get(
             "agl_m")
         status, acc_h, acc_v = get("status"), get("acc_h_m"), get("acc_v_m")
-        F = float
-        if not (
-            type(t) is F and type(lat) is F and type(lon) is F and type(alt_m) is F
-            and t_min <= t <= t_max and -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0
-            and -500.0 <= alt_m <= 20000.0
-            and (speed is None or (type(speed) is F and 0.0 <= speed <= 300.0))
-            and (track is None or (type(track) is F and 0.0 <= track < 360.0))
-            and (vspeed is None or (type(vspeed) is F and -1e9 < vspeed < 1e9))
-            and (agl is None or (type(agl) is F and -500.0 <= agl <= 20000.0))
-            and (status is None or (type(status) is str and status in STATUSES))
-            and (acc_h is None or (type(acc_h) is F and 0.0 <= acc_h < 1e300))
-            and (acc_v is None or (type(acc_v) is F and 0.0 <= acc_v < 1e300))
-            and type(uav) is str and UAV_RE.match(uav) is not None
-        ):
-            return None
-        return Observation(uav, t, lat, lon, alt_m, speed, track, vspeed, agl, status, acc_h,
-                           acc_v, source, now)
+        return _accept(uav, t, lat, lon, alt_m, speed, track, vspeed, agl, status, acc_h, acc_v,
+                       t_min, t_max, now, source)
+
+
+def _accept(
+    uav: Any, t: Any, lat: Any, lon: Any, alt_m: Any, speed: Any, track: Any, vspeed: Any,
+    agl: Any, status: Any, acc_h: Any, acc_v: Any, t_min: float, t_max: float, now: float,
+    source: str,
+) -> Observation | None:
+    """The fast paths' one test: floats within every rule of `Validator.observation`, accepted in
+    one expression; None for anything else, which `observation` then checks rule by rule."""
+    F = float
+    if not (
+        type(t) is F and type(lat) is F and type(lon) is F and type(alt_m) is F
+        and t_min <= t <= t_max and -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0
+        and -500.0 <= alt_m <= 20000.0
+        and (speed is None or (type(speed) is F and 0.0 <= speed <= 300.0))
+        and (track is None or (type(track) is F and 0.0 <= track < 360.0))
+        and (vspeed is None or (type(vspeed) is F and -1e9 < vspeed < 1e9))
+        and (agl is None or (type(agl) is F and -500.0 <= agl <= 20000.0))
+        and (status is None or (type(status) is str and status in STATUSES))
+        and (acc_h is None or (type(acc_h) is F and 0.0 <= acc_h < 1e300))
+        and (acc_v is None or (type(acc_v) is F and 0.0 <= acc_v < 1e300))
+        and type(uav) is str and UAV_RE.match(uav) is not None
+    ):
+        return None
+    return Observation(uav, t, lat, lon, alt_m, speed, track, vspeed, agl, status, acc_h, acc_v,
+                       source, now)
