@@ -109,10 +109,11 @@ def _stats(times_s: list[float]) -> dict[str, float]:
     }
 
 
-class _MemoryStore(ClearanceStore):
-    """Clearances in memory: what the check stage reads and writes, without a database."""
+class MemoryClearanceStore(ClearanceStore):
+    """Clearances in memory: what the check stage reads and writes, without a database (also
+    used by tests/test_clearance_conformance.py)."""
 
-    def __init__(self, clearances: list[Clearance]) -> None:
+    def __init__(self, clearances: Sequence[Clearance]) -> None:
         self.clearances = {c.id: c for c in clearances}
 
     async def setup(self) -> None:
@@ -164,7 +165,7 @@ async def _service(routes: Mapping[str, RouteRequest], volumes: Mapping[str, Vol
     alerts = _Alerts()
     settings = Settings(clearance_time_tolerance_s=TOLERANCE_S, clearance_piece_s=PIECE_S)
     service = _Prebuilt({routes[cid]: v for cid, v in volumes.items()},
-                        store=_MemoryStore(clearances), alerts=cast(Any, alerts),
+                        store=MemoryClearanceStore(clearances), alerts=cast(Any, alerts),
                         geofence=cast(Any, None), settings=settings)
     await service.start()
     return service, alerts

@@ -175,19 +175,11 @@ async def _reload(url: str, zones: list[Zone]) -> dict[str, float]:
 
 
 def _frame_at(fleet: Any, t: float) -> list[Observation]:
-    """`Fleet.frame` (benchmarks/bench_ingest.py) with its clock at observation time t, as the
-    committed rows the check stage gets."""
-    fleet.tick += 1
-    k = (fleet.tick * fleet.frame_obs + np.arange(fleet.frame_obs)) % fleet.ids.size
-    angle = t * 12.0 / 300.0 + fleet.ids[k]
-    lat = (fleet.lat0[k] + 0.0027 * np.sin(angle)).tolist()
-    lon = (fleet.lon0[k] + 0.0031 * np.cos(angle)).tolist()
-    track = ((np.degrees(-angle) + 360.0) % 360.0).tolist()
-    alt, agl = fleet.alt[k].tolist(), fleet.agl[k].tolist()
-    names = fleet.names
-    return [Observation(names[i], t, lat[j], lon[j], alt[j], 12.0, track[j], 0.0, agl[j], None,
-                        None, None, "bench/gateway/native", t)
-            for j, i in enumerate(k.tolist())]
+    """`Fleet.frame` (benchmarks/bench_ingest.py) at observation time t, as the committed rows
+    the check stage gets."""
+    return [Observation(uav, t, lat, lon, alt, speed, track, vspeed, agl, None, None, None,
+                        "bench/gateway/native", t)
+            for uav, _, lat, lon, alt, speed, track, vspeed, agl in fleet.frame(t)]
 
 
 async def stage_cost(zones: list[Zone], batches: int = 100, batch: int = 5_000,

@@ -126,9 +126,11 @@ class Fleet:
         self.frame_obs = min(frame_obs, self.ids.size)
         self.tick = 0
 
-    def frame(self) -> list[list[Any]]:
+    def frame(self, t: float | None = None) -> list[list[Any]]:
+        """The next frame's array-form rows, all at time t (default: half a second ago)."""
         self.tick += 1
-        t = time.time() - 0.5
+        if t is None:
+            t = time.time() - 0.5
         k = (self.tick * self.frame_obs + np.arange(self.frame_obs)) % self.ids.size
         angle = t * 12.0 / 300.0 + self.ids[k]
         lat = (self.lat0[k] + 0.0027 * np.sin(angle)).tolist()

@@ -13,18 +13,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.bench_clearances import MemoryClearanceStore
 from dispatch.alerts import Condition
 from geofence.clearance_service import (
     CLEARANCE_TYPES,
     Clearance,
     ClearanceService,
-    ClearanceStore,
     _condition,
 )
 from geofence.clearances import (
     Conformance,
     RouteRequest,
-    Volume,
     VolumeTable,
     build_volume,
     conformance,
@@ -156,30 +155,6 @@ def test_a_volume_larger_than_a_pass_and_compaction() -> None:
 
 
 # -- the check stage against grouping reports per clearance ---------------------------------------
-class _MemoryStore(ClearanceStore):
-    def __init__(self, clearances: Sequence[Clearance]) -> None:
-        self.clearances = {c.id: c for c in clearances}
-
-    async def setup(self) -> None:
-        pass
-
-    async def insert(self, c: Clearance, volume: Volume, corridor_wkt: str | None) -> None:
-        self.clearances[c.id] = c
-
-    async def update(self, c: Clearance) -> None:
-        self.clearances[c.id] = c
-
-    async def get(self, cid: str) -> Clearance | None:
-        return self.clearances.get(cid)
-
-    async def in_states(self, states: Sequence[str]) -> list[Clearance]:
-        return [c for c in self.clearances.values() if c.state in states]
-
-    async def search(self, *, operator: str | None, all_operators: bool, state: str | None,
-                     uav: str | None, limit: int) -> list[Clearance]:
-        return []
-
-
 class _Alerts:
     def __init__(self) -> None:
         self.calls: list[tuple[dict[str, float], list[Condition]]] = []
@@ -248,7 +223,7 @@ class _PerClearance(ClearanceService):
 async def _stage(kind: type[ClearanceService], clearances: Sequence[Clearance]
                  ) -> tuple[ClearanceService, _Alerts]:
     alerts = _Alerts()
-    service = kind(_MemoryStore(clearances), cast(Any, alerts), cast(Any, None),
+    service = kind(MemoryClearanceStore(clearances), cast(Any, alerts), cast(Any, None),
                    Settings(clearance_time_tolerance_s=TOL, clearance_piece_s=20.0,
                             clearance_activation_lead_s=300.0))
     await service.start()
