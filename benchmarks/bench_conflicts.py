@@ -141,18 +141,26 @@ def detection(data: dict[str, Any], runs: int, naive_full_max_n: int = NAIVE_FUL
 
 
 class _MemoryAlertStore:
-    """Just enough of an AlertStore for the manager: events are only counted, by state."""
+    """Just enough of an AlertStore for the manager: events are counted, by state, and each open
+    alert's last event kept, so a second manager can start from it as after a restart."""
 
     def __init__(self) -> None:
         self.events = 0
         self.by_state: Counter[str] = Counter()
+        self.open: dict[int, tuple[AlertEvent, float]] = {}  # alert_id -> (last event, opened_at)
 
     async def load_state(self) -> LoadedState:
-        return LoadedState(0, 0, [])
+        return LoadedState(self.events, max(self.open, default=0), list(self.open.values()))
 
     async def append_events(self, events: Sequence[AlertEvent]) -> None:
         self.events += len(events)
         self.by_state.update(e.state for e in events)
+        for e in events:
+            if e.state == "resolved":
+                self.open.pop(e.alert_id, None)
+            else:
+                opened_at = e.raised_at if e.state == "open" else self.open[e.alert_id][1]
+                self.open[e.alert_id] = (e, opened_at)
 
     async def max_seq(self) -> int:
         return self.events
@@ -224,9 +232,22 @@ async def monitor_ticks(data: dict[str, Any], runs: int) -> dict[str, Any]:
             await manager.flush()
     finally:
         await manager.close()
+    # A restart with the same sky: a new manager loads the open alerts, a new monitor ticks.
+    restarted = AlertManager(cast(AlertStore, store), Broadcaster(), commit_delay_s=0.0)
+    await restarted.start()
+    try:
+        before_events = store.events
+        after_restart = await TrafficMonitor(live, restarted, settings).tick(
+            float(now["tick_t"]) + 1.0)
+        await restarted.flush()
+        restart_events = store.events - before_events
+    finally:
+        await restarted.close()
     n = len(live)
     return {
         "n": n, "runs": runs, "first_tick_ms": round(first.seconds * 1e3, 1),
+        "restart_tick_ms": round(after_restart.seconds * 1e3, 1),
+        "restart_tick_events": restart_events,
         "tick_ms": round(statistics.median(times) * 1e3, 2),
         "tick_ms_max": round(max(times) * 1e3, 2),
         "aircraft": first.aircraft, "conflicts": first.conflicts, "telemetry_lost": first.lost,

@@ -148,19 +148,18 @@ class TrafficMonitor:
         lists: list[list[Any]] = []  # the columns as Python lists, made on first use
 
         def condition(k: int) -> Condition:
-            if not lists:
+            if not lists:  # detail rounded as `values` is (numpy), to 0.1 m or s
                 lists.extend(col.tolist() for col in (
-                    first, p.lost_now, p.h_now_m, p.v_now_m, p.t_los_s, p.cpa_s, p.cpa_m,
-                    p.cpa_v_m, pair_crewed))
+                    first, p.lost_now, np.round(p.h_now_m, 1), np.round(p.v_now_m, 1),
+                    told["t_los_s"], np.round(p.cpa_s, 1), told["cpa_m"], told["cpa_v_m"],
+                    pair_crewed))
             row, lost_now, h_now, v_now, t_los, cpa_s, cpa_m, cpa_v, pair_is_crewed = lists
             a = rows[row[k]]
             return Condition(
-                type=kinds[k], uav=uav[k], other_uav=other[k],
-                severity="critical" if lost_now[k] else "warning", t=now, lat=a.lat, lon=a.lon,
-                alt_m=a.alt_m, detail={
-                    "h_now_m": round(h_now[k], 1), "v_now_m": round(v_now[k], 1),
-                    "t_los_s": round(t_los[k], 1), "cpa_s": round(cpa_s[k], 1),
-                    "cpa_m": round(cpa_m[k], 1), "cpa_v_m": round(cpa_v[k], 1),
+                kinds[k], uav[k], "critical" if lost_now[k] else "warning", now, a.lat, a.lon,
+                a.alt_m, None, other[k], None, {
+                    "h_now_m": h_now[k], "v_now_m": v_now[k], "t_los_s": t_los[k],
+                    "cpa_s": cpa_s[k], "cpa_m": cpa_m[k], "cpa_v_m": cpa_v[k],
                     "crewed": pair_is_crewed[k],
                 },
             )
