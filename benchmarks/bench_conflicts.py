@@ -14,7 +14,9 @@ a whole `TrafficMonitor.tick` over a live picture of N observations (the arrays 
 live rows, detection, one condition per pair, the alert manager's reconciliation, telemetry_lost;
 alert events go to an in-memory store): the median of `runs` ticks one second apart, every
 aircraft reporting again (one second further on) before each, after a first tick that opens
-every alert (reported apart). Memory: the peak of what one tick allocates
+every alert (reported apart: a sky going from no traffic to all of it at once). Then the first
+tick after a restart: a new alert manager loads the open alerts from the store, as the server
+does, and a new monitor ticks over the same picture. Memory: the peak of what one tick allocates
 (tracemalloc), per aircraft. The naive O(N^2) reference runs once, on the same data, for
 N <= 20,000. Above that its time is estimated from a random subsample of 10,000 aircraft scaled by
 (N / 10,000)^2, and printed as such.

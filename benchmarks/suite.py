@@ -314,9 +314,15 @@ def _rows(r: dict[str, Any]) -> list[Row]:
         for m in conf.get("monitor", []):
             limit = ((200.0 if m["n"] == 2_000 else None) if m["case"] == "hub"
                      else limits.get(m["n"]))
-            rows.append(("monitor", f"whole tick, {m['case']} {m['n']:,} UAVs, ms",
-                         _fmt(m["tick_ms"], 1), f"<= {limit:,.0f} (#5)" if limit else "",
-                         _verdict(m["tick_ms"] <= limit) if limit else ""))
+            rows.append(("monitor", f"whole tick, {m['case']} {m['n']:,} UAVs, ms: median "
+                         "(slowest)", f"{_fmt(m['tick_ms'], 1)} ({_fmt(m['tick_ms_max'], 1)})",
+                         f"<= {limit:,.0f} (#5)" if limit else "",
+                         _verdict(m["tick_ms_max"] <= limit) if limit else ""))
+            if "restart_tick_ms" in m:
+                rows.append(("monitor", f"first tick after a restart, {m['case']} {m['n']:,} "
+                             "UAVs, ms", _fmt(m["restart_tick_ms"], 1),
+                             f"<= {limit:,.0f} (#5)" if limit else "",
+                             _verdict(m["restart_tick_ms"] <= limit) if limit else ""))
         city = [m for m in conf.get("monitor", []) if m["case"] == "city"]
         if city:
             m = max(city, key=lambda x: x["n"])
@@ -404,15 +410,17 @@ def markdown(r: dict[str, Any]) -> str:
     conf = r.get("conflicts")
     if conf:
         lines += ["", "Traffic monitor by N (ms):", "",
-                  "| case | N | detection | whole tick | first tick | candidates | conflicts "
-                  "| naive | ratio |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| case | N | detection | whole tick (slowest) | after a restart "
+                  "| first, every alert new | candidates | conflicts | naive | ratio |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         ticks = {(m["case"], m["n"]): m for m in conf.get("monitor", [])}
         cases = [("city", c) for c in conf["city"]] + (
             [("hub", conf["hub"])] if conf.get("hub") else [])
         for case, c in cases:
             t = ticks.get((case, c["n"]), {})
             lines.append(
-                f"| {case} | {c['n']:,} | {c['tick_ms']} | {t.get('tick_ms', '')} | "
+                f"| {case} | {c['n']:,} | {c['tick_ms']} | {t.get('tick_ms', '')} "
+                f"({t.get('tick_ms_max', '')}) | {t.get('restart_tick_ms', '')} | "
                 f"{t.get('first_tick_ms', '')} | {c['candidate_pairs']:,} | {c['conflicts']:,} "
                 f"| {c['naive_ms']:,.0f}{' (est.)' if c['naive'].startswith('est') else ''} | "
                 f"{c['ratio']:,.0f}x |")
