@@ -7,19 +7,24 @@ in whole):
   `geofence.zones`) for distances in metres, first densified to 0.005 degree edges so its chords
   and the degree polygon's edges part by under 1 cm (to latitude 60); plus the disc about the
   zone's centre that holds it (for a circle zone, the circle itself);
-- one STRtree over each zone's bounding box grown by `approach_m` (+1 %, +1 m), turned into
-  degrees with the fewest metres per degree found in the box, so no approach is missed.
+- each zone's bounding box grown by `approach_m` (+1 %, +1 m), turned into degrees with the
+  fewest metres per degree found in the box, so no approach is missed; the boxes binned in a
+  uniform grid (`_BoxGrid`), which finds the boxes holding each point of a batch in numpy alone
+  (the pairs an STRtree query would find, without a point geometry per observation);
+- each polygon's rings in its frame, for distances to the edge from outside.
 
-`check` makes one `STRtree.query` over the batch (bounding boxes, no predicate) and then works on
-the candidate (observation, zone) pairs with numpy masks and shapely's vectorised predicates,
-cheapest first: active window and weekly schedule (a minute-of-week bitmap per scheduled zone),
-the altitude band (the height array picked per pair by the zone's references), authorised UAVs,
-point in polygon (prepared). Outside the polygon, the distance to the centre less the disc's
-radius is exact for a circle and a lower bound for a polygon; only polygons that the bound leaves
-in reach go to GEOS (`shortest_line` in the zone's frame). Distances are divided by the mean
-projection scale along the line, 1 + (x1^2 + x1 x2 + x2^2) / 6R^2, which keeps them within
-millimetres of the geodesic at 100 km. (A predicate query over approach-buffered polygons was
-slower both to build, GEOS buffers, and to query, unprepared point-in-polygon per candidate.)
+`check` finds the candidate (observation, zone) pairs of the whole batch in the grid and then
+works on them with numpy masks and shapely's vectorised predicates, cheapest first: active window
+and weekly schedule (a minute-of-week bitmap per scheduled zone), the altitude band (the height
+array picked per pair by the zone's references), authorised UAVs, point in polygon (prepared, on
+the coordinates: `intersects_xy`). Outside the polygon, the distance to the centre less the
+disc's radius is exact for a circle and a lower bound for a polygon; only polygons that the bound
+leaves in reach go to GEOS: a point inside the frame's polygon (possible within millimetres of
+the edge) is at 0, any other gets `shortest_line` to the polygon's rings in the zone's frame (the
+polygon's own nearest point, without GEOS testing containment again). Distances are divided by
+the mean projection scale along the line, 1 + (x1^2 + x1 x2 + x2^2) / 6R^2, which keeps them
+within millimetres of the geodesic at 100 km. (A predicate query over approach-buffered polygons
+was slower both to build, GEOS buffers, and to query, unprepared point-in-polygon per candidate.)
 
 Heights: a NaN height counts as inside every band (an unknown height cannot clear a zone). Times
 must be finite.
@@ -62,6 +67,8 @@ _E2 = 6.694_379_990_14e-3
 _SCALE_SLACK = 1e-3  # transverse Mercator lengths exceed true ones by x^2/2R^2, < 1e-3 here
 _MIN_M_PER_DEG_LAT = 110_574.0  # meridian radius at the equator, per degree
 _M_PER_DEG_LON_EQ = 111_319.49  # equatorial radius, per degree; times cos(lat) elsewhere
+_GRID_ENTRIES_PER_BOX = 8  # at most this many cell listings per box, on average (see _BoxGrid)
+_GRID_MAX_CELLS_PER_SIDE = 1 << 24  # keeps cell keys (column * rows + row) far inside int64
 
 
 class ZoneHit(NamedTuple):
@@ -92,6 +99,82 @@ def _frozen(a: _A) -> _A:
     return a
 
 
+class _BoxGrid:
+    """Axis-aligned boxes binned into square cells, for finding the boxes that hold each of many
+    points with numpy alone (no point geometries, no tree walk per point).
+
+    Each box is listed in every cell it overlaps; a point looks up its one cell (in the sorted
+    keys of the occupied cells) and keeps the boxes listed there that hold it, edges included:
+    the pairs an STRtree query of the points against the boxes finds. A point's cell is
+    `floor((x - x0) / size)`, the same monotone rounding that gives a box's first and last cells,
+    so a point on a box's edge is always in one of that box's cells. The cell size starts at the
+    median box's longer side and doubles until there are at most `_GRID_ENTRIES_PER_BOX` listings
+    per box (plus a few), so memory stays in proportion to the boxes however large or scattered.
+    Boxes with NaN bounds (empty shapes) hold nothing.
+    """
+
+    __slots__ = ("_box", "_keys", "_origin", "_rows", "_shape", "_size", "_starts", "_xmax",
+                 "_xmin", "_ymax", "_ymin")
+
+    def __init__(self, bounds: F64) -> None:
+        """bounds: (n, 4) of xmin, ymin, xmax, ymax, with xmin <= xmax and ymin <= ymax."""
+        bounds = np.asarray(bounds, dtype=np.float64).reshape(-1, 4)
+        self._xmin, self._ymin, self._xmax, self._ymax = (
+            _frozen(np.ascontiguousarray(bounds[:, j])) for j in range(4)
+        )
+        ids = np.flatnonzero(np.isfinite(bounds).all(axis=1))
+        lo, hi = bounds[ids, :2], bounds[ids, 2:]
+        n = ids.size
+        self._origin = _frozen(lo.min(axis=0) if n else np.zeros(2))
+        extent = float((hi.max(axis=0) - self._origin).max()) if n else 0.0
+        side = np.maximum(hi[:, 0] - lo[:, 0], hi[:, 1] - lo[:, 1])
+        size = max(float(np.median(side)) if n else 1.0, extent / _GRID_MAX_CELLS_PER_SIDE, 1e-9)
+        while True:  # ends: once size > extent, a box overlaps at most 2 x 2 cells
+            first, last = self._cell(lo, size), self._cell(hi, size)
+            span = last - first + 1
+            per_box = span[:, 0] * span[:, 1]
+            if int(per_box.sum()) <= _GRID_ENTRIES_PER_BOX * n + 1024:
+                break
+            size *= 2.0
+        self._size = size
+        self._shape = _frozen(last.max(axis=0) + 1 if n else np.zeros(2, np.int64))
+        self._rows = int(self._shape[1])
+        owner = np.repeat(np.arange(n, dtype=np.int64), per_box)
+        k = np.arange(owner.size, dtype=np.int64) - np.repeat(np.cumsum(per_box) - per_box,
+                                                              per_box)
+        key = ((first[owner, 0] + k // span[owner, 1]) * self._rows
+               + first[owner, 1] + k % span[owner, 1])
+        order = np.argsort(key, kind="stable")  # by cell, then box
+        key = key[order]
+        self._box: I64 = _frozen(ids[owner[order]])
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else key
+        self._keys: I64 = _frozen(key[starts])
+        self._starts: I64 = _frozen(np.r_[starts, key.size].astype(np.int64))
+
+    def _cell(self, xy: F64, size: float) -> I64:
+        return np.floor((xy - self._origin) / size).astype(np.int64)
+
+    def pairs(self, x: F64, y: F64) -> tuple[I64, I64]:
+        """(point, box) for every box that holds a point, edges included, ordered by point."""
+        cx = np.floor((x - self._origin[0]) / self._size)
+        cy = np.floor((y - self._origin[1]) / self._size)
+        on_grid = (cx >= 0) & (cx < self._shape[0]) & (cy >= 0) & (cy < self._shape[1])  # NaN: no
+        point = np.flatnonzero(on_grid)
+        key = cx[point].astype(np.int64) * self._rows + cy[point].astype(np.int64)
+        at = np.searchsorted(self._keys, key)
+        listed = at < self._keys.size
+        listed[listed] = self._keys[at[listed]] == key[listed]
+        point, at = point[listed], at[listed]
+        start, count = self._starts[at], self._starts[at + 1] - self._starts[at]
+        obs = np.repeat(point, count)
+        first = np.cumsum(count) - count  # each point's first pair
+        box = self._box[np.arange(obs.size, dtype=np.int64) + np.repeat(start - first, count)]
+        px, py = x[obs], y[obs]
+        holds = ((self._xmin[box] <= px) & (px <= self._xmax[box])
+                 & (self._ymin[box] <= py) & (py <= self._ymax[box]))
+        return obs[holds], box[holds]
+
+
 class ZoneIndex:
     """An immutable snapshot of zones; see the module docstring."""
 
@@ -104,7 +187,9 @@ class ZoneIndex:
         "_centre_y",
         "_circle",
         "_disc_m",
+        "_edges",
         "_end",
+        "_grid",
         "_has_auth",
         "_id_array",
         "_ids",
@@ -118,7 +203,6 @@ class ZoneIndex:
         "_sched_mask",
         "_sched_row",
         "_start",
-        "_tree",
         "_upper",
         "_upper_ref",
         "_zones",
@@ -145,6 +229,7 @@ class ZoneIndex:
         lon0 = np.empty(n, dtype=np.float64)
         lat0 = np.empty(n, dtype=np.float64)
         disc_m = np.empty(n, dtype=np.float64)  # circle radius, or polygon's bounding disc
+        edges = np.full(n, None, dtype=object)  # a polygon's rings in its frame (circles: None)
         if shapes.size:
             polygons[shapes] = [self._zones[k].geometry for k in shapes.tolist()]
             bounds = shapely.bounds(polygons[shapes]).reshape(-1, 4)
@@ -154,6 +239,8 @@ class ZoneIndex:
             coords, owner = shapely.get_coordinates(dense, return_index=True)
             x, y = tm_forward(coords[:, 0], coords[:, 1], lon0[shapes][owner])
             metric[shapes] = shapely.set_coordinates(dense, np.column_stack([x, y]))
+            shapely.prepare(metric[shapes])
+            edges[shapes] = shapely.boundary(metric[shapes])
             _, centre_y = tm_forward(lon0[shapes], lat0[shapes], lon0[shapes])
             reach = np.hypot(x, y - centre_y[owner])
             starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
@@ -179,6 +266,7 @@ class ZoneIndex:
         self._circle = _frozen(circles)
         self._polygons: Geoms = _frozen(polygons)
         self._metric: Geoms = _frozen(metric)
+        self._edges: Geoms = _frozen(edges)
         bounds = shapely.bounds(polygons).reshape(n, 4)
 
         def column(values: Iterable[float | None], missing: float) -> F64:
@@ -224,10 +312,9 @@ class ZoneIndex:
             np.maximum(np.abs(bounds[:, 1] - dlat), np.abs(bounds[:, 3] + dlat)), 89.9
         )
         dlon = np.minimum(margin_m / (_M_PER_DEG_LON_EQ * np.cos(np.radians(edge_lat))), 360.0)
-        boxes = shapely.box(
-            bounds[:, 0] - dlon, bounds[:, 1] - dlat, bounds[:, 2] + dlon, bounds[:, 3] + dlat
-        )
-        self._tree = shapely.STRtree(boxes)
+        self._grid = _BoxGrid(np.column_stack(
+            [bounds[:, 0] - dlon, bounds[:, 1] - dlat, bounds[:, 2] + dlon, bounds[:, 3] + dlat]
+        ))
         self._ceilings = CeilingZones(self._zones, self._polygons)
 
     @classmethod
@@ -274,9 +361,9 @@ class ZoneIndex:
 
     def zones_containing(self, lon: float, lat: float) -> list[str]:
         """Ids of the zones whose horizontal shape covers the point (any height, any time)."""
-        point = shapely.points(lon, lat)
-        candidates = self._tree.query(point)
-        inside = candidates[shapely.intersects(point, self._polygons[candidates])]
+        x, y = np.array([lon], np.float64), np.array([lat], np.float64)
+        candidates = self._grid.pairs(x, y)[1]
+        inside = candidates[shapely.intersects_xy(self._polygons[candidates], lon, lat)]
         return [self._ids[k] for k in np.sort(inside).tolist()]
 
     def check(
@@ -335,8 +422,7 @@ class ZoneIndex:
             none = np.empty(0, dtype=np.int64)
             return ZoneHits(none, none, np.empty(0, dtype=np.bool_), np.empty(0))
 
-        points = shapely.points(lon_a, lat_a)
-        obs, zone = self._tree.query(points)
+        obs, zone = self._grid.pairs(lon_a, lat_a)
 
         tt = t_a[obs]
         keep = (tt >= self._start[zone]) & (tt <= self._end[zone])
@@ -367,7 +453,7 @@ class ZoneIndex:
             keep[with_auth[exempt]] = False
             obs, zone = obs[keep], zone[keep]
 
-        inside = shapely.intersects(self._polygons[zone], points[obs])  # prepared: zone first
+        inside = shapely.intersects_xy(self._polygons[zone], lon_a[obs], lat_a[obs])  # prepared
         b_obs, b_zone = obs[inside], zone[inside]
         a_obs, a_zone = obs[~inside], zone[~inside]
         # Outside: distance in the zone's own frame, from the centre less the disc's radius
@@ -380,13 +466,20 @@ class ZoneIndex:
         reach = a_dist <= approach_m * (1.0 + _SCALE_SLACK) + 1.0
         exact = np.flatnonzero(reach & ~self._circle[a_zone])
         if exact.size:
+            # Outside the degree polygon can still be inside (or on) the frame's densified one,
+            # millimetres from the edge: 0 there. Elsewhere the nearest point of the rings is the
+            # polygon's, found without GEOS testing containment again.
+            zone_e, x_e, y_e = a_zone[exact], x[exact], y[exact]
+            within = shapely.intersects_xy(self._metric[zone_e], x_e, y_e)  # prepared
+            a_dist[exact[within]] = 0.0
+            out = np.flatnonzero(~within)
             lines = shapely.shortest_line(
-                self._metric[a_zone[exact]], shapely.points(x[exact], y[exact])
+                self._edges[zone_e[out]], shapely.points(x_e[out], y_e[out])
             )
             ends = shapely.get_coordinates(lines).reshape(-1, 2, 2)  # [edge point, obs point]
             qx, px = ends[:, 0, 0], ends[:, 1, 0]
-            k_mean = 1.0 + (px * px + px * qx + qx * qx) / (6.0 * r2[exact])
-            a_dist[exact] = np.hypot(px - qx, ends[:, 1, 1] - ends[:, 0, 1]) / k_mean
+            k_mean = 1.0 + (px * px + px * qx + qx * qx) / (6.0 * r2[exact[out]])
+            a_dist[exact[out]] = np.hypot(px - qx, ends[:, 1, 1] - ends[:, 0, 1]) / k_mean
         near = a_dist <= approach_m
         a_obs, a_zone, a_dist = a_obs[near], a_zone[near], np.maximum(a_dist[near], 0.0)
 

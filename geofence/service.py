@@ -19,6 +19,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from operator import itemgetter
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -36,7 +37,7 @@ from geofence.zones import (
 )
 from lowalt.errors import ValidationError
 from lowalt.live import LiveState
-from lowalt.models import Observation, Principal
+from lowalt.models import Observation, Principal, crewed_source
 from lowalt.settings import Settings
 from lowalt.storage import Store
 
@@ -57,6 +58,8 @@ _APPROACH_RANK = np.array([SEVERITY_RANK["info" if r == "advisory" else "warning
                            for r in RESTRICTIONS])
 _AUTHORISATION_REQUIRED = RESTRICTIONS.index("authorization_required")
 _HIT_TYPES = np.array(["geofence_approach", "geofence_breach"], dtype=object)
+# An observation's fields by name, as getters over the rows (NamedTuples: by position).
+_FIELD = {name: itemgetter(k) for k, name in enumerate(Observation._fields)}
 SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS zones (
     id TEXT PRIMARY KEY, restriction TEXT NOT NULL, updated_at REAL NOT NULL, properties TEXT,
@@ -360,21 +363,26 @@ class Geofence:
         Zones' active windows are taken at each row's `t`, or at `at_t` when given (a UAV known
         to be in the air now meets a zone that starts now). UAV geofences and the UAV ceiling do
         not apply to crewed aircraft (reports that came as ADS-B)."""
-        rows = [r for r in rows if not r.crewed]
+        zone_hits, found, _ = self._checked(rows, index, at_t)
+        return zone_hits, found
+
+    def _checked(
+        self, rows: Sequence[Observation], index: ZoneIndex, at_t: float | None = None
+    ) -> tuple[ConditionBatch, list[Condition], list[str]]:
+        """`checked`, and the UAVs of the rows checked (those not crewed), in order."""
+        rows = _uncrewed(rows)
         n = len(rows)
-        lon = np.fromiter((r.lon for r in rows), np.float64, n)
-        lat = np.fromiter((r.lat for r in rows), np.float64, n)
-        alt_m = np.fromiter((r.alt_m for r in rows), np.float64, n)
-        sent_agl = np.array([r.agl_m for r in rows], dtype=np.float64)
+        uav = list(map(_FIELD["uav"], rows))
+        lon, lat, alt_m, row_t = (np.fromiter(map(_FIELD[name], rows), np.float64, n)
+                                  for name in ("lon", "lat", "alt_m", "t"))
+        sent_agl = np.array(list(map(_FIELD["agl_m"], rows)), dtype=np.float64)  # None: NaN
         amsl_m = alt_m - self.settings.geoid_undulation_m
         agl_m = np.where(np.isnan(sent_agl), amsl_m - self.ground.elevation_at(lon, lat), sent_agl)
-        row_t = np.fromiter((r.t for r in rows), np.float64, n)
         t = row_t if at_t is None else np.full(n, at_t)
-        zone_hits = self._zone_hits(rows, index, lon, lat, agl_m, amsl_m, alt_m, t, row_t)
+        zone_hits = self._zone_hits(rows, index, uav, lon, lat, agl_m, amsl_m, alt_m, t, row_t)
         found: list[Condition] = []
-        over, ceilings = over_ceiling(index.ceilings, lon, lat, agl_m, alt_m, t,
-                                      [r.uav for r in rows], self.settings.max_agl_m,
-                                      self.authorised_by_clearance)
+        over, ceilings = over_ceiling(index.ceilings, lon, lat, agl_m, alt_m, t, uav,
+                                      self.settings.max_agl_m, self.authorised_by_clearance)
         for k, ceiling_m in zip(over, ceilings, strict=True):
             r = rows[k]
             found.append(Condition(
@@ -383,18 +391,17 @@ class Geofence:
                 detail={"agl_m": round(float(agl_m[k]), 1), "max_agl_m": self.settings.max_agl_m,
                         "ceiling_agl_m": ceiling_m},
             ))
-        return zone_hits, found
+        return zone_hits, found, uav
 
     def _zone_hits(
-        self, rows: Sequence[Observation], index: ZoneIndex, lon: F64, lat: F64, agl_m: F64,
-        amsl_m: F64, alt_m: F64, t: F64, row_t: F64,
+        self, rows: Sequence[Observation], index: ZoneIndex, uav: list[str], lon: F64, lat: F64,
+        agl_m: F64, amsl_m: F64, alt_m: F64, t: F64, row_t: F64,
     ) -> ConditionBatch:
         """The rows' zone breaches and approaches as a batch: severities, keys and the values
         that decide updates in numpy; a row's `Condition` (with the zone's detail) only when the
         alert manager asks for it."""
         if not len(index) or not rows:
             return ConditionBatch.empty()
-        uav = [r.uav for r in rows]
         hits = self._without_cleared(index.hits(lon, lat, agl_m, amsl_m, alt_m, t, uav), rows,
                                      index)
         obs, breach = hits.obs, hits.breach
@@ -422,7 +429,7 @@ class Geofence:
             )
 
         return ConditionBatch(
-            kinds, np.array(uav, dtype=object)[obs].tolist(), index.zone_ids[hits.zone].tolist(),
+            kinds, list(map(uav.__getitem__, obs.tolist())), index.zone_ids[hits.zone].tolist(),
             severity, row_t[obs], lat[obs], lon[obs], alt_m[obs],
             np.column_stack([distance_m, hit_agl_m]), condition,
         )
@@ -448,12 +455,15 @@ class Geofence:
     async def on_committed(
         self, rows: Sequence[Observation], advanced: Sequence[Observation]
     ) -> None:
-        zone_hits, present = self.checked(rows, self.index)
-        evaluated = {r.uav: r.t for r in rows}
+        zone_hits, present, uav = self._checked(rows, self.index)
+        if len(uav) < len(rows):  # crewed rows are not checked, yet count as evaluated
+            uav = list(map(_FIELD["uav"], rows))
+        t = list(map(_FIELD["t"], rows))
+        evaluated = dict(zip(uav, t, strict=True))
         if len(evaluated) < len(rows):  # a UAV twice: its newest t
-            for r in rows:
-                if r.t > evaluated[r.uav]:
-                    evaluated[r.uav] = r.t
+            for u, t_u in zip(uav, t, strict=True):
+                if t_u > evaluated[u]:
+                    evaluated[u] = t_u
         await self.alerts.assess(GEOFENCE_TYPES, evaluated, present, batches=[zone_hits])
 
     async def _check_live(self, zones: Sequence[Zone]) -> list[Condition]:
@@ -474,6 +484,14 @@ class Geofence:
         for condition in raised:
             await self.alerts.open_or_update(condition)
         return raised
+
+
+def _uncrewed(rows: Sequence[Observation]) -> Sequence[Observation]:
+    """The rows not heard as ADS-B (`Observation.crewed`): `rows` itself when none was. The test
+    is made once per distinct source, not once per row."""
+    source = _FIELD["source"]
+    crewed = {s for s in set(map(source, rows)) if crewed_source(s)}
+    return [r for r in rows if source(r) not in crewed] if crewed else rows
 
 
 def zones_from_request(body: Any) -> list[Zone]:

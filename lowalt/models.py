@@ -28,7 +28,12 @@ class Observation(NamedTuple):
     @property
     def crewed(self) -> bool:
         """Heard as ADS-B (SBS format): a crewed aircraft, not a UAV."""
-        return self.source.endswith("/sbs")
+        return crewed_source(self.source)
+
+
+def crewed_source(source: str) -> bool:
+    """Whether observations from this source are crewed aircraft (`Observation.crewed`)."""
+    return source.endswith("/sbs")
 
 
 OBSERVATION_COLUMNS: tuple[str, ...] = Observation._fields

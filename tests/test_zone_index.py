@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from shapely.geometry import Point, Polygon
 
-from geofence.index import ZoneHit, ZoneIndex
+from geofence.index import ZoneHit, ZoneIndex, _BoxGrid
 from geofence.zones import Zone
 from lowalt.errors import ValidationError
 from tests.test_zones import T0, vincenty_m, zones
@@ -340,3 +340,46 @@ def test_index_of_10000_zones_answers_like_each_zone() -> None:
     for zone in zone_list[::997]:
         centre = zone.polygon.representative_point()
         assert zone.id in index.zones_containing(centre.x, centre.y)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), n_boxes=st.integers(0, 40), n_points=st.integers(0, 60))
+def test_box_grid_finds_exactly_the_boxes_holding_each_point(
+    data: st.DataObject, n_boxes: int, n_points: int
+) -> None:
+    """The grid's (point, box) pairs are those of a brute-force test, edges and corners
+    included, for boxes of very different sizes; NaN points and empty (NaN) boxes hold
+    nothing."""
+    coord = st.floats(-5.0, 5.0, allow_nan=False)
+    boxes = []
+    for _ in range(n_boxes):
+        if n_boxes > 30 and data.draw(st.booleans(), label="empty"):
+            boxes.append([math.nan] * 4)
+            continue
+        x0, y0 = data.draw(coord), data.draw(coord)
+        w, h = data.draw(st.floats(0.0, 10.0)), data.draw(st.floats(0.0, 0.5))
+        boxes.append([x0, y0, x0 + w, y0 + h])
+    b = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    points = []
+    for _ in range(n_points):  # some on a box's edge or corner, some anywhere, some NaN
+        kind = data.draw(st.sampled_from(["any", "corner", "edge", "nan"]))
+        if kind in ("corner", "edge") and len(boxes) and np.isfinite(b[0]).all():
+            row = b[data.draw(st.integers(0, len(boxes) - 1))]
+            if not np.isfinite(row).all():
+                row = b[0]
+            x = row[data.draw(st.sampled_from([0, 2]))]
+            y = row[data.draw(st.sampled_from([1, 3]))] if kind == "corner" else data.draw(
+                st.floats(float(row[1]), float(row[3])))
+            points.append((x, y))
+        elif kind == "nan":
+            points.append((math.nan, data.draw(coord)))
+        else:
+            points.append((data.draw(coord), data.draw(coord)))
+    p = np.array(points, dtype=np.float64).reshape(-1, 2)
+    x, y = p[:, 0].copy(), p[:, 1].copy()
+    obs, box = _BoxGrid(b).pairs(x, y)
+    found = set(zip(obs.tolist(), box.tolist(), strict=True))
+    expected = {(i, j) for i in range(len(p)) for j in range(len(b))
+                if b[j, 0] <= x[i] <= b[j, 2] and b[j, 1] <= y[i] <= b[j, 3]}
+    assert found == expected
+    assert obs.tolist() == sorted(obs.tolist())
