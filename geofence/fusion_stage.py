@@ -36,7 +36,7 @@ from lowalt.fusion import (
     Aircraft,
     FusedPicture,
     distance_m,
-    floats_of,
+    float_column,
     nearest_of,
 )
 from lowalt.models import Observation
@@ -63,35 +63,35 @@ class CrossCheck:
     def pairs(self, checked: Iterable[tuple[Aircraft, Observation]]) -> list[Pair]:
         """Each row (as `FusedPicture.add` returns them, with their aircraft) with the
         nearest-in-time report of every other source name (|dt| < 1 s), each pair once."""
-        found: list[Pair] = []
-        seen: set[tuple[int, int]] = set()
+        # Committed rows are unique by (uav, t), so a pair is its two row objects: keyed by
+        # their ids, ordered by source.
+        found: dict[tuple[int, int], Pair] = {}
         for a, row in checked:
             mine, t = row.source, row.t
             for source, reports in a.partners[mine]:
-                other = nearest_of(reports, t)
-                if not -MAX_DT_S < other.t - t < MAX_DT_S:
-                    continue
-                # Committed rows are unique by (uav, t), so a pair is its two row objects.
-                key = (id(row), id(other)) if mine < source else (id(other), id(row))
-                if key not in seen:
-                    seen.add(key)
-                    found.append((a.uav, row, other))
-        return found
+                other = reports[-1]
+                if t < other.t:  # not past that source's newest: maybe an earlier one
+                    other = nearest_of(reports, t)
+                if -MAX_DT_S < other.t - t < MAX_DT_S:
+                    key = (id(row), id(other)) if mine < source else (id(other), id(row))
+                    if key not in found:
+                        found[key] = (a.uav, row, other)
+        return list(found.values())
 
     def cross_check(self, pairs: list[Pair]) -> tuple[dict[str, float], list[Condition]]:
         """(uav -> evaluation t, the position_mismatch conditions) for the pairs, vectorised."""
         if not pairs:
             return {}, []
         n = len(pairs)
-        rows = list(map(_A, pairs)) + list(map(_B, pairs))  # both sides in one pass
-        t = floats_of(rows, "t")
+        uavs, firsts, seconds = zip(*pairs, strict=True)
+        # Both sides in one pass: the compared fields of every row as columns.
+        t, lat, lon, speed, track, acc = map(
+            float_column, zip(*map(_COMPARED, firsts + seconds), strict=True))
         t_common = np.maximum(t[:n], t[n:])
-        lat, lon = _moved(rows, np.concatenate([t_common, t_common]) - t)
+        lat, lon = _moved(lat, lon, speed, track, np.concatenate([t_common, t_common]) - t)
         dist = distance_m(lat[:n], lon[:n], lat[n:], lon[n:])
-        acc = floats_of(rows, "acc_h_m")
         acc[np.isnan(acc)] = self.default_acc_h_m
         threshold = np.maximum(self.floor_m, self.k * np.hypot(acc[:n], acc[n:]))
-        uavs: list[str] = list(map(_UAV, pairs))
         # The latest evaluation t per uav: later ones overwrite earlier ones, keys keep the
         # order they first appear in.
         by_t = np.argsort(t_common, kind="stable").tolist()
@@ -139,14 +139,14 @@ class FusionStage:
             await self.alerts.assess(MISMATCH_TYPES, evaluated, present)
 
 
-_UAV, _A, _B = itemgetter(0), itemgetter(1), itemgetter(2)
+# What the comparison reads of each report, in the order `cross_check` unpacks it.
+_COMPARED = itemgetter(*(Observation._fields.index(name) for name in (
+    "t", "lat", "lon", "speed_mps", "track_deg", "acc_h_m")))
 
 
-def _moved(rows: list[Observation], dt: F64) -> tuple[F64, F64]:
-    """The rows' positions moved dt seconds at their constant velocity, locally flat (as
+def _moved(lat: F64, lon: F64, speed: F64, track: F64, dt: F64) -> tuple[F64, F64]:
+    """Positions moved dt seconds at their constant velocity, locally flat (as
     lowalt.fusion.extrapolate; unknown velocity: not moved)."""
-    lat, lon, speed, track = (floats_of(rows, name)
-                              for name in ("lat", "lon", "speed_mps", "track_deg"))
     rad = np.radians(track)
     step = speed * dt
     north, east = step * np.cos(rad), step * np.sin(rad)

@@ -28,11 +28,11 @@ import contextlib
 import gc
 import math
 import re
-from collections import deque
+import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
-from operator import attrgetter, itemgetter, ne
+from operator import attrgetter, itemgetter
 from types import MappingProxyType
 from typing import Any, Protocol, cast
 
@@ -63,8 +63,12 @@ Partners = Mapping[str, tuple[tuple[str, list[Observation]], ...]]
 NO_PARTNERS: Partners = MappingProxyType({})
 # Observation fields by position: columns are read with C-level getters, not per-row Python.
 _FIELD = {name: itemgetter(i) for i, name in enumerate(Observation._fields)}
-_UAV, _T, _SOURCE, _LAST = _FIELD["uav"], _FIELD["t"], _FIELD["source"], itemgetter(-1)
+_LAST = itemgetter(-1)
 _SLOT, _SOURCES, _UAVS = attrgetter("slot"), attrgetter("sources"), attrgetter("uav")
+_INDEX = {name: i for i, name in enumerate(Observation._fields)}
+# The numeric fields the blend reads, in the order `_blend` unpacks them.
+_BLENDED = ("t", "lat", "lon", "alt_m", "speed_mps", "track_deg", "vspeed_mps", "acc_h_m",
+            "acc_v_m", "agl_m")
 
 
 def source_name(source: str) -> str:
@@ -199,7 +203,10 @@ class FusedPicture:
         self.default_acc_h_m, self.default_acc_v_m = default_acc_h_m, default_acc_v_m
         self.manoeuvre_mps2 = manoeuvre_mps2
         self.aircraft: dict[str, Aircraft] = {}
-        self._dirty: dict[str, Aircraft] = {}  # new reports since the last refresh
+        # New reports since the last refresh: aircraft with several sources, and of those with
+        # one, the newest report (their next state) by canonical id.
+        self._dirty: dict[str, Aircraft] = {}
+        self._dirty_one: dict[str, Observation] = {}
         self._used_tuples, self._used_one = _Interned(), _OneSource()
         self._version = 0
         self._free: list[int] = []
@@ -247,19 +254,20 @@ class FusedPicture:
         resolve = self.identities.canonical_of.get
         aircraft = self.aircraft
         limit = self.reports_per_source
-        touched = self._dirty
+        touched, touched_one = self._dirty, self._dirty_one
         checked: list[tuple[Aircraft, Observation]] = []
         joined = False  # an aircraft got its second source name: rows before it count too
         for row in rows:
-            uav = resolve(row.uav, row.uav)
-            a = aircraft.get(uav)
-            if a is None:
-                a = self._new(uav)
-            reports = a.sources.get(row.source)
+            uav = row.uav
+            uav = resolve(uav, uav)
+            a = aircraft.get(uav) or self._new(uav)
+            sources = a.sources
+            reports = sources.get(row.source)
             if reports is None:
-                a.sources[row.source] = [row]
-                if len(a.sources) > 1:
-                    a.partners = _partners(a.sources)
+                sources[row.source] = [row]
+                if len(sources) > 1:
+                    touched_one.pop(uav, None)  # no longer its only source
+                    a.partners = _partners(sources)
                     if a.partners and not a.several_names:
                         a.several_names = joined = True
             elif row.t > reports[-1].t:
@@ -271,7 +279,10 @@ class FusedPicture:
                 if a.several_names:
                     checked.append((a, row))
                 continue
-            touched[uav] = a
+            if len(sources) == 1:
+                touched_one[uav] = row  # its newest report: the state at the next refresh
+            else:
+                touched[uav] = a
             if a.several_names:
                 checked.append((a, row))
         if joined:
@@ -282,13 +293,12 @@ class FusedPicture:
     def refresh(self) -> list[Aircraft]:
         """Fuse the aircraft with new reports since the last refresh; return them. Readers call
         it first: the cost is paid once per read tick, not per report."""
-        if not self._dirty:
+        if not self._dirty and not self._dirty_one:
             return []
-        changed = list(self._dirty.values())  # `_remove` takes an aircraft out of it
-        self._dirty.clear()
+        ones, several = self._dirty_one, self._dirty  # `_remove` takes an aircraft out of them
+        self._dirty_one, self._dirty = {}, {}
         with _collector_paused():
-            self._refresh(changed)
-        return changed
+            return self._refresh(ones, list(several.values()))
 
     def forget_silent(self, before_t: float) -> int:
         """Drop aircraft whose newest report is older than before_t; return how many."""
@@ -319,6 +329,7 @@ class FusedPicture:
     def _remove(self, a: Aircraft) -> None:
         del self.aircraft[a.uav]
         self._dirty.pop(a.uav, None)
+        self._dirty_one.pop(a.uav, None)
         self.by_slot[a.slot] = None
         self.present[a.slot] = False
         self._free.append(a.slot)
@@ -368,82 +379,82 @@ class FusedPicture:
             a.operator = operator_of.get(a.uav)
             self.owner[a.slot] = self._code(a.operator)
         for a in merged.values():
-            if a.sources:
+            if len(a.sources) == 1:
+                (reports,) = a.sources.values()
+                self._dirty_one[a.uav] = reports[-1]
+            elif a.sources:
+                self._dirty_one.pop(a.uav, None)
                 self._dirty[a.uav] = a
 
     # -- fusion -----------------------------------------------------------------------------
 
-    def _refresh(self, changed: Sequence[Aircraft]) -> None:
-        """Fuse `changed`. An aircraft with one source in the window takes that source's newest
-        report as it is; the others are blended together, vectorised over all of them. The
-        per-aircraft steps are C-level maps: this runs for every changed aircraft each tick."""
-        if not changed:
-            return
-        n_sources = np.fromiter(map(len, map(_SOURCES, changed)), np.int64, len(changed))
-        one_source = n_sources == 1
-        singles = _pick(changed, one_source)
-        rows = _newest_reports(singles)  # the singles' states (under their canonical id)
+    def _refresh(self, ones: dict[str, Observation], several: list[Aircraft]) -> list[Aircraft]:
+        """Fuse the changed aircraft: `ones` (canonical id -> newest report) have one source,
+        `several` more. An aircraft with one source in the window takes that source's newest
+        report as it is; the others are blended together, vectorised over all of them. Returns
+        the aircraft fused."""
+        singles = list(map(self.aircraft.__getitem__, ones))
+        changed = singles + several
+        rows = list(ones.values())  # the singles' states (under their canonical id)
         blended: list[Aircraft] = []
-        if len(singles) < len(changed):
-            several = _pick(changed, ~one_source)
-            newest = _newest_reports(several)
-            used, used_counts = self._used(newest, n_sources[~one_source])
+        if several:
+            newest = _Columns(_newest_reports(several))
+            used, used_counts = self._used(newest.floats("t"),
+                                           int_column(map(len, map(_SOURCES, several))))
             one = used_counts == 1  # the other sources are past the window
-            in_one = np.repeat(one, used_counts)
-            singles += _pick(several, one)
-            rows += map(newest.__getitem__, used[in_one].tolist())
-            if not one.all():
-                blended = _pick(several, ~one)
-                blend = self._blend(blended, list(map(newest.__getitem__, used[~in_one].tolist())),
-                                    used_counts[~one])
-        renamed = np.flatnonzero(np.fromiter(  # reported under an alias
-            map(ne, map(_UAV, rows), map(_UAVS, singles)), np.bool_, len(rows))).tolist()
-        states = rows.copy() if renamed else rows
-        for k in renamed:
-            states[k] = rows[k]._replace(uav=singles[k].uav)
-        _set_each(singles, "state", states)
-        _set_each(singles, "used", map(self._used_one.__getitem__, map(_SOURCE, rows)))
+            if one.any():
+                in_one = np.repeat(one, used_counts)
+                singles += _pick(several, one)
+                rows += map(newest.rows.__getitem__, used[in_one].tolist())
+                used, used_counts = used[~in_one], used_counts[~one]
+                several = _pick(several, ~one)
+            if several:
+                blended = several
+                blend = self._blend(blended, newest, used, used_counts)
+        one_source = self._used_one
+        for a, row in zip(singles, rows, strict=True):
+            a.state = row if row.uav == a.uav else row._replace(uav=a.uav)  # reported by an alias
+            a.used = one_source[row.source]
         n_single = len(singles)
         first = self._version + 1
         self._version += n_single + len(blended)
         if n_single:
-            slots = np.fromiter(map(_SLOT, singles), np.int64, n_single)
+            slots = int_column(map(_SLOT, singles))
             self.lat[slots] = floats_of(rows, "lat")
             self.lon[slots] = floats_of(rows, "lon")
             self.heard_t[slots] = floats_of(rows, "t")
             self.version[slots] = np.arange(first, first + n_single, dtype=np.int64)
         if blended:
-            slots = np.fromiter(map(_SLOT, blended), np.int64, len(blended))
+            slots = int_column(map(_SLOT, blended))
             self.heard_t[slots], self.lat[slots], self.lon[slots] = blend
             self.version[slots] = np.arange(first + n_single, self._version + 1, dtype=np.int64)
+        return changed
 
-    def _used(self, newest: list[Observation], counts: I64) -> tuple[I64, I64]:
-        """The reports to blend, given each aircraft's newest report per source (`counts` per
-        aircraft, in order): indexes into `newest`, per aircraft newest first (ties keep their
-        order), within `window_s` of the aircraft's newest; and how many per aircraft."""
+    def _used(self, t: F64, counts: I64) -> tuple[I64, I64]:
+        """The reports to blend, given the times `t` of each aircraft's newest report per source
+        (`counts` per aircraft, in order): indexes into `t`, per aircraft newest first (ties keep
+        their order), within `window_s` of the aircraft's newest; and how many per aircraft."""
         g = np.repeat(np.arange(len(counts)), counts)
         starts = np.zeros(len(counts), dtype=np.int64)
         np.cumsum(counts[:-1], out=starts[1:])
-        t = floats_of(newest, "t")
         t_newest = np.maximum.reduceat(t, starts)
         order = np.lexsort((-t, g))  # stable: by aircraft, then newest first
         used = order[(t_newest[g] - t <= self.window_s)[order]]
         return used, np.bincount(g[used], minlength=len(counts)).astype(np.int64)
 
     def _blend(
-        self, blended: list[Aircraft], rows: list[Observation], counts: I64
+        self, blended: list[Aircraft], newest: _Columns, used: I64, counts: I64
     ) -> tuple[F64, F64, F64]:
-        """Inverse-variance blend of each aircraft's used reports, vectorised over all of them;
-        sets each aircraft's `state` and `used`, returns the fused (t, lat, lon) columns. Each
-        aircraft's reports come newest first; the first gives T and the longitude origin."""
-        n, size = len(blended), len(rows)
+        """Inverse-variance blend of each aircraft's used reports (`used`: indexes into
+        `newest`, `counts` per aircraft), vectorised over all of them; sets each aircraft's
+        `state` and `used`, returns the fused (t, lat, lon) columns. Each aircraft's reports
+        come newest first; the first gives T and the longitude origin."""
+        n, size = len(blended), len(used)
         g = np.repeat(np.arange(n), counts)
         starts = np.zeros(n, dtype=np.int64)
         np.cumsum(counts[:-1], out=starts[1:])
-        t, lat, lon, alt = (floats_of(rows, name) for name in ("t", "lat", "lon", "alt_m"))
-        speed, track, vspeed = (floats_of(rows, name)
-                                for name in ("speed_mps", "track_deg", "vspeed_mps"))
-        acc_h, acc_v, agl = (floats_of(rows, name) for name in ("acc_h_m", "acc_v_m", "agl_m"))
+        t, lat, lon, alt, speed, track, vspeed, acc_h, acc_v, agl = (
+            newest.floats(name)[used] for name in _BLENDED)
         acc_h = np.maximum(np.where(np.isnan(acc_h), self.default_acc_h_m, acc_h), MIN_ACC_M)
         acc_v = np.maximum(np.where(np.isnan(acc_v), self.default_acc_v_m, acc_v), MIN_ACC_M)
         t_fused = t[starts]
@@ -475,26 +486,30 @@ class FusedPicture:
         got_agl = first_agl < size
         first_agl = np.where(got_agl, first_agl, starts)
         agl_f = agl[first_agl] + alt_f - alt_x[first_agl]
+        firsts = used[starts].tolist()  # each aircraft's newest report, as indexes into `newest`
         # status: the most urgent one; without a ranked one, the newest report's.
-        statuses = list(map(_FIELD["status"], rows))
-        ranks = np.fromiter(map(STATUS_RANK.get, statuses, repeat(0)), np.int64, size)
-        top = np.maximum.reduceat(ranks, starts).tolist()
-        firsts = [rows[k] for k in starts.tolist()]
-        status = [RANK_STATUS[r] if r else row.status for r, row in zip(top, firsts, strict=True)]
+        top = np.maximum.reduceat(newest.status_ranks()[used], starts)
+        status = list(map(RANK_STATUS.__getitem__, top.tolist()))
+        unranked = np.flatnonzero(top == 0).tolist()
+        if unranked:
+            first_status = newest.fields[_INDEX["status"]]
+            for k in unranked:
+                status[k] = first_status[firsts[k]]
         moving = s_vel > 0
+        # t, source and received_at are the newest report's own objects (no new floats).
+        t_of, source, received_at = (newest.fields[_INDEX[name]]
+                                     for name in ("t", "source", "received_at"))
         states = _observations(zip(
-            list(map(_UAVS, blended)), list(map(_T, firsts)), lat_f.tolist(), lon_f.tolist(),
+            map(_UAVS, blended), map(t_of.__getitem__, firsts), lat_f.tolist(), lon_f.tolist(),
             alt_f.tolist(), _or_none(speed_f, moving), _or_none(track_f, moving),
             _or_none(vs_f, s_vs > 0), _or_none(agl_f, got_agl), status, acc_h_f.tolist(),
-            acc_v_f.tolist(), list(map(_FIELD["source"], firsts)),
-            list(map(_FIELD["received_at"], firsts)), strict=True,
+            acc_v_f.tolist(), map(source.__getitem__, firsts),
+            map(received_at.__getitem__, firsts), strict=True,
         ))
-        sources = list(map(_FIELD["source"], rows))
-        ends = (starts + counts).tolist()
-        intern = self._used_tuples.intern
-        for a, state, start, end in zip(blended, states, starts.tolist(), ends, strict=True):
-            a.state = state
-            a.used = intern(tuple(sources[start:end]))
+        shared = map(self._used_tuples.__getitem__,
+                     _groups(list(map(source.__getitem__, used.tolist())), starts, counts))
+        for a, state, sources in zip(blended, states, shared, strict=True):
+            a.state, a.used = state, sources
         return t_fused, lat_f, lon_f
 
     # -- reading ----------------------------------------------------------------------------
@@ -545,7 +560,61 @@ def _t_of(row: Observation) -> float:
 
 def floats_of(rows: Sequence[Observation], name: str) -> F64:
     """One numeric field of rows as a column (None: NaN)."""
-    return np.fromiter(map(_FIELD[name], rows), np.float64, len(rows))
+    return float_column(map(_FIELD[name], rows))
+
+
+def float_column(values: Iterable[float | None]) -> F64:
+    """values as a float64 array, None as NaN. `struct` packs Python numbers straight into the
+    array at about half the cost per item of np.fromiter; it refuses None, and then fromiter
+    (which maps None to NaN) does it."""
+    items = values if isinstance(values, tuple) else tuple(values)
+    column = np.empty(len(items))
+    try:
+        struct.pack_into(f"{len(items)}d", column.data, 0, *items)
+    except struct.error:
+        return np.fromiter(items, np.float64, len(items))
+    return column
+
+
+def int_column(values: Iterable[int]) -> I64:
+    """values as an int64 array (as `float_column`)."""
+    items = values if isinstance(values, tuple) else tuple(values)
+    column = np.empty(len(items), np.int64)
+    struct.pack_into(f"{len(items)}q", column.data, 0, *items)
+    return column
+
+
+class _Columns:
+    """Reports with their fields as columns: one C-level transpose of them all; a numeric
+    column becomes an array on first use."""
+
+    __slots__ = ("_floats", "fields", "rows")
+
+    def __init__(self, rows: list[Observation]) -> None:
+        self.rows = rows
+        self.fields: list[tuple[Any, ...]] = (
+            list(zip(*rows, strict=True)) if rows else [()] * len(Observation._fields))
+        self._floats: dict[str, F64] = {}
+
+    def floats(self, name: str) -> F64:
+        """A numeric field as a column (None: NaN)."""
+        column = self._floats.get(name)
+        if column is None:
+            column = float_column(self.fields[_INDEX[name]])
+            self._floats[name] = column
+        return column
+
+    def status_ranks(self) -> I64:
+        return int_column(map(STATUS_RANK.get, self.fields[_INDEX["status"]], repeat(0)))
+
+
+def _groups(items: list[str], starts: I64, counts: I64) -> Iterator[tuple[str, ...]]:
+    """Consecutive runs of items as tuples: `counts[k]` of them from `starts[k]`, per k."""
+    size = int(counts[0])
+    if (counts == size).all():  # the usual case: as many per run (every run is `size` long)
+        return zip(*(items[j::size] for j in range(size)), strict=True)
+    ends = (starts + counts).tolist()
+    return map(tuple, map(items.__getitem__, map(slice, starts.tolist(), ends)))
 
 
 def _or_none(values: F64, keep: Bool) -> list[float | None]:
@@ -572,10 +641,13 @@ USED_TUPLES_LIMIT = 10_000
 
 
 class _Interned(dict[tuple[str, ...], tuple[str, ...]]):
-    def intern(self, used: tuple[str, ...]) -> tuple[str, ...]:
+    """used -> the shared tuple equal to it (looked up with a C-level map)"""
+
+    def __missing__(self, used: tuple[str, ...]) -> tuple[str, ...]:
         if len(self) > USED_TUPLES_LIMIT:
             self.clear()
-        return self.setdefault(used, used)
+        self[used] = used
+        return used
 
 
 class _OneSource(dict[str, tuple[str, ...]]):
@@ -610,11 +682,6 @@ def _pick(items: Sequence[Aircraft], mask: Bool) -> list[Aircraft]:
 def _newest_reports(aircraft: Iterable[Aircraft]) -> list[Observation]:
     """The newest report of each source of each aircraft, in order."""
     return list(map(_LAST, chain.from_iterable(map(dict.values, map(_SOURCES, aircraft)))))
-
-
-def _set_each(objects: Iterable[Any], name: str, values: Iterable[Any]) -> None:
-    """setattr(o, name, v) for each pair, as one C-level loop."""
-    deque(map(setattr, objects, repeat(name), values), maxlen=0)
 
 
 def _partners(sources: Mapping[str, list[Observation]]) -> Partners:
