@@ -369,3 +369,91 @@ def test_inline_conversions_match_the_field_checks(alt: str, lat: str, lon: str,
     assert {k: obs[k] for k in ("alt_m", "lat", "lon", "status")} == {
         k: expected[k] for k in ("alt_m", "lat", "lon", "status")}
     assert obs["t"] == t
+
+
+# The fast path of feed agrees with the careful one (`_apply` on each stripped line)
+
+
+def _feed_carefully(
+    tracker: SbsTracker, text: str, receive_t: float
+) -> tuple[list[dict[str, object]], list[tuple[int, str]]]:
+    from ingest.codecs.sbs import _BadLine
+
+    tracker._expire(receive_t)
+    observations: list[dict[str, object]] = []
+    errors: list[tuple[int, str]] = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            try:
+                observation = tracker._apply(line.strip(), receive_t)
+            except _BadLine as exc:
+                errors.append((number, exc.reason))
+            else:
+                if observation is not None:
+                    observations.append(observation)
+    return observations, errors
+
+
+_COORDINATE = st.floats(-200.0, 200.0).map(lambda x: f"{x:.5f}")
+_USUAL_FIELDS = st.fixed_dictionaries({  # index -> text of a MSG line as decoders send it
+    1: st.sampled_from(["3", "3", "3", "4", "4", "2", "1", "5", "6", "7", "8"]),
+    4: st.sampled_from(["780A27", "7812C5", "780a27"]),
+    7: st.one_of(st.tuples(st.integers(0, 23), st.integers(0, 59), st.floats(0.0, 60.999)).map(
+        lambda hms: f"{hms[0]:02d}:{hms[1]:02d}:{hms[2]:06.3f}"), _TIME_TEXTS, st.sampled_from(
+        ["06:00:7.5", "06:00:05x", "06:00:05 ", "06:00:05_1", "06:00:99", "06:00:59.9999"])),
+    10: st.sampled_from(["", "", "CCA4371 ", "  "]),
+    11: st.one_of(st.just(""), *[st.integers(-1000, 45_000).map(lambda n: str(n // 25 * 25))] * 2),
+    12: st.one_of(st.just(""), st.integers(0, 600).map(str), st.just("-0")),
+    13: st.one_of(st.just(""), st.integers(0, 3600).map(lambda n: f"{n / 10:.1f}"),
+                  st.sampled_from(["360", "0", "-0.0", "47"])),
+    16: st.one_of(st.just(""), st.integers(-64, 64).map(lambda n: str(n * 64))),
+    17: st.sampled_from(["", "", "", "4512", "7700", "7600", "12"]),
+    19: st.sampled_from(["0", "", "-1", "1"]),
+    21: st.sampled_from(["0", "", "-1", "1"]),
+})
+_POSITION = st.one_of(  # fields 15 and 16
+    st.just(("", "")),
+    st.tuples(st.floats(-90.0, 90.0), st.floats(-180.0, 180.0)).map(
+        lambda p: (f"{p[0]:.5f}", f"{p[1]:.5f}")),
+    st.tuples(st.floats(-90.0, 90.0), st.floats(-180.0, 180.0)).map(
+        lambda p: (str(p[0]), str(p[1]))),
+    st.tuples(_COORDINATE, _COORDINATE),
+)
+_ODD_FIELDS = st.one_of(_NUMBER_TEXTS, _FLAG_FIELD_TEXTS, _TIME_TEXTS, st.sampled_from(
+    ["", "2026-11-24", "2026/13/24", "2024/02/29", "780A2", "78OA27", " 780A27", "9", "x",
+     " 123", "7800", "12345", "06:00:05 ", "06:00:05x", "06:00:05_1", "06:00:99", "06:00:7.5"]))
+
+
+def _usual_line(usual: dict[int, str], position: tuple[str, str], odd: tuple[int, str] | None,
+                end: str) -> str:
+    fields = ["MSG", "", "1", "1", "", "1", "2026/11/24", "", "2026/11/24", "", *[""] * 9, "0",
+              "0", "0"]
+    for index, text in usual.items():
+        fields[index] = text
+    fields[9] = fields[7]
+    fields[14], fields[15] = position
+    if odd is not None:
+        fields[odd[0]] = odd[1]
+    return ",".join(fields) + end
+
+
+_USUAL_OR_ODD_LINE = st.builds(
+    _usual_line, _USUAL_FIELDS, _POSITION,
+    st.one_of(*[st.none()] * 3, st.tuples(st.integers(1, 21), _ODD_FIELDS)),
+    st.sampled_from(["", "", "\r", " ", " \r", "\t", "\x85"]),
+)
+_ANY_LINE = st.one_of(*[_USUAL_OR_ODD_LINE] * 8,
+                      st.sampled_from(["", " ", "\r", "STA,,5", " MSG,3", "msg,3"]))
+
+
+@FUZZ
+@given(st.lists(_ANY_LINE, max_size=12), st.sampled_from(["\n", "\r\n"]))
+def test_fast_path_decodes_as_the_careful_one(lines: list[str], newline: str) -> None:
+    text = newline.join(lines)
+    fast, careful = SbsTracker(), SbsTracker()
+    for receive_t in (RECEIVE_T, RECEIVE_T, RECEIVE_T + 400.0):
+        got, expected = fast.feed(text, receive_t), _feed_carefully(careful, text, receive_t)
+        assert got == expected
+        assert [list(o.items()) for o in got[0]] == [list(o.items()) for o in expected[0]]
+        assert [repr(o) for o in got[0]] == [repr(o) for o in expected[0]]  # -0.0 and 0.0 too
+        assert repr(fast.aircraft) == repr(careful.aircraft)

@@ -64,10 +64,16 @@ _HEX_DIGITS = "0123456789ABCDEF"
 _OCTAL_DIGITS = "01234567"
 _FLAGS = {"0": False, "1": True, "-1": True}
 _FLAG_TEXTS: dict[str, bool | None] = {"": None, **_FLAGS}  # a flag field as it usually comes
+# The last field of an unstripped line, as it usually comes (with the CR of CRLF or without).
+_LAST_FLAG_TEXTS = {**_FLAG_TEXTS, **{text + "\r": flag for text, flag in _FLAG_TEXTS.items()}}
 _EMERGENCY_SQUAWKS = {"7500": "emergency", "7600": "lost_link", "7700": "emergency"}
 _UNIX_EPOCH = datetime.date(1970, 1, 1)
 # "HH:MM" -> seconds from midnight to that minute, for every minute of the day.
 _MINUTES_OF_DAY = {f"{h:02d}:{m:02d}": h * 3600 + m * 60 for h in range(24) for m in range(60)}
+_MINUTE_PREFIXES = {hh_mm + ":": s for hh_mm, s in _MINUTES_OF_DAY.items()}  # "HH:MM:" -> s
+_TWO_DIGITS = frozenset(f"{n:02d}" for n in range(100))
+_INF = math.inf
+_NO_ALTITUDE = "position without a known altitude: no observation"
 
 
 @dataclass(slots=True)
@@ -103,6 +109,10 @@ class _BadLine(Exception):
         self.reason = reason
 
 
+class _Unusual(Exception):
+    """A line the fast path of SbsTracker.feed leaves to the careful one."""
+
+
 class SbsTracker:
     """Per-connection SBS state: feed text, get observations (API.md section 1, plus kind,
     format, icao, callsign, squawk) and per-line errors. The state of an aircraft not heard for
@@ -123,17 +133,125 @@ class SbsTracker:
         self._expire(receive_t)
         observations: list[dict[str, object]] = []
         errors: list[tuple[int, str]] = []
+        aircraft = self.aircraft
+        expire_s = self.expire_s
+        midnights = self._midnights
+        merge = _merge
+        # The fast path below takes the usual well-formed MSG line as it comes and changes no
+        # state before it has checked all of it; anything else (blank and other records, odd
+        # spacing, bad or unusual fields) goes line-stripped to `_apply`, which checks field by
+        # field and gives the precise error. Both decode a line they accept identically.
         for number, line in enumerate(text.split("\n"), 1):
-            line = line.strip()
             if not line:
                 continue
+            fields = line.split(",")
             try:
-                observation = self._apply(line, receive_t)
-            except _BadLine as exc:
-                errors.append((number, exc.reason))
+                if len(fields) != _FIELDS or fields[0] != "MSG":
+                    raise _Unusual
+                (_, kind, _, _, hex_ident, _, date, time, _, _, callsign, alt_text, speed_text,
+                 track_text, lat_text, lon_text, vrate_text, squawk, _, emergency_text, _,
+                 ground_text) = fields
+                if kind not in _TRANSMISSION_TYPES:
+                    raise _Unusual
+                state = aircraft.get(hex_ident)  # keys are valid upper-case idents
+                if state is not None:
+                    icao = hex_ident
+                else:
+                    icao = hex_ident.upper()
+                    if len(icao) != 6 or icao.strip(_HEX_DIGITS):
+                        raise _Unusual
+                    state = aircraft.get(icao)
+                if callsign:
+                    callsign = callsign.strip()
+                alt_m = speed_mps = track_deg = vspeed_mps = None  # in state units
+                if alt_text:
+                    alt_m = float(alt_text) * FT_M  # finite exactly when the feet are
+                    if not -_INF < alt_m < _INF:
+                        raise _Unusual
+                if speed_text:
+                    speed_kt = float(speed_text)
+                    if not 0.0 <= speed_kt < _INF:
+                        raise _Unusual
+                    speed_mps = speed_kt * KT_MPS
+                if track_text:
+                    track_deg = float(track_text)
+                    if not 0.0 <= track_deg <= 360.0:
+                        raise _Unusual
+                    track_deg %= 360.0
+                if vrate_text:
+                    vspeed_mps = float(vrate_text) * FPM_MPS
+                    if not -_INF < vspeed_mps < _INF:
+                        raise _Unusual
+                has_position = (kind == "3" or kind == "2") and (lat_text != "" or lon_text != "")
+                if has_position:
+                    lat = float(lat_text)
+                    lon = float(lon_text)
+                    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+                        raise _Unusual
+                else:  # checked, not used
+                    if lat_text and not math.isfinite(float(lat_text)):
+                        raise _Unusual
+                    if lon_text and not math.isfinite(float(lon_text)):
+                        raise _Unusual
+                if squawk:
+                    squawk = squawk.strip()
+                    if len(squawk) > 4 or squawk.strip(_OCTAL_DIGITS):
+                        raise _Unusual
+                emergency = _FLAG_TEXTS[emergency_text]
+                on_ground = _LAST_FLAG_TEXTS[ground_text]
+            except (_Unusual, ValueError, KeyError):  # KeyError: a flag text not as it usually is
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    observation = self._apply(line, receive_t)
+                except _BadLine as exc:
+                    errors.append((number, exc.reason))
+                else:
+                    if observation is not None:
+                        observations.append(observation)
+                continue
+
+            if state is None or receive_t - state.last_seen_t > expire_s:
+                state = aircraft[icao] = AircraftState(icao)
+            merge(state, receive_t, kind, callsign, alt_m, speed_mps, track_deg, vspeed_mps,
+                  squawk, emergency, on_ground)
+            if not has_position:
+                continue
+            state.lat, state.lon = lat, lon
+            if state.alt_m is None:
+                errors.append((number, _NO_ALTITUDE))
+                continue
+
+            midnight = midnights.get(date)
+            minute_s = _MINUTE_PREFIXES.get(time[:6])
+            if midnight is None or minute_s is None or time[6:8] not in _TWO_DIGITS:
+                generated_t = self._generated_t(date, time)
+                t = receive_t if generated_t is None else generated_t
+            else:  # as _seconds_of_day, to the last bit
+                try:
+                    s = float(time[6:])
+                except ValueError:
+                    s = -1.0
+                t = midnight + (minute_s + s) if 0.0 <= s < 61.0 else receive_t
+            if state.emergency or state.squawk is not None:  # else as AircraftState.status
+                status = state.status
             else:
-                if observation is not None:
-                    observations.append(observation)
+                status = "ground" if state.on_ground else "airborne"
+            if state.speed_mps is None or state.track_deg is None or state.vspeed_mps is None:
+                observations.append(_observation(state, t))
+                continue
+            obs: dict[str, object] = {  # as _observation makes it, in one go
+                "uav": "ICAO-" + icao, "t": t, "lat": lat, "lon": lon, "alt_m": state.alt_m,
+                "speed_mps": state.speed_mps, "track_deg": state.track_deg,
+                "vspeed_mps": state.vspeed_mps, "status": status, "kind": "crewed",
+                "format": FMT, "icao": icao,
+            }
+            if state.callsign is not None:
+                obs["callsign"] = state.callsign
+            if state.squawk is not None:
+                obs["squawk"] = state.squawk
+            observations.append(obs)
         return observations, errors
 
     def _apply(self, line: str, receive_t: float) -> dict[str, object] | None:
@@ -197,30 +315,14 @@ class SbsTracker:
         state = self.aircraft.get(icao)
         if state is None or receive_t - state.last_seen_t > self.expire_s:
             state = self.aircraft[icao] = AircraftState(icao)
-        state.last_seen_t = receive_t
-        if callsign:
-            state.callsign = callsign
-        if alt_ft is not None:
-            state.alt_m = alt_ft * FT_M
-        if speed_kt is not None:
-            state.speed_mps = speed_kt * KT_MPS
-        if track_deg is not None:
-            state.track_deg = track_deg
-        if vrate_fpm is not None:
-            state.vspeed_mps = vrate_fpm * FPM_MPS
-        if squawk:
-            state.squawk = squawk.zfill(4)
-        if emergency is not None:
-            state.emergency = emergency
-        if on_ground is not None:
-            state.on_ground = on_ground
-        elif kind == "2":
-            state.on_ground = True  # a surface position is on the ground
+        _merge(state, receive_t, kind, callsign, None if alt_ft is None else alt_ft * FT_M,
+               None if speed_kt is None else speed_kt * KT_MPS, track_deg,
+               None if vrate_fpm is None else vrate_fpm * FPM_MPS, squawk, emergency, on_ground)
         if not has_position:
             return None
         state.lat, state.lon = lat, lon
         if state.alt_m is None:
-            raise _BadLine("position without a known altitude: no observation")
+            raise _BadLine(_NO_ALTITUDE)
         t = self._generated_t(date, time)
         return _observation(state, receive_t if t is None else t)
 
@@ -243,6 +345,33 @@ class SbsTracker:
         cutoff = now - self.expire_s
         for icao in [icao for icao, s in self.aircraft.items() if s.last_seen_t < cutoff]:
             del self.aircraft[icao]
+
+
+def _merge(
+    state: AircraftState, receive_t: float, kind: str, callsign: str, alt_m: float | None,
+    speed_mps: float | None, track_deg: float | None, vspeed_mps: float | None, squawk: str,
+    emergency: bool | None, on_ground: bool | None,
+) -> None:
+    """One message's fields (converted; None or "" where absent) into the aircraft's state."""
+    state.last_seen_t = receive_t
+    if callsign:
+        state.callsign = callsign
+    if alt_m is not None:
+        state.alt_m = alt_m
+    if speed_mps is not None:
+        state.speed_mps = speed_mps
+    if track_deg is not None:
+        state.track_deg = track_deg
+    if vspeed_mps is not None:
+        state.vspeed_mps = vspeed_mps
+    if squawk:
+        state.squawk = squawk.zfill(4)
+    if emergency is not None:
+        state.emergency = emergency
+    if on_ground is not None:
+        state.on_ground = on_ground
+    elif kind == "2":
+        state.on_ground = True  # a surface position is on the ground
 
 
 def _observation(state: AircraftState, t: float) -> dict[str, object]:
