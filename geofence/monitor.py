@@ -106,7 +106,6 @@ class TrafficMonitor:
                 (fresh if now - row.t <= limit else silent).append(row)
         else:
             self.fused.refresh()
-            await asyncio.sleep(0)  # let ingest in between the tick's longer steps
             for a in self.fused.aircraft.values():
                 state = a.state
                 if state is None or state.status == "ground":
@@ -118,7 +117,6 @@ class TrafficMonitor:
         conflicts = await asyncio.to_thread(self._conflicts, fresh, now)
         evaluated = dict.fromkeys(map(attrgetter("uav"), fresh), now)
         await self.alerts.assess(CONFLICT_TYPES, evaluated, batches=[conflicts])
-        await asyncio.sleep(0)
         await self._telemetry_lost(fresh, silent, now)
         return TickResult(now, len(fresh), len(conflicts), len(self.lost),
                           time.perf_counter() - started)
