@@ -9,6 +9,7 @@ Answers are written strictly in frame order by the transport (see `OrderedReplie
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -215,3 +216,9 @@ class OrderedReplies:
         else:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        # Answers nobody will read (the connection is gone): their frames still commit, since
+        # the pipeline holds them; only the waits for the acks are dropped.
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if inspect.iscoroutine(item):
+                item.close()

@@ -7,6 +7,7 @@ a transport that records what the protocol writes and asks of it (pause, resume,
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sqlite3
 import struct
 import time
@@ -17,6 +18,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from ingest.frames import OrderedReplies
 from ingest.gateway import GatewayProtocol, encode_frame
 from lowalt.app import Runtime, build_runtime, shutdown_runtime, start_ingest
 from lowalt.settings import Settings, load_settings
@@ -401,3 +403,24 @@ async def test_pauses_when_the_pipeline_is_full(
     assert [f["ack"] for f in frames[1:]] == [1, 2]
     await transport.wait_until(lambda: transport.reading)
 
+
+
+async def test_answers_owed_to_a_closed_connection_are_dropped_cleanly() -> None:
+    """Closing a connection's replies without flushing closes the waits for acks it still
+    held (no coroutine left never awaited), and writes nothing more."""
+
+    written: list[Any] = []
+    replies = OrderedReplies(written.append)
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def ack(n: int) -> dict[str, Any]:
+        await gate
+        return {"ack": n}
+
+    waits = [ack(1), ack(2), ack(3)]
+    for w in waits:
+        replies.push(w)
+    await asyncio.sleep(0.01)  # the first is being awaited, the others wait in the queue
+    await replies.close(flush=False)
+    assert [inspect.getcoroutinestate(w) for w in waits] == [inspect.CORO_CLOSED] * 3
+    assert written == []
