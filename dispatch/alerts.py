@@ -139,11 +139,14 @@ class Condition(NamedTuple):
 
 
 def _jsonable(value: Any) -> Any:
-    """json.dumps fallback: numpy scalars and arrays, sets and tuples, anything else as text."""
+    """json encoder fallback: numpy scalars and arrays, sets, other mappings, anything else as
+    text."""
     if hasattr(value, "tolist"):
         return value.tolist()
     if isinstance(value, set | frozenset):
         return sorted(value, key=str)
+    if isinstance(value, Mapping):  # e.g. a Condition's default (read-only, empty) detail
+        return dict(value)
     return str(value)
 
 
