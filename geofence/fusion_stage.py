@@ -36,10 +36,9 @@ from lowalt.fusion import (
     Aircraft,
     FusedPicture,
     distance_m,
-    float_column,
     nearest_of,
 )
-from lowalt.models import Observation
+from lowalt.models import OBSERVATION_INDEX, Observation, float_column
 from lowalt.settings import Settings
 
 log = logging.getLogger("lowalt.fusion")
@@ -140,7 +139,7 @@ class FusionStage:
 
 
 # What the comparison reads of each report, in the order `cross_check` unpacks it.
-_COMPARED = itemgetter(*(Observation._fields.index(name) for name in (
+_COMPARED = itemgetter(*(OBSERVATION_INDEX[name] for name in (
     "t", "lat", "lon", "speed_mps", "track_deg", "acc_h_m")))
 
 

@@ -34,7 +34,7 @@ from geofence.conflicts import (
 )
 from lowalt.fusion import FusedPicture
 from lowalt.live import LiveState
-from lowalt.models import Observation
+from lowalt.models import Observation, floats_of
 from lowalt.settings import Settings
 
 log = logging.getLogger("lowalt.monitor")
@@ -127,11 +127,9 @@ class TrafficMonitor:
         if len(rows) < 2:
             return ConditionBatch.empty()
         n = len(rows)
-        lat, lon, alt_m, t = (np.fromiter(map(attrgetter(name), rows), np.float64, n)
-                              for name in ("lat", "lon", "alt_m", "t"))
-        speed_mps, track_deg, vspeed_mps = (  # None: unknown, NaN
-            np.array(list(map(attrgetter(name), rows)), dtype=np.float64)
-            for name in ("speed_mps", "track_deg", "vspeed_mps"))
+        lat, lon, alt_m, t, speed_mps, track_deg, vspeed_mps = (  # speeds None: unknown, NaN
+            floats_of(rows, name)
+            for name in ("lat", "lon", "alt_m", "t", "speed_mps", "track_deg", "vspeed_mps"))
         crewed = np.fromiter(map(attrgetter("crewed"), rows), np.bool_, n)
         p = detect_conflict_arrays(lat, lon, alt_m, t, speed_mps, track_deg, vspeed_mps, crewed,
                                    now, self.params)

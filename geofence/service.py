@@ -19,7 +19,6 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from operator import itemgetter
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -37,7 +36,7 @@ from geofence.zones import (
 )
 from lowalt.errors import ValidationError
 from lowalt.live import LiveState
-from lowalt.models import Observation, Principal, crewed_source
+from lowalt.models import OBSERVATION_FIELD, Observation, Principal, crewed_source, floats_of
 from lowalt.settings import Settings
 from lowalt.storage import Store
 
@@ -58,8 +57,6 @@ _APPROACH_RANK = np.array([SEVERITY_RANK["info" if r == "advisory" else "warning
                            for r in RESTRICTIONS])
 _AUTHORISATION_REQUIRED = RESTRICTIONS.index("authorization_required")
 _HIT_TYPES = np.array(["geofence_approach", "geofence_breach"], dtype=object)
-# An observation's fields by name, as getters over the rows (NamedTuples: by position).
-_FIELD = {name: itemgetter(k) for k, name in enumerate(Observation._fields)}
 SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS zones (
     id TEXT PRIMARY KEY, restriction TEXT NOT NULL, updated_at REAL NOT NULL, properties TEXT,
@@ -372,10 +369,9 @@ class Geofence:
         """`checked`, and the UAVs of the rows checked (those not crewed), in order."""
         rows = _uncrewed(rows)
         n = len(rows)
-        uav = list(map(_FIELD["uav"], rows))
-        lon, lat, alt_m, row_t = (np.fromiter(map(_FIELD[name], rows), np.float64, n)
-                                  for name in ("lon", "lat", "alt_m", "t"))
-        sent_agl = np.array(list(map(_FIELD["agl_m"], rows)), dtype=np.float64)  # None: NaN
+        uav = list(map(OBSERVATION_FIELD["uav"], rows))
+        lon, lat, alt_m, row_t, sent_agl = (floats_of(rows, name)  # agl None: NaN
+                                            for name in ("lon", "lat", "alt_m", "t", "agl_m"))
         amsl_m = alt_m - self.settings.geoid_undulation_m
         agl_m = np.where(np.isnan(sent_agl), amsl_m - self.ground.elevation_at(lon, lat), sent_agl)
         t = row_t if at_t is None else np.full(n, at_t)
@@ -457,8 +453,8 @@ class Geofence:
     ) -> None:
         zone_hits, present, uav = self._checked(rows, self.index)
         if len(uav) < len(rows):  # crewed rows are not checked, yet count as evaluated
-            uav = list(map(_FIELD["uav"], rows))
-        t = list(map(_FIELD["t"], rows))
+            uav = list(map(OBSERVATION_FIELD["uav"], rows))
+        t = list(map(OBSERVATION_FIELD["t"], rows))
         evaluated = dict(zip(uav, t, strict=True))
         if len(evaluated) < len(rows):  # a UAV twice: its newest t
             for u, t_u in zip(uav, t, strict=True):
@@ -489,7 +485,7 @@ class Geofence:
 def _uncrewed(rows: Sequence[Observation]) -> Sequence[Observation]:
     """The rows not heard as ADS-B (`Observation.crewed`): `rows` itself when none was. The test
     is made once per distinct source, not once per row."""
-    source = _FIELD["source"]
+    source = OBSERVATION_FIELD["source"]
     crewed = {s for s in set(map(source, rows)) if crewed_source(s)}
     return [r for r in rows if source(r) not in crewed] if crewed else rows
 

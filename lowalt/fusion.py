@@ -28,7 +28,6 @@ import contextlib
 import gc
 import math
 import re
-import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
@@ -40,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 from aiohttp import web
 
-from lowalt.models import Observation
+from lowalt.models import OBSERVATION_INDEX, Observation, float_column, floats_of, int_column
 from lowalt.settings import Settings
 from lowalt.storage import UavRecord
 
@@ -61,11 +60,8 @@ RANK_STATUS: dict[int, str | None] = {rank: status for status, rank in STATUS_RA
 MIN_ACC_M = 1.0  # a reported accuracy of 0 would take all the weight
 Partners = Mapping[str, tuple[tuple[str, list[Observation]], ...]]
 NO_PARTNERS: Partners = MappingProxyType({})
-# Observation fields by position: columns are read with C-level getters, not per-row Python.
-_FIELD = {name: itemgetter(i) for i, name in enumerate(Observation._fields)}
 _LAST = itemgetter(-1)
 _SLOT, _SOURCES, _UAVS = attrgetter("slot"), attrgetter("sources"), attrgetter("uav")
-_INDEX = {name: i for i, name in enumerate(Observation._fields)}
 # The numeric fields the blend reads, in the order `_blend` unpacks them.
 _BLENDED = ("t", "lat", "lon", "alt_m", "speed_mps", "track_deg", "vspeed_mps", "acc_h_m",
             "acc_v_m", "agl_m")
@@ -492,12 +488,12 @@ class FusedPicture:
         status = list(map(RANK_STATUS.__getitem__, top.tolist()))
         unranked = np.flatnonzero(top == 0).tolist()
         if unranked:
-            first_status = newest.fields[_INDEX["status"]]
+            first_status = newest.fields[OBSERVATION_INDEX["status"]]
             for k in unranked:
                 status[k] = first_status[firsts[k]]
         moving = s_vel > 0
         # t, source and received_at are the newest report's own objects (no new floats).
-        t_of, source, received_at = (newest.fields[_INDEX[name]]
+        t_of, source, received_at = (newest.fields[OBSERVATION_INDEX[name]]
                                      for name in ("t", "source", "received_at"))
         states = _observations(zip(
             map(_UAVS, blended), map(t_of.__getitem__, firsts), lat_f.tolist(), lon_f.tolist(),
@@ -558,32 +554,6 @@ def _t_of(row: Observation) -> float:
     return row.t
 
 
-def floats_of(rows: Sequence[Observation], name: str) -> F64:
-    """One numeric field of rows as a column (None: NaN)."""
-    return float_column(map(_FIELD[name], rows))
-
-
-def float_column(values: Iterable[float | None]) -> F64:
-    """values as a float64 array, None as NaN. `struct` packs Python numbers straight into the
-    array at about half the cost per item of np.fromiter; it refuses None, and then fromiter
-    (which maps None to NaN) does it."""
-    items = values if isinstance(values, tuple) else tuple(values)
-    column = np.empty(len(items))
-    try:
-        struct.pack_into(f"{len(items)}d", column.data, 0, *items)
-    except struct.error:
-        return np.fromiter(items, np.float64, len(items))
-    return column
-
-
-def int_column(values: Iterable[int]) -> I64:
-    """values as an int64 array (as `float_column`)."""
-    items = values if isinstance(values, tuple) else tuple(values)
-    column = np.empty(len(items), np.int64)
-    struct.pack_into(f"{len(items)}q", column.data, 0, *items)
-    return column
-
-
 class _Columns:
     """Reports with their fields as columns: one C-level transpose of them all; a numeric
     column becomes an array on first use."""
@@ -600,12 +570,12 @@ class _Columns:
         """A numeric field as a column (None: NaN)."""
         column = self._floats.get(name)
         if column is None:
-            column = float_column(self.fields[_INDEX[name]])
+            column = float_column(self.fields[OBSERVATION_INDEX[name]])
             self._floats[name] = column
         return column
 
     def status_ranks(self) -> I64:
-        return int_column(map(STATUS_RANK.get, self.fields[_INDEX["status"]], repeat(0)))
+        return int_column(map(STATUS_RANK.get, self.fields[OBSERVATION_INDEX["status"]], repeat(0)))
 
 
 def _groups(items: list[str], starts: I64, counts: I64) -> Iterator[tuple[str, ...]]:
