@@ -384,9 +384,9 @@ def _candidate_blocks(boxes: _Boxes) -> Iterator[tuple[I64, I64]]:
     lift = float(e_hi[2].max(initial=0.0)) - z_floor + 1.0
     group = np.cumsum(group_start == np.arange(m)) - 1
     lifted = (e_lo[2] - z_floor) + group * lift
+    # An entry's own top lifts to at least its bottom (monotone rounding): reach > its index.
     reach = np.searchsorted(lifted, (e_hi[2] - z_floor) + group * lift, side="right")
     later = np.minimum(group_end, reach) - np.arange(m, dtype=np.int64) - 1
-    later = np.maximum(later, 0)
     cum = np.cumsum(later)
     first = 0
     while first < m:
