@@ -189,6 +189,8 @@ async def test_live_map_shows_traffic_and_an_intrusion(server: Server, browser: 
     try:
         page = await open_page(browser, server, reg, feed, errors)
         await page.wait_for_function("() => lowaltMap.aircraftCount() >= 12", timeout=15_000)
+        # The first snapshot (GET /v1/uavs) is drawn before the feed has chosen its mode.
+        await page.wait_for_function("() => lowaltMap.feedMode() !== 'idle'", timeout=15_000)
         assert await page.evaluate("lowaltMap.feedMode()") == feed
         await page.wait_for_function("() => lowaltMap.kinds().crewed >= 1")
         assert await page.evaluate("lowaltMap.zoneCount()") == len(ZONES)
