@@ -22,24 +22,28 @@ class PushTarget(Protocol):
 
 class PushHub:
     def __init__(self) -> None:
-        self._sessions_of: dict[str, set[PushTarget]] = {}
+        # A UAV is carried by one session or a few: a tuple (48 B for one) rather than a set
+        # (216 B), since this holds an entry for every live UAV.
+        self._sessions_of: dict[str, tuple[PushTarget, ...]] = {}
         self._uavs_of: dict[PushTarget, set[str]] = {}
 
     def register(self, session: PushTarget, uavs: Iterable[str]) -> None:
         """Note that session carries uavs (repeats are cheap: a set lookup per UAV)."""
         known = self._uavs_of.setdefault(session, set())
+        sessions_of = self._sessions_of
         for uav in uavs:
             if uav not in known:
                 known.add(uav)
-                self._sessions_of.setdefault(uav, set()).add(session)
+                sessions_of[uav] = (*sessions_of.get(uav, ()), session)
 
     def unregister(self, session: PushTarget) -> None:
+        sessions_of = self._sessions_of
         for uav in self._uavs_of.pop(session, ()):
-            sessions = self._sessions_of.get(uav)
-            if sessions is not None:
-                sessions.discard(session)
-                if not sessions:
-                    del self._sessions_of[uav]
+            rest = tuple(s for s in sessions_of.get(uav, ()) if s is not session)
+            if rest:
+                sessions_of[uav] = rest
+            else:
+                sessions_of.pop(uav, None)
 
     def sessions(self, uav: str) -> int:
         """How many open sessions carry uav."""
@@ -47,4 +51,4 @@ class PushHub:
 
     def push(self, uav: str, payload: Mapping[str, Any]) -> int:
         """Send payload on every open session that carried uav; how many took it."""
-        return sum(1 for s in list(self._sessions_of.get(uav, ())) if s.deliver(payload))
+        return sum(1 for s in self._sessions_of.get(uav, ()) if s.deliver(payload))

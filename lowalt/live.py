@@ -3,7 +3,8 @@
 Late satellite data never moves a UAV backwards: an observation replaces the live one only when
 its `t` is newer. The grid (cells of `cell_deg` degrees) answers bbox queries; an update moves a
 UAV between cells only when it crosses a cell edge, so it costs two dict operations, which keeps
-up with ingest where an R-tree's delete + insert per report would not.
+up with ingest where an R-tree's delete + insert per report would not. A UAV points at its
+cell's member set (which knows its cell), so the grid holds no object per UAV.
 """
 
 from __future__ import annotations
@@ -16,14 +17,24 @@ from lowalt.models import Observation
 Cell = tuple[int, int]
 
 
+class _Members(set[str]):
+    """The UAVs in one grid cell; shared by each of them as its `_cell_of` entry."""
+
+    __slots__ = ("cell",)
+
+    def __init__(self, cell: Cell) -> None:
+        super().__init__()
+        self.cell = cell
+
+
 class LiveState:
     def __init__(self, cell_deg: float = 0.01) -> None:
         self.cell_deg = cell_deg
         self.latest: dict[str, Observation] = {}
         # uav -> (lat, lon) of its operator, from F3411 System messages (shown in /v1/uavs).
         self.operator_positions: dict[str, tuple[float, float]] = {}
-        self._cell_of: dict[str, Cell] = {}
-        self._cells: dict[Cell, set[str]] = {}
+        self._cell_of: dict[str, _Members] = {}
+        self._cells: dict[Cell, _Members] = {}
 
     def __len__(self) -> int:
         return len(self.latest)
@@ -43,25 +54,26 @@ class LiveState:
             advanced[row.uav] = row
             cell = self._cell(row.lon, row.lat)
             old = cell_of.get(row.uav)
-            if old != cell:
+            if old is None or old.cell != cell:
                 if old is not None:
-                    members = cells[old]
-                    members.discard(row.uav)
-                    if not members:
-                        del cells[old]
-                cells.setdefault(cell, set()).add(row.uav)
-                cell_of[row.uav] = cell
+                    old.discard(row.uav)
+                    if not old:
+                        del cells[old.cell]
+                members = cells.get(cell)
+                if members is None:
+                    members = cells[cell] = _Members(cell)
+                members.add(row.uav)
+                cell_of[row.uav] = members
         return list(advanced.values())
 
     def remove(self, uav: str) -> None:
         self.latest.pop(uav, None)
         self.operator_positions.pop(uav, None)
-        cell = self._cell_of.pop(uav, None)
-        if cell is not None:
-            members = self._cells[cell]
+        members = self._cell_of.pop(uav, None)
+        if members is not None:
             members.discard(uav)
             if not members:
-                del self._cells[cell]
+                del self._cells[members.cell]
 
     def in_bbox(
         self, min_lon: float, min_lat: float, max_lon: float, max_lat: float

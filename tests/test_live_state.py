@@ -1,0 +1,68 @@
+"""The live picture's promises: newest by `t` per UAV, late data never moves a UAV back, and
+a bbox query finds exactly the live positions inside the box, however UAVs moved between cells."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lowalt.live import LiveState
+from lowalt.models import Observation
+
+UAVS = [f"U{n}" for n in range(12)]
+
+
+def row(uav: str, t: float, lat: float, lon: float) -> Observation:
+    return Observation(uav, t, lat, lon, 100.0, None, None, None, None, None, None, None,
+                       "gw/gateway/native", t)
+
+
+# Coordinates near cell edges (cells of 0.01 deg) and on both sides of 0.
+coordinate = st.integers(-300, 300).map(lambda k: k * 0.0025)
+step = st.tuples(st.sampled_from(UAVS), st.integers(0, 40).map(float), coordinate, coordinate,
+                 st.booleans())
+box = st.tuples(coordinate, coordinate, coordinate, coordinate).map(
+    lambda b: (min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])))
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(step, max_size=60), boxes=st.lists(box, min_size=1, max_size=5))
+def test_bbox_finds_exactly_the_newest_positions_inside(
+        steps: list[tuple[str, float, float, float, bool]],
+        boxes: list[tuple[float, float, float, float]]) -> None:
+    live = LiveState(cell_deg=0.01)
+    newest: dict[str, Observation] = {}  # the model: a plain dict, newest by t
+    for uav, t, lat, lon, removed in steps:
+        if removed:
+            live.remove(uav)
+            newest.pop(uav, None)
+            continue
+        obs = row(uav, t, lat, lon)
+        advanced = live.update([obs])
+        if uav not in newest or newest[uav].t < t:
+            newest[uav] = obs
+            assert advanced == [obs]
+        else:
+            assert advanced == []  # late or repeated: the UAV does not move back
+    assert live.latest == newest
+    for min_lon, min_lat, max_lon, max_lat in boxes:
+        expected = sorted(
+            (o for o in newest.values()
+             if min_lon <= o.lon <= max_lon and min_lat <= o.lat <= max_lat),
+            key=lambda o: o.uav)
+        assert live.in_bbox(min_lon, min_lat, max_lon, max_lat) == expected
+    # No cell is left behind empty, and every UAV is in exactly its own cell.
+    assert all(live._cells.values())
+    assert sum(len(m) for m in live._cells.values()) == len(newest)
+    for uav, members in live._cell_of.items():
+        assert uav in members and live._cells[members.cell] is members
+        assert members.cell == live._cell(newest[uav].lon, newest[uav].lat)
+
+
+def test_a_batch_keeps_each_uavs_newest_and_returns_it_once() -> None:
+    live = LiveState()
+    a1, a2, b1 = row("A", 1.0, 29.5, 106.5), row("A", 2.0, 29.6, 106.6), row("B", 5.0, 29.5, 106.5)
+    assert live.update([a2, a1, b1]) == [a2, b1]
+    assert live.in_bbox(106.55, 29.55, 106.65, 29.65) == [a2]
+    assert live.update([a1]) == []
+    assert live.in_bbox(106.45, 29.45, 106.55, 29.55) == [b1]
