@@ -457,3 +457,33 @@ def test_fast_path_decodes_as_the_careful_one(lines: list[str], newline: str) ->
         assert [list(o.items()) for o in got[0]] == [list(o.items()) for o in expected[0]]
         assert [repr(o) for o in got[0]] == [repr(o) for o in expected[0]]  # -0.0 and 0.0 too
         assert repr(fast.aircraft) == repr(careful.aircraft)
+
+
+# The fast path keeps the values of the numeric texts it has seen (sbs._KNOWN_TEXTS per field)
+
+
+def test_known_texts_at_their_limit_and_past_it_decode_as_the_careful_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ingest.codecs import sbs
+
+    limit = 4
+    known = {name: {"": None} for name in ("_ALTITUDES_M", "_SPEEDS_MPS", "_TRACKS_DEG",
+                                            "_VSPEEDS_MPS")}
+    for name, texts in known.items():
+        monkeypatch.setattr(sbs, name, texts)
+    monkeypatch.setattr(sbs, "_KNOWN_TEXTS", limit)
+    lines = [line for n in range(limit + 2) for line in (  # limit - 1 texts, the limit, past it
+        _line(4, speed=str(100 + n), track=f"{n}.5", vrate=str(-64 * n)),
+        _line(3, alt=str(1000 + 25 * n), lat="29.5", lon="106.5"),
+        _line(3, alt="nan", lat="29.5", lon="106.5"),  # refused: never kept
+    )]
+    text = "\n".join(lines * 2)  # seen first, then looked up
+    fast, careful = SbsTracker(), SbsTracker()
+    got, expected = fast.feed(text, RECEIVE_T), _feed_carefully(careful, text, RECEIVE_T)
+    assert got == expected and len(got[0]) == 2 * (limit + 2)
+    assert [repr(o) for o in got[0]] == [repr(o) for o in expected[0]]
+    assert repr(fast.aircraft) == repr(careful.aircraft)
+    for texts in known.values():
+        assert 1 <= len(texts) <= limit and texts[""] is None
+        assert "nan" not in texts

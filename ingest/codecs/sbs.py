@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import datetime
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["FMT", "FPM_MPS", "FT_M", "KT_MPS", "AircraftState", "SbsTracker"]
@@ -59,6 +60,7 @@ FPM_MPS = FT_M / 60.0
 _FIELDS = 22
 _TRANSMISSION_TYPES = frozenset("12345678")
 _POSITION_TYPES = frozenset("23")
+_POSITION_KINDS = {kind: kind in _POSITION_TYPES for kind in _TRANSMISSION_TYPES}
 _SKIPPED_RECORDS = frozenset({"SEL", "ID", "AIR", "STA", "CLK"})
 _HEX_DIGITS = "0123456789ABCDEF"
 _OCTAL_DIGITS = "01234567"
@@ -74,6 +76,7 @@ _MINUTE_PREFIXES = {hh_mm + ":": s for hh_mm, s in _MINUTES_OF_DAY.items()}  # "
 _TWO_DIGITS = frozenset(f"{n:02d}" for n in range(100))
 _INF = math.inf
 _NO_ALTITUDE = "position without a known altitude: no observation"
+_KNOWN_TEXTS = 4096  # per field
 
 
 @dataclass(slots=True)
@@ -113,6 +116,58 @@ class _Unusual(Exception):
     """A line the fast path of SbsTracker.feed leaves to the careful one."""
 
 
+def _altitude_m(text: str) -> float:
+    alt_m = float(text) * FT_M  # finite exactly when the feet are
+    if not -_INF < alt_m < _INF:
+        raise _Unusual
+    return alt_m
+
+
+def _speed_mps(text: str) -> float:
+    speed_kt = float(text)
+    if not 0.0 <= speed_kt < _INF:
+        raise _Unusual
+    return speed_kt * KT_MPS
+
+
+def _track_deg(text: str) -> float:
+    track_deg = float(text)
+    if not 0.0 <= track_deg <= 360.0:
+        raise _Unusual
+    return track_deg % 360.0
+
+
+def _vspeed_mps(text: str) -> float:
+    vspeed_mps = float(text) * FPM_MPS  # finite exactly when the ft/min are
+    if not -_INF < vspeed_mps < _INF:
+        raise _Unusual
+    return vspeed_mps
+
+
+# Field text -> value in state units ("" -> None: not in the message), of the texts seen so far
+# (decoders send few distinct altitudes, speeds, tracks and rates), so the fast path of
+# SbsTracker.feed mostly looks values up. Shared by all trackers: the conversions are pure.
+_ALTITUDES_M: dict[str, float | None] = {"": None}
+_SPEEDS_MPS: dict[str, float | None] = {"": None}
+_TRACKS_DEG: dict[str, float | None] = {"": None}
+_VSPEEDS_MPS: dict[str, float | None] = {"": None}
+
+
+def _known_value(
+    known: dict[str, float | None], convert: Callable[[str], float], text: str
+) -> float | None:
+    """known[text], converting and keeping it (up to _KNOWN_TEXTS) if not yet known; a text
+    `convert` refuses raises (_Unusual or ValueError) and is not kept."""
+    if text in known:
+        return known[text]
+    value = convert(text)
+    if len(known) >= _KNOWN_TEXTS:
+        known.clear()
+        known[""] = None
+    known[text] = value
+    return value
+
+
 class SbsTracker:
     """Per-connection SBS state: feed text, get observations (API.md section 1, plus kind,
     format, icao, callsign, squawk) and per-line errors. The state of an aircraft not heard for
@@ -136,62 +191,48 @@ class SbsTracker:
         aircraft = self.aircraft
         expire_s = self.expire_s
         midnights = self._midnights
-        merge = _merge
+        altitudes_m, speeds_mps = _ALTITUDES_M, _SPEEDS_MPS
+        tracks_deg, vspeeds_mps = _TRACKS_DEG, _VSPEEDS_MPS
         # The fast path below takes the usual well-formed MSG line as it comes and changes no
         # state before it has checked all of it; anything else (blank and other records, odd
         # spacing, bad or unusual fields) goes line-stripped to `_apply`, which checks field by
         # field and gives the precise error. Both decode a line they accept identically.
         for number, line in enumerate(text.split("\n"), 1):
-            if not line:
-                continue
-            fields = line.split(",")
             try:
-                if len(fields) != _FIELDS or fields[0] != "MSG":
+                (record, kind, _, _, hex_ident, _, date, time, _, _, callsign, alt_text,
+                 speed_text, track_text, lat_text, lon_text, vrate_text, squawk, _,
+                 emergency_text, _, ground_text) = line.split(",")  # ValueError: not 22 fields
+                if record != "MSG":
                     raise _Unusual
-                (_, kind, _, _, hex_ident, _, date, time, _, _, callsign, alt_text, speed_text,
-                 track_text, lat_text, lon_text, vrate_text, squawk, _, emergency_text, _,
-                 ground_text) = fields
-                if kind not in _TRANSMISSION_TYPES:
-                    raise _Unusual
-                state = aircraft.get(hex_ident)  # keys are valid upper-case idents
-                if state is not None:
-                    icao = hex_ident
-                else:
+                position_kind = _POSITION_KINDS[kind]
+                icao = hex_ident
+                state = aircraft.get(icao)  # keys are valid upper-case idents
+                if state is None and (len(icao) != 6 or icao.strip(_HEX_DIGITS)):
                     icao = hex_ident.upper()
                     if len(icao) != 6 or icao.strip(_HEX_DIGITS):
                         raise _Unusual
                     state = aircraft.get(icao)
                 if callsign:
                     callsign = callsign.strip()
-                alt_m = speed_mps = track_deg = vspeed_mps = None  # in state units
-                if alt_text:
-                    alt_m = float(alt_text) * FT_M  # finite exactly when the feet are
-                    if not -_INF < alt_m < _INF:
-                        raise _Unusual
-                if speed_text:
-                    speed_kt = float(speed_text)
-                    if not 0.0 <= speed_kt < _INF:
-                        raise _Unusual
-                    speed_mps = speed_kt * KT_MPS
-                if track_text:
-                    track_deg = float(track_text)
-                    if not 0.0 <= track_deg <= 360.0:
-                        raise _Unusual
-                    track_deg %= 360.0
-                if vrate_text:
-                    vspeed_mps = float(vrate_text) * FPM_MPS
-                    if not -_INF < vspeed_mps < _INF:
-                        raise _Unusual
-                has_position = (kind == "3" or kind == "2") and (lat_text != "" or lon_text != "")
-                if has_position:
-                    lat = float(lat_text)
+                try:  # None for an empty field
+                    alt_m = altitudes_m[alt_text]
+                    speed_mps = speeds_mps[speed_text]
+                    track_deg = tracks_deg[track_text]
+                    vspeed_mps = vspeeds_mps[vrate_text]
+                except KeyError:  # a text not seen yet
+                    alt_m = _known_value(altitudes_m, _altitude_m, alt_text)
+                    speed_mps = _known_value(speeds_mps, _speed_mps, speed_text)
+                    track_deg = _known_value(tracks_deg, _track_deg, track_text)
+                    vspeed_mps = _known_value(vspeeds_mps, _vspeed_mps, vrate_text)
+                has_position = False
+                if lat_text or lon_text:
+                    lat = float(lat_text)  # ValueError for an empty one: careful path
                     lon = float(lon_text)
-                    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
-                        raise _Unusual
-                else:  # checked, not used
-                    if lat_text and not math.isfinite(float(lat_text)):
-                        raise _Unusual
-                    if lon_text and not math.isfinite(float(lon_text)):
+                    if position_kind:
+                        if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+                            raise _Unusual
+                        has_position = True
+                    elif not -_INF < lat + lon < _INF:  # checked, not used
                         raise _Unusual
                 if squawk:
                     squawk = squawk.strip()
@@ -199,7 +240,7 @@ class SbsTracker:
                         raise _Unusual
                 emergency = _FLAG_TEXTS[emergency_text]
                 on_ground = _LAST_FLAG_TEXTS[ground_text]
-            except (_Unusual, ValueError, KeyError):  # KeyError: a flag text not as it usually is
+            except (_Unusual, ValueError, KeyError):  # KeyError: a field not as it usually is
                 line = line.strip()
                 if not line:
                     continue
@@ -214,38 +255,58 @@ class SbsTracker:
 
             if state is None or receive_t - state.last_seen_t > expire_s:
                 state = aircraft[icao] = AircraftState(icao)
-            merge(state, receive_t, kind, callsign, alt_m, speed_mps, track_deg, vspeed_mps,
-                  squawk, emergency, on_ground)
+            state.last_seen_t = receive_t  # as _merge, inline
+            if callsign:
+                state.callsign = callsign
+            if alt_m is not None:
+                state.alt_m = alt_m
+            if speed_mps is not None:
+                state.speed_mps = speed_mps
+            if track_deg is not None:
+                state.track_deg = track_deg
+            if vspeed_mps is not None:
+                state.vspeed_mps = vspeed_mps
+            if squawk:
+                state.squawk = squawk.zfill(4)
+            if emergency is not None:
+                state.emergency = emergency
+            if on_ground is not None:
+                state.on_ground = on_ground
+            elif kind == "2":
+                state.on_ground = True
             if not has_position:
                 continue
-            state.lat, state.lon = lat, lon
-            if state.alt_m is None:
+            state.lat = lat
+            state.lon = lon
+            alt_m = state.alt_m
+            if alt_m is None:
                 errors.append((number, _NO_ALTITUDE))
                 continue
 
-            midnight = midnights.get(date)
-            minute_s = _MINUTE_PREFIXES.get(time[:6])
-            if midnight is None or minute_s is None or time[6:8] not in _TWO_DIGITS:
+            try:  # as _generated_t, to the last bit
+                midnight = midnights[date]
+                minute_s = _MINUTE_PREFIXES[time[:6]]
+                if time[6:8] not in _TWO_DIGITS:
+                    raise ValueError
+                s = float(time[6:])
+                t = midnight + (minute_s + s) if 0.0 <= s < 61.0 else receive_t
+            except (KeyError, ValueError):  # a date not seen yet, or a time not as usual
                 generated_t = self._generated_t(date, time)
                 t = receive_t if generated_t is None else generated_t
-            else:  # as _seconds_of_day, to the last bit
-                try:
-                    s = float(time[6:])
-                except ValueError:
-                    s = -1.0
-                t = midnight + (minute_s + s) if 0.0 <= s < 61.0 else receive_t
+            speed_mps = state.speed_mps
+            track_deg = state.track_deg
+            vspeed_mps = state.vspeed_mps
+            if speed_mps is None or track_deg is None or vspeed_mps is None:
+                observations.append(_observation(state, t))
+                continue
             if state.emergency or state.squawk is not None:  # else as AircraftState.status
                 status = state.status
             else:
                 status = "ground" if state.on_ground else "airborne"
-            if state.speed_mps is None or state.track_deg is None or state.vspeed_mps is None:
-                observations.append(_observation(state, t))
-                continue
             obs: dict[str, object] = {  # as _observation makes it, in one go
-                "uav": "ICAO-" + icao, "t": t, "lat": lat, "lon": lon, "alt_m": state.alt_m,
-                "speed_mps": state.speed_mps, "track_deg": state.track_deg,
-                "vspeed_mps": state.vspeed_mps, "status": status, "kind": "crewed",
-                "format": FMT, "icao": icao,
+                "uav": "ICAO-" + icao, "t": t, "lat": lat, "lon": lon, "alt_m": alt_m,
+                "speed_mps": speed_mps, "track_deg": track_deg, "vspeed_mps": vspeed_mps,
+                "status": status, "kind": "crewed", "format": FMT, "icao": icao,
             }
             if state.callsign is not None:
                 obs["callsign"] = state.callsign
