@@ -10,10 +10,19 @@ Parts, all in `run()`:
 - fan-out: one second of the feed for 20 clients at rate_hz=1: every aircraft updated, then each
   view flushed once; (a) all 20 clients with the same view (one shared diff), (b) 20 different
   views (20 diffs). CPU per second of traffic, and bytes queued;
+- feed delay, simulated time (machine-independent): N aircraft at 1 Hz with their phases spread
+  over the second (as the e2e sender's ten slices), each report fused the moment it is made, the
+  flusher called every 0.1 s and 3 ms late each time (a busy loop), one client at rate_hz=1. The
+  age of each state it receives at its flush (flush time - the state's `t`) is what the feed
+  itself adds to ingest and transport; also the most states of one aircraft and the shortest
+  gap between two, against the rate limit;
 - end to end (`--e2e`, seconds given): a real server process (`lowalt serve`, SQLite), one
   gateway sending N aircraft at 1 Hz, 20 SSE clients at rate_hz=1; age of each state at its
-  arrival (arrival wall time - the state's `t`), which includes the up-to-1 s wait for the next
-  flush of a 1 Hz view.
+  arrival (arrival wall time - the state's `t`, both on this machine's clock). It includes the
+  gateway's send and commit, fusion, the wait for the view's next flush (the feed flushes every
+  0.1 s; an aircraft whose report comes less than 1 s after its previous update waits for the
+  rest of that second, the rate limit), encoding and the SSE write to 20 clients, and the
+  client's own reading and JSON parsing (one client parses every state).
 
     .venv/bin/python -m benchmarks.bench_traffic [--n 5000] [--clients 20] [--e2e 20]
 """
@@ -24,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import math
 import random
@@ -165,6 +175,52 @@ async def bench_fanout(n: int, clients: int, seconds: int = 5) -> dict[str, Any]
     return results
 
 
+async def bench_feed_delay(n: int, seconds: int = 20) -> dict[str, Any]:
+    registry, spots = fleet(n)
+    picture = FusedPicture(Identities(registry))
+    t0 = 1_764_000_000.0
+    wall = [t0]
+    feed = TrafficFeed(picture, gone_after_s=60.0, max_clients=10, buffer_bytes=1 << 30,
+                       heartbeat_s=15.0, write_timeout_s=10.0, metrics=Metrics(),
+                       clock=lambda: wall[0])
+    client = feed.connect(REGULATOR, (-180.0, -90.0, 180.0, 90.0), 1.0)
+    assert client is not None
+    monotonic0 = time.monotonic() + 5.0  # past the view's first flush
+    slices, warmup = 10, 5.0
+    ages: list[float] = []
+    seen: dict[str, list[float]] = {}
+    sim, next_slice = 0.0, 0.0
+    while sim < warmup + seconds:
+        while next_slice <= sim:  # the slices due by now, fused as they are made
+            part = round(next_slice * slices) % slices
+            t = t0 + next_slice
+            picture.add([
+                Observation(f"U{k:05d}", t, lat + 12.0 * next_slice / M_PER_DEG, lon, 120.0,
+                            12.0, 0.0, 0.0, 60.0, "airborne", 10.0, 15.0, "sat/gateway/native", t)
+                for k, (lat, lon, _) in enumerate(spots) if k % slices == part])
+            next_slice = round(next_slice + 1 / slices, 6)
+        wall[0] = t0 + sim
+        feed.flush_due(monotonic0 + sim)
+        for flush in await client.get(0):
+            if sim < warmup:
+                continue
+            for item in json.loads(flush.text):
+                if "t" in item:
+                    ages.append(sim - (item["t"] - t0))
+                    seen.setdefault(item["uav"], []).append(sim)
+        sim += 0.103
+    gaps = [b - a for times in seen.values() for a, b in itertools.pairwise(times)]
+    return {
+        "aircraft": n, "seconds": seconds,
+        "states_per_s": round(len(ages) / seconds),
+        "age_p50_ms": round(percentile(ages, 0.5) * 1e3),
+        "age_p99_ms": round(percentile(ages, 0.99) * 1e3),
+        "age_max_ms": round(max(ages) * 1e3),
+        "most_states_of_one_aircraft": max(map(len, seen.values())),
+        "shortest_gap_s": round(min(gaps), 3),
+    }
+
+
 async def bench_e2e(n: int, clients: int, seconds: float) -> dict[str, Any]:
     with database("sqlite") as url, server(url) as srv:
         reg = srv.cli("token", "create", "--role", "regulator")
@@ -255,7 +311,8 @@ def run(n: int = 5000, clients: int = 20, e2e_s: float = 0.0) -> dict[str, Any]:
     """Fusion per observation, feed fan-out per second, and (e2e_s > 0) the end-to-end run."""
     log(f"traffic: fusion and fan-out, {n:,} aircraft, {clients} clients")
     result: dict[str, Any] = {"fusion": bench_fusion(n),
-                              "fanout": asyncio.run(bench_fanout(n, clients))}
+                              "fanout": asyncio.run(bench_fanout(n, clients)),
+                              "feed_delay": asyncio.run(bench_feed_delay(n))}
     if e2e_s > 0:
         log(f"traffic: end to end, {n:,} aircraft at 1 Hz, {clients} SSE clients, {e2e_s:g} s")
         result["e2e"] = asyncio.run(bench_e2e(n, clients, e2e_s))

@@ -2,13 +2,22 @@
 `rate_hz` updates per aircraft per second, over Server-Sent Events and a WebSocket.
 
 Clients with the same view (bbox, rate_hz, and who may see what: everything, or one operator's
-UAVs) share a `ViewGroup`. One task flushes each group every 1/rate_hz s (never sooner): the
-group's diff since its previous flush is found with numpy over the fused picture's column arrays
-(aircraft that entered the view or changed: their state; aircraft that left it or were silent
-for `gone_after_s`: `{"gone": uav}`), encoded once as one JSON array and queued, the same bytes,
-for every client of the group. An aircraft's state JSON is encoded once per fused update and
-cached for every group. A client that joins (or changes view) gets the whole view at its group's
-next flush instead of the diff, plus a `gone` for what it saw in its old view and not the new.
+UAVs) share a `ViewGroup`. The rate limit is per aircraft, not per view: one task flushes each
+group every `TICK_S` (or 1/rate_hz s, if shorter), and a flush carries each aircraft that has
+news (entered the view or changed: its state; left it or silent for `gone_after_s`:
+`{"gone": uav}`) and is due. Each aircraft's items keep to a grid of one period (1/rate_hz s):
+its next item is due one period after the grid point of its last, and an item sent more than
+`slack` (a tick, at most half a period) past its grid point moves the grid to `slack` before its
+own time. So an aircraft reporting at rate_hz goes out within about a tick of its report being
+fused, instead of drifting through a whole period of waiting (a strict "one period since the
+last item" rule adds each flush's lateness to the wait, every period); its items are at least
+period - slack apart, and no more than rate_hz a second on average. The diff is found with numpy
+over the fused picture's column arrays, encoded once as one JSON array and queued, the same
+bytes, for every client of the group. An aircraft's state JSON is encoded once per fused update
+and cached for every group. A client that joins (or changes view) gets the whole view at its
+group's next flush instead of the diff, plus a `gone` for what it saw in its old view and not
+the new; the group then holds every aircraft of that snapshot back for a whole period, so the
+new client gets none of them again sooner.
 
 Each client has a bounded buffer (`buffer_bytes`). A client that overflows it is dropped with a
 reason (SSE `event: disconnect`, WebSocket close 1013); it reconnects and starts from a new
@@ -34,7 +43,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from dispatch.sse import open_event_stream, say_disconnect
 from lowalt.api import BadRequest, parse_bbox
 from lowalt.auth import PRINCIPAL, require_role
-from lowalt.fusion import I64, FusedPicture, Obj
+from lowalt.fusion import F64, I64, FusedPicture, Obj
 from lowalt.metrics import Metrics
 from lowalt.models import Principal
 
@@ -44,6 +53,7 @@ MAX_RATE_HZ = 10.0
 MIN_RATE_HZ = 0.1
 DEFAULT_RATE_HZ = 1.0
 IDLE_TICK_S = 0.1  # the flusher looks for new groups at least this often
+TICK_S = 0.1  # a view's flushes; an aircraft's news waits about this long past its due time
 Bbox = tuple[float, float, float, float]
 ViewKey = tuple[Bbox, float, str | None]
 
@@ -118,10 +128,24 @@ class ViewGroup:
     sent_version: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     sent_epoch: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     sent_id: Obj = field(default_factory=lambda: np.zeros(0, dtype=object))
+    due_at: F64 = field(default_factory=lambda: np.zeros(0))  # monotonic, its next item
 
     @property
     def period_s(self) -> float:
         return 1.0 / self.key[1]
+
+    @property
+    def tick_s(self) -> float:
+        return min(TICK_S, self.period_s)
+
+    @property
+    def slack_s(self) -> float:
+        """How late past its grid point an item may go and keep the grid."""
+        return min(TICK_S, self.period_s / 2)
+
+    def sent(self, idx: np.ndarray[Any, np.dtype[np.intp]], now: float) -> None:
+        """Items of slots idx went out at now: each one's next is due a period on its grid."""
+        self.due_at[idx] = np.maximum(self.due_at[idx], now - self.slack_s) + self.period_s
 
     def fit(self, n: int) -> None:
         extra = n - len(self.sent_version)
@@ -130,6 +154,7 @@ class ViewGroup:
                 [self.sent_version, np.full(extra, -1, dtype=np.int64)])
             self.sent_epoch = np.concatenate([self.sent_epoch, np.zeros(extra, dtype=np.int64)])
             self.sent_id = np.concatenate([self.sent_id, np.full(extra, None, dtype=object)])
+            self.due_at = np.concatenate([self.due_at, np.full(extra, -np.inf)])
 
     def known_ids(self) -> set[str]:
         return set(self.sent_id[self.sent_version >= 0].tolist())
@@ -252,7 +277,7 @@ class TrafficFeed:
         wall = self.clock()
         for group in due:
             self._flush(group, now, wall)
-            group.next_flush = now + group.period_s
+            group.next_flush = now + group.tick_s
         self.metrics.observe("lowalt_traffic_flush_seconds", time.perf_counter() - started)
         return len(due)
 
@@ -278,14 +303,17 @@ class TrafficFeed:
         sent_version, sent_epoch = group.sent_version[:n], group.sent_epoch[:n]
         had = sent_version >= 0
         replaced = had & (sent_epoch != epoch)
-        gone_idx = np.flatnonzero(had & (~view | replaced))
-        update_idx = np.flatnonzero(view & ((sent_version != version) | replaced))
+        due = group.due_at[:n] <= now
+        gone_idx = np.flatnonzero(had & (~view | replaced) & due)
+        update_idx = np.flatnonzero(view & ((sent_version != version) | replaced) & due)
         gone = group.sent_id[gone_idx].tolist()
         group.sent_version[gone_idx] = -1
         group.sent_id[gone_idx] = None
+        group.sent(gone_idx, now)
         group.sent_version[update_idx] = version[update_idx]
         group.sent_epoch[update_idx] = epoch[update_idx]
         group.sent_id[update_idx] = p.ids[update_idx]
+        group.sent(update_idx, now)
         if group.clients and (gone or len(update_idx)):
             diff = Flush(_array([_gone(uav) for uav in gone] + self._bodies_of(update_idx)))
             for client in group.clients:
@@ -294,6 +322,9 @@ class TrafficFeed:
         ready = [c for c in group.joining if c.not_before <= now]
         if ready:
             snapshot_idx = np.flatnonzero(view)
+            # Held back for the group: the next item of these comes a period after the snapshot
+            # (the others of the group get theirs later than they would, once per join).
+            group.due_at[snapshot_idx] = now + group.period_s
             bodies = self._bodies_of(snapshot_idx)
             snapshot = Flush(_array(bodies))
             ids: set[str] | None = None
