@@ -43,6 +43,8 @@ CONFLICT_TYPES = frozenset({"separation_loss", "conflict_predicted"})
 MOTION_TYPES = frozenset({"implausible_motion"})
 EARTH_RADIUS_M = 6_371_008.8
 DEFAULT_ACCURACY_M = 10.0
+TICK_SLICE = 2_000  # aircraft sorted into fresh and silent per turn of the event loop
+LOST_SLICE = 250  # telemetry_lost alerts opened or resolved per turn of the event loop
 
 
 def gateway_name(row: Observation) -> str:
@@ -56,6 +58,23 @@ class TickResult:
     conflicts: int
     lost: int
     seconds: float
+
+
+class _Stopwatch:
+    """Time since creation, less the time spent in `pause` (other tasks' turns)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.paused = 0.0
+
+    async def pause(self) -> None:
+        """Let the event loop run its other tasks once."""
+        started = time.perf_counter()
+        await asyncio.sleep(0)
+        self.paused += time.perf_counter() - started
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started - self.paused
 
 
 class TrafficMonitor:
@@ -91,35 +110,46 @@ class TrafficMonitor:
         return limit
 
     async def tick(self, tick_t: float | None = None) -> TickResult:
-        started = time.perf_counter()
+        """One tick. The aircraft are sorted into fresh and silent `TICK_SLICE` at a time, the
+        event loop taking its turn between slices, over a snapshot taken at the start (the
+        rows, or each fused aircraft with its state), and telemetry_lost changes `LOST_SLICE`
+        at a time, so ingest is never held for a whole pass. `seconds` counts the tick's own
+        work (and its wait for the pair search), not the other tasks run between its slices."""
+        watch = _Stopwatch()
         now = self.clock() if tick_t is None else tick_t
         fresh: list[Observation] = []
         silent: list[Observation] = []
         if self.fused is None:
             limits, lost_after_s = self._lost_after_by_source, self.lost_after_s
-            for row in self.live.latest.values():
-                if row.status == "ground":
-                    continue
-                limit = limits.get(row.source)
-                if limit is None:
-                    limit = lost_after_s(row)
-                (fresh if now - row.t <= limit else silent).append(row)
+            rows = list(self.live.latest.values())
+            for start in range(0, len(rows), TICK_SLICE):
+                if start:
+                    await watch.pause()
+                for row in rows[start : start + TICK_SLICE]:
+                    if row.status == "ground":
+                        continue
+                    limit = limits.get(row.source)
+                    if limit is None:
+                        limit = lost_after_s(row)
+                    (fresh if now - row.t <= limit else silent).append(row)
         else:
             self.fused.refresh()
-            for a in self.fused.aircraft.values():
-                state = a.state
-                if state is None or state.status == "ground":
-                    continue
-                heard = any(now - r.t <= self.lost_after_s(r) for r in a.newest_reports())
-                (fresh if heard else silent).append(state)
+            aircraft = [(a, a.state) for a in self.fused.aircraft.values()]
+            for start in range(0, len(aircraft), TICK_SLICE):
+                if start:
+                    await watch.pause()
+                for a, state in aircraft[start : start + TICK_SLICE]:
+                    if state is None or state.status == "ground":
+                        continue
+                    heard = any(now - r.t <= self.lost_after_s(r) for r in a.newest_reports())
+                    (fresh if heard else silent).append(state)
         # The pair search runs on a worker thread (numpy releases the GIL for most of it), so a
         # tick over tens of thousands of aircraft does not stall ingest on the event loop.
         conflicts = await asyncio.to_thread(self._conflicts, fresh, now)
         evaluated = dict.fromkeys(map(attrgetter("uav"), fresh), now)
         await self.alerts.assess(CONFLICT_TYPES, evaluated, batches=[conflicts])
-        await self._telemetry_lost(fresh, silent, now)
-        return TickResult(now, len(fresh), len(conflicts), len(self.lost),
-                          time.perf_counter() - started)
+        await self._telemetry_lost(fresh, silent, now, watch)
+        return TickResult(now, len(fresh), len(conflicts), len(self.lost), watch.seconds())
 
     def _conflicts(self, rows: list[Observation], now: float) -> ConditionBatch:
         """The conflicting pairs among rows as one condition batch; a pair's `uav` is the one
@@ -168,13 +198,21 @@ class TrafficMonitor:
         )
 
     async def _telemetry_lost(
-        self, fresh: list[Observation], silent: list[Observation], now: float
+        self, fresh: list[Observation], silent: list[Observation], now: float,
+        watch: _Stopwatch | None = None,
     ) -> None:
+        """Resolve telemetry_lost for the fresh, open it for the newly silent; with a watch,
+        the event loop takes a turn after every `LOST_SLICE` alerts (a sky going quiet at once
+        opens thousands)."""
+        changed = 0
         for row in fresh:
             if row.uav in self.lost:
                 self.lost.discard(row.uav)
                 await self.alerts.resolve(("telemetry_lost", row.uav, ""), now,
                                           {"silent_s": round(now - row.t, 1)})
+                changed += 1
+                if watch is not None and changed % LOST_SLICE == 0:
+                    await watch.pause()
         for row in silent:
             if row.uav not in self.lost:
                 self.lost.add(row.uav)
@@ -184,6 +222,9 @@ class TrafficMonitor:
                     detail={"last_report_t": row.t, "expected_interval_s": self.lost_after_s(row),
                             "source": row.source},
                 ))
+                changed += 1
+                if watch is not None and changed % LOST_SLICE == 0:
+                    await watch.pause()
 
     async def run(self) -> None:
         """Tick forever at monitor_tick_s; a failing tick is logged, never fatal."""

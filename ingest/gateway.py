@@ -293,6 +293,8 @@ class GatewayProtocol(asyncio.Protocol):
             assert self.replies is not None
             self.replies.push(answer)
             self._update_flow()
+            if self._frames:  # a frame per loop turn: other connections' frames go in between
+                await asyncio.sleep(0)
 
     async def _take_rate(self, n: int) -> None:
         """Wait, with the socket not read, until the token's bucket holds n observations."""

@@ -5,7 +5,13 @@ the observations are committed. One committer task takes every waiting submissio
 `commit_max_obs` observations), drops duplicate (uav, t) keys inside the group, writes the group in
 one transaction, and resolves the futures in submission order, so each connection's acks follow
 its frame order. Committed rows then update the live picture and go, through a bounded queue, to
-the check stages (geofence, traffic monitor, ...), which never delay an acknowledgement.
+the check stages (geofence, traffic monitor, ...), which never delay an acknowledgement. The
+stages take a committed group in slices of at most `stage_slice_obs` rows and hand the event loop
+back between stage calls once they have held it for `stage_turn_s`, so a group of thousands of
+rows (or a backlog of groups) holds acks, alert writes and feeds for one slice's work at most.
+The default slice is a whole default commit group: slices of 1,000 cost 25-40 % more server CPU
+per observation with 10,000 zones loaded (the stages' fixed cost per call), for no alert latency
+gain that could be told from noise on this 2-core machine.
 
 When storage is unavailable, submissions made with `retry=True` (the streaming transports) stay
 queued and are retried until they commit, so their acks are withheld; those with `retry=False`
@@ -18,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -62,12 +68,16 @@ class Pipeline:
         retry_delay_s: float = 0.5,
         commit_concurrency: int = 1,
         stage_queue_batches: int = 256,
+        stage_slice_obs: int = 5_000,
+        stage_turn_s: float = 0.005,
     ) -> None:
         self.store, self.live, self.metrics = store, live, metrics
         self.commit_max_obs = commit_max_obs
         self.max_pending_obs = max_pending_obs
         self.retry_delay_s = retry_delay_s
         self.commit_concurrency = commit_concurrency
+        self.stage_slice_obs = stage_slice_obs
+        self.stage_turn_s = stage_turn_s
         self.stages: list[CheckStage] = []
         self.available = True
         self._queue: deque[_Submission] = deque()
@@ -268,14 +278,26 @@ class Pipeline:
                 await self._stage_queue.put((new_rows, advanced))
 
     async def _run_stages(self) -> None:
+        """Every stage on every committed group, a slice at a time; the event loop gets a turn
+        whenever the stages have held it for `stage_turn_s` (a stage's await need not yield,
+        and a waiting batch is taken without one)."""
+        turn_ends = time.monotonic() + self.stage_turn_s
         while True:
-            rows, advanced = await self._stage_queue.get()
-            for stage in self.stages:
-                try:
-                    await stage.on_committed(rows, advanced)
-                except Exception:
-                    log.exception("check stage %s failed", stage.name)
-                    self.metrics.inc("lowalt_stage_errors_total", stage=stage.name)
+            if self._stage_queue.empty():
+                rows, advanced = await self._stage_queue.get()
+                turn_ends = time.monotonic() + self.stage_turn_s
+            else:
+                rows, advanced = self._stage_queue.get_nowait()
+            for part, part_advanced in _slices(rows, advanced, self.stage_slice_obs):
+                for stage in self.stages:
+                    try:
+                        await stage.on_committed(part, part_advanced)
+                    except Exception:
+                        log.exception("check stage %s failed", stage.name)
+                        self.metrics.inc("lowalt_stage_errors_total", stage=stage.name)
+                    if time.monotonic() >= turn_ends:
+                        await asyncio.sleep(0)
+                        turn_ends = time.monotonic() + self.stage_turn_s
             self._stage_queue.task_done()
 
     async def drain(self, timeout_s: float) -> bool:
@@ -288,3 +310,17 @@ class Pipeline:
         except TimeoutError:
             return False
         return True
+
+
+def _slices(
+    rows: list[Observation], advanced: list[Observation], size: int
+) -> Iterator[tuple[list[Observation], list[Observation]]]:
+    """rows in slices of at most size, each with the rows of `advanced` it holds (the same
+    objects, so a UAV reported twice in the group still advances once, at its newest row)."""
+    if len(rows) <= size:
+        yield rows, advanced
+        return
+    newest = set(map(id, advanced))
+    for start in range(0, len(rows), size):
+        part = rows[start : start + size]
+        yield part, [row for row in part if id(row) in newest]

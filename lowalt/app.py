@@ -26,7 +26,7 @@ from ingest.validate import Validator
 from lowalt import access, api
 from lowalt.auth import AUTH, PRINCIPAL, Authenticator, Registry, bearer
 from lowalt.errors import AuthError, ListenError, StorageUnavailable
-from lowalt.gcpolicy import tune_gc
+from lowalt.gcpolicy import keep_frozen, tune_gc
 from lowalt.identity import setup_identity
 from lowalt.limits import ConnectionLimits, Limits, RateLimits
 from lowalt.live import LiveState
@@ -281,6 +281,7 @@ async def serve(settings: Settings, *, ready: Callable[[Runtime], None] | None =
     app = create_app(settings)
     runner = await start_http(app, settings)
     tune_gc()  # after start-up: zones, index and registry go to the permanent generation
+    freezer = asyncio.create_task(keep_frozen(), name="lowalt-gc-freeze")
     rt = app[RUNTIME]
     log.info("lowalt listening: http %s, gateway %s, storage %s", settings.http,
              settings.gateway, settings.backend)
@@ -292,6 +293,8 @@ async def serve(settings: Settings, *, ready: Callable[[Runtime], None] | None =
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: draining")
+    freezer.cancel()
+    await asyncio.gather(freezer, return_exceptions=True)
     await runner.cleanup()
 
 
