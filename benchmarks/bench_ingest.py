@@ -17,7 +17,8 @@ F3411 / native, and the rows the server stored for it (must equal what it acked)
     .venv/bin/python -m benchmarks.bench_ingest [--backend sqlite postgres] [--seconds 30]
         [--connections 1 2 4 8] [--f3411-seconds S]
 
-`memory_per_uav` (the `memory` part of `lowalt bench`): server RSS growth per live UAV.
+`memory_per_uav` (the `memory` part of `lowalt bench`): server RSS growth per live UAV, after 20
+reports from each (steady state: more than any history the server keeps per UAV).
 """
 
 from __future__ import annotations
@@ -511,10 +512,13 @@ def _register(url: str, names: Sequence[str]) -> None:
     conn.close()
 
 
-def memory_per_uav(uavs: int = 100_000, registered: bool = True) -> dict[str, Any]:
-    """Server RSS growth per live UAV (SQLite): RSS after one report from each of `uavs`
-    distinct UAVs minus RSS after as many reports from 100 UAVs (same buffers, same code
-    paths). `registered`: the UAVs are in the registry (else each also holds an open
+def memory_per_uav(
+    uavs: int = 100_000, registered: bool = True, rounds: int = 20
+) -> dict[str, Any]:
+    """Server RSS growth per live UAV (SQLite), in steady state: RSS after `rounds` reports
+    from each of `uavs` distinct UAVs (more than any per-UAV history the server keeps: fusion
+    keeps up to 16 per source) minus RSS after as many reports from 100 UAVs (same buffers,
+    same code paths). `registered`: the UAVs are in the registry (else each also holds an open
     `unregistered_uav` alert). lost_after_s is raised so no `telemetry_lost` opens meanwhile."""
     names = [f"M{n:06d}" for n in range(uavs)]
     few = [f"W{n % 100:03d}" for n in range(uavs)]
@@ -523,25 +527,30 @@ def memory_per_uav(uavs: int = 100_000, registered: bool = True) -> dict[str, An
             _register(url, names + sorted(set(few)))
         with server(url, {"LOWALT_LOST_AFTER_S": "3600"}) as srv:
             token = srv.cli("token", "create", "--role", "gateway", "--name", "bench")
-            asyncio.run(_fill(srv.gateway_port, token, few, spread=False))
+            for _ in range(rounds):  # each round later than the one before: every report new
+                asyncio.run(_fill(srv.gateway_port, token, few, spread=False))
             time.sleep(2.0)
             base = rss_kib(srv.proc.pid)
             started = time.monotonic()
-            asyncio.run(_fill(srv.gateway_port, token, names))
+            for k in range(rounds):
+                log(f"memory: round {k + 1} of {rounds}")
+                asyncio.run(_fill(srv.gateway_port, token, names))
             fill_s = time.monotonic() - started
             time.sleep(2.0)
             after = rss_kib(srv.proc.pid)
     return {"backend": "sqlite", "uavs": uavs, "registered": registered,
-            "rss_base_mib": round(base / 1024, 1), "rss_after_mib": round(after / 1024, 1),
-            "fill_s": round(fill_s, 1), "bytes_per_live_uav": round((after - base) * 1024 / uavs)}
+            "reports_per_uav": rounds, "rss_base_mib": round(base / 1024, 1),
+            "rss_after_mib": round(after / 1024, 1), "fill_s": round(fill_s, 1),
+            "bytes_per_live_uav": round((after - base) * 1024 / uavs)}
 
 
-def memory_run(uavs: int = 100_000) -> dict[str, Any]:
+def memory_run(uavs: int = 100_000, rounds: int = 20) -> dict[str, Any]:
     """The `memory` part: registered fleet (the headline) and unregistered."""
-    log(f"memory: {uavs:,} registered UAVs")
-    registered = memory_per_uav(uavs, registered=True)
-    log(f"memory: {uavs:,} unregistered UAVs")
-    return {"registered": registered, "unregistered": memory_per_uav(uavs, registered=False)}
+    log(f"memory: {uavs:,} registered UAVs, {rounds} reports each")
+    registered = memory_per_uav(uavs, registered=True, rounds=rounds)
+    log(f"memory: {uavs:,} unregistered UAVs, {rounds} reports each")
+    return {"registered": registered,
+            "unregistered": memory_per_uav(uavs, registered=False, rounds=rounds)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -554,11 +563,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="F3411 gateway run (default: --seconds)")
     parser.add_argument("--memory", type=int, default=0, metavar="UAVS",
                         help="also measure memory per live UAV with this many UAVs")
+    parser.add_argument("--memory-rounds", type=int, default=20, metavar="N",
+                        help="reports per UAV in the memory measurement")
     args = parser.parse_args(argv)
     result = run(args.backend, args.seconds, args.connections,
                  f3411_seconds=args.f3411_seconds)
     if args.memory:
-        result["memory"] = memory_run(args.memory)
+        result["memory"] = memory_run(args.memory, args.memory_rounds)
     print(json.dumps(result, indent=2))
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -125,15 +124,15 @@ async def get_flights(request: web.Request) -> web.Response:
     fused = request.app.get(FUSED)
     blended: set[str] = set()
     now = time.time()
-    recent: dict[str, list[Observation]] = {}
     if fused is None:
         rows = request.app[LIVE].in_bbox(*box)
-        recent = {r.uav: [r] for r in rows}
     else:  # the fused state, one flight per canonical aircraft
         aircraft = fused.in_bbox(*box)
         rows = [a.state for a in aircraft if a.state is not None]
         blended = {a.uav for a in aircraft if len(a.used) > 1}
-        recent = {a.uav: _recent_reports(a.sources.values(), now) for a in aircraft}
+    registry = request.app[REGISTRY]
+    rows = visible(registry, principal, rows)
+    recent = await _recent_reports(request.app[STORE], registry, [r.uav for r in rows], now)
     flights = [
         {
             "id": r.uav,
@@ -157,17 +156,26 @@ async def get_flights(request: web.Request) -> web.Response:
                 for p in recent.get(r.uav, ())
             ],
         }
-        for r in visible(request.app[REGISTRY], principal, rows)
+        for r in rows
     ]
     return web.json_response({"timestamp": now, "flights": flights})
 
 
-def _recent_reports(sources: Iterable[list[Observation]], now: float) -> list[Observation]:
-    """The newest RECENT_POSITIONS_MAX reports of all sources within RECENT_POSITIONS_S of now,
-    oldest first, one per t."""
-    since = now - RECENT_POSITIONS_S
-    by_t = {r.t: r for reports in sources for r in reports if r.t >= since}
-    return [by_t[t] for t in sorted(by_t)[-RECENT_POSITIONS_MAX:]]
+async def _recent_reports(
+    store: Store, registry: Registry, uavs: list[str], now: float
+) -> dict[str, list[Observation]]:
+    """Per aircraft of uavs: its newest RECENT_POSITIONS_MAX stored reports under any of its
+    identifiers within RECENT_POSITIONS_S of now, oldest first, one per t."""
+    canonical_of: dict[str, str] = {}
+    for uav in uavs:
+        for reported in identity_of(registry, uav)[1]:
+            canonical_of.setdefault(reported, uav)
+    by_t: dict[str, dict[float, Observation]] = {}
+    for row in await store.newest_many(list(canonical_of), now - RECENT_POSITIONS_S,
+                                       RECENT_POSITIONS_MAX):
+        by_t.setdefault(canonical_of[row.uav], {})[row.t] = row
+    return {uav: [reports[t] for t in sorted(reports)[-RECENT_POSITIONS_MAX:]]
+            for uav, reports in by_t.items()}
 
 
 def _f3411_status(status: str | None) -> str:

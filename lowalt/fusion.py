@@ -7,7 +7,10 @@ to it, and a 6-hex-digit alias (an ADS-B ICAO address) also matches "ICAO-<HEX>"
 codec reports. Identifiers the registry does not know are aircraft of their own, unregistered.
 
 Per aircraft and source (the observation's `source`, "<name>/<transport>/<format>") the picture
-keeps the newest `reports_per_source` reports, sorted by `t`. The fused state (docs/ARCHITECTURE.md,
+keeps the newest report; for an aircraft heard under several source names (cross-checked, see
+geofence/fusion_stage.py) the newest `reports_per_source`, sorted by `t`. Older reports are read
+from storage (GET /v1/flights' recent positions), so a live aircraft costs one report of memory
+per source, not a history. The fused state (docs/ARCHITECTURE.md,
 "Fusion") takes the newest report of each source heard within `window_s` of the newest report of
 all (time T), extrapolates each to T at its own velocity, and averages them weighted by inverse
 variance, where a report's standard deviation is half its 95 % accuracy (a default when absent)
@@ -110,28 +113,29 @@ class Identities:
 
     def __init__(self, registry: RegistryView) -> None:
         self.registry = registry
+        # Reported id -> canonical id, for the ids that are not their own aircraft (aliases);
+        # a registered id maps to itself by its absence.
         self.canonical_of: dict[str, str] = {}
-        self.operator_of: dict[str, str] = {}  # canonical (registered) id -> operator
-        self._seen: tuple[object, object] | None = None
+        self.operator_of: Mapping[str, str] = {}  # canonical (registered) id -> operator
+        self._seen: tuple[Mapping[str, UavRecord], object] | None = None
 
     def sync(self) -> bool:
-        """Follow the registry (it swaps its dicts on every change or refresh); True when the
-        mapping or an owner actually changed."""
+        """Follow the registry (it swaps its dicts on every change); True when the mapping or
+        an owner actually changed."""
         reg = self.registry
-        if self._seen is not None and reg.by_uav is self._seen[0] and (
-            reg.alias_to_uav is self._seen[1]
-        ):
+        seen = self._seen
+        if seen is not None and reg.by_uav is seen[0] and reg.alias_to_uav is seen[1]:
             return False
         self._seen = (reg.by_uav, reg.alias_to_uav)
         canonical_of: dict[str, str] = {}
         for record in reg.by_uav.values():
             for reported in reported_ids(record.uav, record.aliases)[1:]:
                 canonical_of.setdefault(reported, record.uav)
-        for uav in reg.by_uav:
-            canonical_of[uav] = uav  # a registered id is always its own aircraft
-        operator_of = {uav: record.operator for uav, record in reg.by_uav.items()}
-        changed = canonical_of != self.canonical_of or operator_of != self.operator_of
-        self.canonical_of, self.operator_of = canonical_of, operator_of
+        for uav in reg.by_uav.keys() & canonical_of.keys():
+            del canonical_of[uav]  # a registered id is always its own aircraft
+        owners_changed = _owners(seen[0] if seen else {}) != _owners(reg.by_uav)
+        changed = canonical_of != self.canonical_of or owners_changed
+        self.canonical_of, self.operator_of = canonical_of, _Operators(reg.by_uav)
         return changed
 
     def resolve(self, uav: str) -> str:
@@ -175,6 +179,32 @@ class Aircraft:
             "status": s.status, "registered": self.registered,
             "acc_h_m": _round(s.acc_h_m, 1), "acc_v_m": _round(s.acc_v_m, 1),
         }
+
+
+def _owners(by_uav: Mapping[str, UavRecord]) -> dict[str, str]:
+    return {uav: record.operator for uav, record in by_uav.items()}
+
+
+class _Operators(Mapping[str, str]):
+    """Registered id -> operator, read through the registry's own records (no table of its
+    own: one entry per registered UAV is memory the live picture does not need twice)."""
+
+    __slots__ = ("_by_uav",)
+
+    def __init__(self, by_uav: Mapping[str, UavRecord]) -> None:
+        self._by_uav = by_uav
+
+    def __getitem__(self, uav: str) -> str:
+        return self._by_uav[uav].operator
+
+    def __contains__(self, uav: object) -> bool:
+        return uav in self._by_uav
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_uav)
+
+    def __len__(self) -> int:
+        return len(self._by_uav)
 
 
 def _round(value: float | None, digits: int = 2) -> float | None:
@@ -267,12 +297,15 @@ class FusedPicture:
                     if a.partners and not a.several_names:
                         a.several_names = joined = True
             elif row.t > reports[-1].t:
-                reports.append(row)
-                if len(reports) > limit:
-                    del reports[0]
+                if a.several_names:  # history, for the cross-check
+                    reports.append(row)
+                    if len(reports) > limit:
+                        del reports[0]
+                else:
+                    reports[-1] = row
             else:  # late: kept for the cross-check; the fused state uses newest reports only
-                _insert_late(reports, row, limit)
                 if a.several_names:
+                    _insert_late(reports, row, limit)
                     checked.append((a, row))
                 continue
             if len(sources) == 1:
@@ -371,6 +404,9 @@ class FusedPicture:
         for a in merged.values():
             a.partners = _partners(a.sources)
             a.several_names = bool(a.partners)
+            if not a.several_names:  # the newest report per source is all it keeps
+                for source, reports in a.sources.items():
+                    a.sources[source] = reports[-1:]
             a.registered = a.uav in operator_of
             a.operator = operator_of.get(a.uav)
             self.owner[a.slot] = self._code(a.operator)

@@ -139,6 +139,22 @@ async def test_blend_weights_accuracy_and_recency(store: Store) -> None:
     assert picture.aircraft["FADE"].used == ("rx/gw/f3411",)
 
 
+async def test_history_is_kept_only_for_aircraft_heard_under_several_names(store: Store) -> None:
+    picture = FusedPicture(Identities(Registry(store)), reports_per_source=16)
+    t = 1_764_000_000.0
+    for k in range(20):  # one name ("sat") by two transports; two names ("sat" and "rx")
+        fuse(picture, [obs("ONE", t + k), obs("ONE", t + k + 0.5, source="sat/gateway/native"),
+                       obs("TWO", t + k), obs("TWO", t + k + 0.5, source="rx/gw/f3411")])
+    fuse(picture, [obs("ONE", t + 3.25), obs("TWO", t + 10.25)])  # late satellite reports
+    one, two = picture.aircraft["ONE"], picture.aircraft["TWO"]
+    assert {source: [r.t for r in reports] for source, reports in one.sources.items()} == {
+        "sat/http/native": [t + 19], "sat/gateway/native": [t + 19.5]}
+    assert one.state is not None and one.state.t == t + 19.5
+    assert [r.t for r in two.sources["rx/gw/f3411"]] == [t + k + 0.5 for k in range(4, 20)]
+    assert [r.t for r in two.sources["sat/http/native"]] == (
+        [t + k for k in range(5, 11)] + [t + 10.25] + [t + k for k in range(11, 20)])
+
+
 async def test_registration_merges_an_alias_heard_before(store: Store) -> None:
     registry = Registry(store)
     picture = FusedPicture(Identities(registry))
@@ -154,6 +170,27 @@ async def test_registration_merges_an_alias_heard_before(store: Store) -> None:
     assert set(merged.used) == {"rx/gw/f3411", "sat/http/native"}
     assert not picture.present[old_slot] or picture.ids[old_slot] == "CQ-X"
     assert picture.operator_code("op1") == picture.owner[merged.slot]
+
+
+async def test_identities_follow_registry_changes_only(store: Store) -> None:
+    registry = Registry(store)
+    await store.upsert_uav(UavRecord("CQ-A", "op1", ("SN-A", "780a27")))
+    await store.upsert_uav(UavRecord("CQ-B", "op2", ("CQ-A",)))  # claims a registered id
+    await registry.refresh()
+    identities = Identities(registry)
+    assert identities.sync() is True
+    assert [identities.resolve(u) for u in ("SN-A", "ICAO-780A27", "780a27", "CQ-A", "CQ-B",
+                                            "other")] == ["CQ-A"] * 4 + ["CQ-B", "other"]
+    assert identities.operator_of.get("CQ-A") == "op1" and "CQ-B" in identities.operator_of
+    assert identities.operator_of.get("SN-A") is None
+    tables = registry.by_uav, registry.alias_to_uav
+    await registry.refresh()  # storage unchanged: the same tables, nothing to rebuild
+    assert (registry.by_uav, registry.alias_to_uav) == tables
+    assert registry.by_uav is tables[0] and identities.sync() is False
+    await store.upsert_uav(UavRecord("CQ-B", "op3", ("CQ-A",)))  # a new owner only
+    await registry.refresh()
+    assert registry.by_uav is not tables[0]
+    assert identities.sync() is True and identities.operator_of["CQ-B"] == "op3"
 
 
 # -- in the running server -------------------------------------------------------------------

@@ -48,6 +48,26 @@ async def test_track_window_order_and_limit(store: Store) -> None:
     assert await store.track("nobody", T0, T0 + 10, 10) == []
 
 
+async def test_newest_many_per_uav_since_oldest_first(store: Store) -> None:
+    await store.insert_observations([row("A", T0 + i) for i in (5, 1, 3, 2, 4)]
+                                    + [row("B", T0 + i) for i in (3, 9)] + [row("C", T0 + 8)])
+    got = await store.newest_many(["A", "B", "A", "nobody"], T0 + 2, 2)
+    assert [(r.uav, r.t) for r in got] == [("B", T0 + 3), ("A", T0 + 4), ("A", T0 + 5),
+                                           ("B", T0 + 9)]  # by t, then uav; no C
+    assert [r.t for r in await store.newest_many(["A"], T0 + 5, 10)] == [T0 + 5]
+    assert await store.newest_many(["A"], T0 + 6, 10) == []
+    assert await store.newest_many([], T0, 10) == []
+
+
+async def test_newest_many_over_more_ids_than_one_query_holds(store: Store) -> None:
+    ids = [f"U{n:04d}" for n in range(1_234)]
+    await store.insert_observations([row(uav, T0 + k) for uav in ids for k in range(3)])
+    got = await store.newest_many(ids, T0, 2)
+    assert len(got) == 2 * len(ids)
+    assert {(r.uav, r.t) for r in got} == {(uav, T0 + k) for uav in ids for k in (1, 2)}
+    assert [r.t for r in got] == sorted(r.t for r in got)
+
+
 async def test_latest_is_newest_by_t_not_by_arrival(store: Store) -> None:
     await store.insert_observations([row("A", T0 + 10, lat=10.0), row("B", T0, lat=20.0)])
     await store.insert_observations([row("A", T0 + 5, lat=5.0)])  # late satellite report

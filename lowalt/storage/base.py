@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from lowalt.models import Observation
 
@@ -20,8 +21,10 @@ class TokenRecord:
     created_at: float = 0.0
 
 
-@dataclass(frozen=True)
-class UavRecord:
+class UavRecord(NamedTuple):
+    """A registered UAV. A named tuple: the registry holds one per UAV (less memory than a
+    dataclass instance), and comparing two registries is a C-level comparison."""
+
     uav: str
     operator: str
     aliases: tuple[str, ...] = ()
@@ -61,6 +64,13 @@ class Store(abc.ABC):
     ) -> list[Observation]:
         """Stored observations of any of uavs (one aircraft's identifiers) with
         t_from <= t <= t_to, oldest first (ties by uav)."""
+
+    @abc.abstractmethod
+    async def newest_many(
+        self, uavs: Sequence[str], t_from: float, per_uav: int
+    ) -> list[Observation]:
+        """The newest per_uav stored observations of each of uavs with t >= t_from, oldest
+        first (ties by uav)."""
 
     @abc.abstractmethod
     async def latest_observations(self, t_min: float) -> list[Observation]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -154,6 +155,17 @@ class PostgresStore(Store):
         )
         return [Observation(*row) for row in rows]
 
+    async def newest_many(
+        self, uavs: Sequence[str], t_from: float, per_uav: int
+    ) -> list[Observation]:
+        rows = await self._fetch(  # one index range scan per id, (uav, t) backwards
+            f"SELECT {_COLUMNS} FROM unnest($1::text[]) AS ids(id) CROSS JOIN LATERAL "
+            f"(SELECT {_COLUMNS} FROM observations WHERE uav = ids.id AND t >= $2 "
+            "ORDER BY t DESC LIMIT $3) AS newest ORDER BY t, uav",
+            list(dict.fromkeys(uavs)), t_from, per_uav,
+        )
+        return [Observation(*row) for row in rows]
+
     async def latest_observations(self, t_min: float) -> list[Observation]:
         rows = await self._fetch(
             f"SELECT DISTINCT ON (uav) {_COLUMNS} FROM observations WHERE t >= $1 "
@@ -240,6 +252,7 @@ class PostgresStore(Store):
             "FROM uavs " + where, *args,
         )
         return [
-            UavRecord(r[0], r[1], tuple(json.loads(r[2])), bool(r[3]), r[4], r[5], r[6], r[7])
+            UavRecord(r[0], sys.intern(r[1]), tuple(json.loads(r[2])), bool(r[3]),
+                      r[4], r[5], r[6], r[7])
             for r in rows
         ]

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +45,8 @@ CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 """
 
 _COLUMNS = ", ".join(OBSERVATION_COLUMNS)
+_IDS_PER_QUERY = 500
+_T_UAV = itemgetter(OBSERVATION_COLUMNS.index("t"), OBSERVATION_COLUMNS.index("uav"))
 _TOKEN_COLUMNS = "id, name, role, operator, expires_at, revoked, created_at"
 _INSERT = (
     f"INSERT OR IGNORE INTO observations ({_COLUMNS}) "
@@ -162,6 +166,26 @@ class SqliteStore(Store):
         )
         return [Observation(*row) for row in rows]
 
+    async def newest_many(
+        self, uavs: Sequence[str], t_from: float, per_uav: int
+    ) -> list[Observation]:
+        ids = list(dict.fromkeys(uavs))
+
+        def read() -> list[Any]:
+            found: list[Any] = []
+            for start in range(0, len(ids), _IDS_PER_QUERY):  # bound the query's parameters
+                part = ids[start : start + _IDS_PER_QUERY]
+                found += self._r().execute(
+                    f"SELECT {_COLUMNS} FROM (SELECT {_COLUMNS}, row_number() OVER "
+                    "(PARTITION BY uav ORDER BY t DESC) AS k FROM observations "
+                    f"WHERE uav IN ({', '.join('?' * len(part))}) AND t >= ?) WHERE k <= ?",
+                    (*part, t_from, per_uav),
+                ).fetchall()
+            return sorted(found, key=_T_UAV)
+
+        rows = await self._run(self._reader, read) if ids else []
+        return [Observation(*row) for row in rows]
+
     async def latest_observations(self, t_min: float) -> list[Observation]:
         cols = ", ".join(f"o.{c}" for c in OBSERVATION_COLUMNS)
         sql = (
@@ -265,6 +289,7 @@ class SqliteStore(Store):
         )
         rows = await self._run(self._reader, lambda: self._r().execute(sql, args).fetchall())
         return [
-            UavRecord(r[0], r[1], tuple(json.loads(r[2])), bool(r[3]), r[4], r[5], r[6], r[7])
+            UavRecord(r[0], sys.intern(r[1]), tuple(json.loads(r[2])), bool(r[3]),
+                      r[4], r[5], r[6], r[7])
             for r in rows
         ]
