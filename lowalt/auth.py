@@ -100,8 +100,11 @@ class Registry:
         self.lock = asyncio.Lock()  # serialises read-modify-write changes (PATCH)
 
     async def refresh(self) -> None:
-        records = await self.store.uavs()
-        self._set(records)
+        """Reload from storage. Unchanged, the tables stay the same objects, so readers that
+        follow them (fusion's `Identities`) rebuild nothing."""
+        by_uav = {r.uav: r for r in await self.store.uavs()}
+        if by_uav != self.by_uav:
+            self._set(by_uav.values())
 
     def _set(self, records: Iterable[UavRecord]) -> None:
         by_uav = {r.uav: r for r in records}
