@@ -111,13 +111,7 @@ MATERIAL: Mapping[str, Mapping[str, Material]] = {
 _MAX_VALUES = max(len(v) for v in MATERIAL.values())
 _TYPE_LIST = tuple(sorted(ALERT_TYPES))
 _TYPE_CODE: Mapping[str, int] = {name: k for k, name in enumerate(_TYPE_LIST)}
-# Batches whose rows open alerts may point at: at most this many, of at most this many rows in all,
-# before the older half (by count or by rows) is let go. The count lets ingest's slices of 1,000
-# reports keep a fleet's whole report cycle, so letting go seldom has to build the newest condition
-# of alerts whose UAV is still reporting (with 16 batches it built one for most of them); the rows
-# bound keeps memory near that of 16 commit groups of 5,000.
-_KEEP_BATCHES = 128
-_KEEP_ROWS = 40_000
+_KEEP_BATCHES = 16  # batches whose rows open alerts may point at, before the oldest are let go
 
 
 class Condition(NamedTuple):
@@ -434,7 +428,6 @@ class AlertManager:
         self._free = list(range(1023, -1, -1))  # free slots, lowest last
         self._pass = 0  # numbers assess passes, for `_seen`
         self._batches: dict[int, ConditionBatch] = {}
-        self._batch_rows = 0  # rows of the batches in `_batches`
         self._batch_no = 0
         self._alert_id = 0
         self._seq = 0
@@ -531,7 +524,7 @@ class AlertManager:
         for batch in batches:
             self._observe_batch(batch, this_pass)
         self._resolve_absent(types, evaluated, this_pass)
-        if len(self._batches) > _KEEP_BATCHES or self._batch_rows > _KEEP_ROWS:
+        if len(self._batches) > _KEEP_BATCHES:
             self._let_go_of_batches()
         await self._wait_for_room()
 
@@ -618,7 +611,6 @@ class AlertManager:
         self._batch_no += 1
         batch_no = self._batch_no
         self._batches[batch_no] = batch
-        self._batch_rows += n
         keys = list(zip(batch.types, batch.uav, batch.ref, strict=True))
         slots = np.fromiter(map(self._slot_of.get, keys, itertools.repeat(-1)), np.int64, n)
         known = slots[slots >= 0]
@@ -707,10 +699,7 @@ class AlertManager:
         in_types[[_TYPE_CODE[kind] for kind in types if kind in _TYPE_CODE]] = True
         used = len(self._by_slot)
         absent = np.flatnonzero(in_types[self._type[:used]] & (self._seen[:used] != this_pass))
-        # From the evaluated UAVs' own alerts when that is less work than going through the
-        # absent ones: a UAV costs a look at each of its keys (of any type), about twice a slot.
-        keys_per_uav = len(self._slot_of) / max(1, len(self._keys_of_uav))
-        if absent.size > 2.0 * keys_per_uav * len(evaluated):
+        if absent.size > 8 * len(evaluated):  # few UAVs evaluated among many alerts: from those
             slot_of, keys_of_uav = self._slot_of, self._keys_of_uav
             near = np.unique(np.array(
                 [slot_of[key] for uav in evaluated for key in keys_of_uav.get(uav, ())],
@@ -814,21 +803,14 @@ class AlertManager:
         return alert.latest
 
     def _let_go_of_batches(self) -> None:
-        """Keep the newest batches, up to half of `_KEEP_BATCHES` and of `_KEEP_ROWS`; alerts
-        still pointing at older ones (their UAV has not been seen since) get their newest
-        condition built now."""
-        kept = rows = 0
-        oldest_kept = self._batch_no + 1
-        for batch_no in reversed(self._batches):
-            n = len(self._batches[batch_no])
-            if kept and (kept >= _KEEP_BATCHES // 2 or rows + n > _KEEP_ROWS // 2):
-                break
-            kept, rows, oldest_kept = kept + 1, rows + n, batch_no
+        """Keep the newest half of the batches; alerts still pointing at older ones (their UAV
+        has not been seen since) get their newest condition built now."""
+        oldest_kept = self._batch_no - _KEEP_BATCHES // 2 + 1
         for slot in np.flatnonzero((self._latest_batch >= 0)
                                    & (self._latest_batch < oldest_kept)).tolist():
             self._latest(slot)
         for batch_no in [b for b in self._batches if b < oldest_kept]:
-            self._batch_rows -= len(self._batches.pop(batch_no))
+            del self._batches[batch_no]
 
     def _emit(
         self, alert_id: int, state: str, c: Condition, t: float, detail: Mapping[str, Any]

@@ -11,7 +11,6 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from dispatch import alerts as alerts_module
 from dispatch.alerts import (
     MATERIAL,
     SEVERITY_RANK,
@@ -218,37 +217,19 @@ async def test_batch_and_conditions_share_one_alert() -> None:
 
 async def test_many_batches_keep_the_newest_condition_of_a_silent_alert() -> None:
     """Batches are let go of while alerts still need their rows: the condition is kept."""
-    ticks = alerts_module._KEEP_BATCHES + 60
     async with manager(clear_s=1_000.0) as (m, store):
         await m.assess(PAIR, {"A": T0, "B": T0}, batches=[as_batch([pair(T0 + 0.5, lat=29.75)])])
-        for k in range(1, ticks):  # A and B stop being seen; C-D go on, one batch a tick
+        for k in range(1, 60):  # A and B stop being seen; C-D go on, one batch a tick
             t = T0 + k
             await m.assess(PAIR, {"C": t, "D": t}, batches=[as_batch([
                 pair(t, uav="C", other="D", lat=29.6 + k * 1e-4)])])
-        assert len(m._batches) <= alerts_module._KEEP_BATCHES
+        assert len(m._batches) <= 16
         alerts = {a["uav"]: a for a in m.open_alerts()}
         assert (alerts["A"]["lat"], alerts["A"]["t"]) == (29.75, T0 + 0.5)
-        assert alerts["C"]["lat"] == pytest.approx(29.6 + (ticks - 1) * 1e-4)
-        await m.resolve(("conflict_predicted", "A", "B"), T0 + ticks + 10)
+        assert alerts["C"]["lat"] == pytest.approx(29.6 + 59 * 1e-4)
+        await m.resolve(("conflict_predicted", "A", "B"), T0 + 70)
         resolved = (await _events(m, store))[-1]
         assert (resolved.state, resolved.lat) == ("resolved", 29.75)
-
-
-async def test_large_batches_are_let_go_of_by_rows() -> None:
-    """The batches kept hold at most `_KEEP_ROWS` rows, however few they are; an alert whose
-    batch was let go keeps its newest condition."""
-    size = alerts_module._KEEP_ROWS // 4
-    async with manager(clear_s=1_000.0) as (m, _):
-        for k in range(12):
-            t = T0 + k
-            rows = [zone_hit(t, uav=f"U{j:05d}", lat=29.6 + k * 1e-4) for j in range(size)]
-            await m.assess(ZONE, {}, batches=[as_batch(rows)])
-            assert m._batch_rows <= alerts_module._KEEP_ROWS
-            assert m._batch_rows == sum(len(b) for b in m._batches.values())
-        assert len(m._batches) < 6
-        newest = {a["uav"]: a for a in m.open_alerts()}
-        assert len(newest) == size
-        assert newest["U00000"]["lat"] == pytest.approx(29.6 + 11 * 1e-4)
 
 
 @pytest.mark.parametrize("evaluated_n", [10, 40, 200])
