@@ -97,12 +97,18 @@ class Registry:
         self.store = store
         self.by_uav: dict[str, UavRecord] = {}
         self.alias_to_uav: dict[str, str] = {}
+        self._fingerprint: tuple[int, float] | None = None  # storage's, at the last reload
         self.lock = asyncio.Lock()  # serialises read-modify-write changes (PATCH)
 
     async def refresh(self) -> None:
-        """Reload from storage. Unchanged, the tables stay the same objects, so readers that
-        follow them (fusion's `Identities`) rebuild nothing."""
+        """Reload from storage if it changed since the last reload (its fingerprint: one
+        small query, not every row every few seconds). Unchanged, the tables stay the same
+        objects, so readers that follow them (fusion's `Identities`) rebuild nothing."""
+        fingerprint = await self.store.uavs_fingerprint()
+        if fingerprint == self._fingerprint:
+            return
         by_uav = {r.uav: r for r in await self.store.uavs()}
+        self._fingerprint = fingerprint  # a change since the fingerprint: seen next time
         if by_uav != self.by_uav:
             self._set(by_uav.values())
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+from pathlib import Path
+
 import pytest
 
+from lowalt.auth import Registry
 from lowalt.models import Observation
 from lowalt.storage import Store, UavRecord
+from lowalt.storage.sqlite import SqliteStore
 
 T0 = 1_764_000_000.0
 
@@ -101,3 +107,61 @@ async def test_uav_registry_upsert(store: Store) -> None:
     records = {r.uav: r for r in await store.uavs()}
     assert records["U1"] == UavRecord("U1", "op3", (), True)
     assert records["U2"].operator == "op2"
+
+
+async def test_registry_fingerprint_changes_with_every_upsert(store: Store) -> None:
+    empty = await store.uavs_fingerprint()
+    assert empty == (0, 0.0)
+    await store.upsert_uav(UavRecord("U1", "op1"))
+    one = await store.uavs_fingerprint()
+    assert one[0] == 1 and one != empty
+    assert await store.uavs_fingerprint() == one  # unchanged: the same
+    await asyncio.sleep(0.01)
+    await store.upsert_uav(UavRecord("U1", "op2"))  # an update: same count, newer time
+    updated = await store.uavs_fingerprint()
+    assert updated[0] == 1 and updated[1] > one[1]
+
+
+async def test_registry_refresh_reads_rows_only_after_a_change(store: Store) -> None:
+    calls = 0
+    read_uavs = store.uavs
+
+    async def counted() -> list[UavRecord]:
+        nonlocal calls
+        calls += 1
+        return await read_uavs()
+
+    store.uavs = counted  # type: ignore[method-assign]
+    registry = Registry(store)
+    await store.upsert_uav(UavRecord("U1", "op1"))
+    await registry.refresh()
+    await registry.refresh()
+    assert calls == 1 and registry.operator_of("U1") == "op1"
+    await asyncio.sleep(0.01)
+    await store.upsert_uav(UavRecord("U1", "op2"))  # as the CLI does, from another process
+    await registry.refresh()
+    assert calls == 2 and registry.operator_of("U1") == "op2"
+
+
+def test_a_sqlite_database_from_before_updated_at_gets_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(  # the registry table as migration 0001 made it
+        "CREATE TABLE uavs (uav TEXT PRIMARY KEY, operator TEXT NOT NULL, aliases TEXT NOT NULL "
+        "DEFAULT '[]', priority INTEGER NOT NULL DEFAULT 0, serial TEXT, model TEXT, "
+        "uav_class TEXT, max_speed_mps REAL);"
+        "INSERT INTO uavs (uav, operator) VALUES ('OLD', 'op');")
+    conn.close()
+
+    async def check() -> None:
+        store = SqliteStore(str(path))
+        await store.open()
+        try:
+            assert await store.uavs_fingerprint() == (1, 0.0)
+            await store.upsert_uav(UavRecord("NEW", "op"))
+            assert {r.uav for r in await store.uavs()} == {"OLD", "NEW"}
+            assert (await store.uavs_fingerprint())[1] > 0
+        finally:
+            await store.close()
+
+    asyncio.run(check())

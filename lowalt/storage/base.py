@@ -110,4 +110,8 @@ class Store(abc.ABC):
     async def uavs(self) -> list[UavRecord]: ...
 
     @abc.abstractmethod
+    async def uavs_fingerprint(self) -> tuple[int, float]:
+        """(rows, newest `updated_at`) of the registry: equal while nothing changed it."""
+
+    @abc.abstractmethod
     async def uav(self, uav: str) -> UavRecord | None: ...

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -231,13 +232,19 @@ class PostgresStore(Store):
     async def upsert_uav(self, record: UavRecord) -> None:
         await self._execute(
             "INSERT INTO uavs (uav, operator, aliases, priority, serial, model, uav_class, "
-            "max_speed_mps) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (uav) DO UPDATE "
+            "max_speed_mps, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+            "ON CONFLICT (uav) DO UPDATE "
             "SET operator = excluded.operator, aliases = excluded.aliases, "
             "priority = excluded.priority, serial = excluded.serial, model = excluded.model, "
-            "uav_class = excluded.uav_class, max_speed_mps = excluded.max_speed_mps",
+            "uav_class = excluded.uav_class, max_speed_mps = excluded.max_speed_mps, "
+            "updated_at = excluded.updated_at",
             record.uav, record.operator, json.dumps(list(record.aliases)), record.priority,
-            record.serial, record.model, record.uav_class, record.max_speed_mps,
+            record.serial, record.model, record.uav_class, record.max_speed_mps, time.time(),
         )
+
+    async def uavs_fingerprint(self) -> tuple[int, float]:
+        rows = await self._fetch("SELECT count(*), coalesce(max(updated_at), 0) FROM uavs")
+        return int(rows[0][0]), float(rows[0][1])
 
     async def uavs(self) -> list[UavRecord]:
         return await self._uavs("ORDER BY uav")

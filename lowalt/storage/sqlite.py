@@ -11,6 +11,7 @@ import asyncio
 import json
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from operator import itemgetter
@@ -39,7 +40,7 @@ CREATE TABLE IF NOT EXISTS tokens (
 CREATE TABLE IF NOT EXISTS uavs (
     uav TEXT PRIMARY KEY, operator TEXT NOT NULL, aliases TEXT NOT NULL DEFAULT '[]',
     priority INTEGER NOT NULL DEFAULT 0, serial TEXT, model TEXT, uav_class TEXT,
-    max_speed_mps REAL
+    max_speed_mps REAL, updated_at REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 """
@@ -101,6 +102,9 @@ class SqliteStore(Store):
             parent.mkdir(parents=True, exist_ok=True)
             conn = _connect(self.path)
             conn.executescript(SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(uavs)")}
+            if "updated_at" not in columns:  # a database made before it existed
+                conn.execute("ALTER TABLE uavs ADD COLUMN updated_at REAL NOT NULL DEFAULT 0")
             if conn.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:
                 conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
             self._wconn = conn
@@ -262,14 +266,16 @@ class SqliteStore(Store):
         def upsert() -> None:
             self._w().execute(
                 "INSERT INTO uavs (uav, operator, aliases, priority, serial, model, uav_class, "
-                "max_speed_mps) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (uav) DO UPDATE SET "
+                "max_speed_mps, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (uav) DO UPDATE SET "
                 "operator = excluded.operator, aliases = excluded.aliases, "
                 "priority = excluded.priority, serial = excluded.serial, model = excluded.model, "
-                "uav_class = excluded.uav_class, max_speed_mps = excluded.max_speed_mps",
+                "uav_class = excluded.uav_class, max_speed_mps = excluded.max_speed_mps, "
+                "updated_at = excluded.updated_at",
                 (
                     record.uav, record.operator, json.dumps(list(record.aliases)),
                     int(record.priority), record.serial, record.model, record.uav_class,
-                    record.max_speed_mps,
+                    record.max_speed_mps, time.time(),
                 ),
             )
 
@@ -277,6 +283,11 @@ class SqliteStore(Store):
 
     async def uavs(self) -> list[UavRecord]:
         return await self._uavs("ORDER BY uav", ())
+
+    async def uavs_fingerprint(self) -> tuple[int, float]:
+        sql = "SELECT count(*), coalesce(max(updated_at), 0) FROM uavs"
+        rows, newest = await self._run(self._reader, lambda: self._r().execute(sql).fetchone())
+        return int(rows), float(newest)
 
     async def uav(self, uav: str) -> UavRecord | None:
         rows = await self._uavs("WHERE uav = ?", (uav,))
