@@ -49,7 +49,8 @@ CONFLICT_PREDICTED = "conflict_predicted"
 
 _WGS84_A_M = 6_378_137.0
 _WGS84_E2 = 6.694_379_990_14e-3
-_PAIR_BLOCK = 1_000_000  # pairs handled per block: bounds transient memory to ~250 MB
+_PAIR_BLOCK = 200_000  # pairs handled per block: bounds transient memory to about 50 MB
+_NAIVE_BLOCK = 1_000_000  # the all-pairs reference's block (its speed is compared against)
 _MAX_ENTRIES_PER_AIRCRAFT = 8  # grid (aircraft, cell) entries allowed on average before coarsening
 
 
@@ -302,7 +303,7 @@ def detect_conflicts_naive(
     """All-pairs O(N^2) reference: every pair through the exact test, in row blocks."""
     s = _state_at_tick(lat, lon, alt_m, t, speed_mps, track_deg, vspeed_mps, crewed, tick_t)
     n = s.index.size
-    rows = max(1, _PAIR_BLOCK // max(n, 1))
+    rows = max(1, _NAIVE_BLOCK // max(n, 1))
     blocks = []
     for first in range(0, n, rows):
         i_rows = np.arange(first, min(first + rows, n), dtype=np.int64)
@@ -365,9 +366,11 @@ def _candidate_blocks(boxes: _Boxes) -> Iterator[tuple[I64, I64]]:
     cell_x = boxes.c0[owner, 0] + rank // ny_own
     cell_y = boxes.c0[owner, 1] + rank % ny_own
     key = cell_x * (int(boxes.c1[:, 1].max(initial=0)) + 1) + cell_y
+    del rank, ny_own  # this generator's locals live through all its blocks: the peak per tick
     # Entries by cell, and within a cell by the bottom of their box.
     order = np.lexsort((boxes.lo[owner, 2], key))
     owner, cell_x, cell_y, key = owner[order], cell_x[order], cell_y[order], key[order]
+    del order
     # Per-entry copies in cell order, so pair gathers stay local in memory.
     e_lo = [np.ascontiguousarray(boxes.lo[owner, d]) for d in range(3)]
     e_hi = [np.ascontiguousarray(boxes.hi[owner, d]) for d in range(3)]
@@ -388,6 +391,7 @@ def _candidate_blocks(boxes: _Boxes) -> Iterator[tuple[I64, I64]]:
     reach = np.searchsorted(lifted, (e_hi[2] - z_floor) + group * lift, side="right")
     later = np.minimum(group_end, reach) - np.arange(m, dtype=np.int64) - 1
     cum = np.cumsum(later)
+    del key, group_start, group_end, group, lifted, reach
     first = 0
     while first < m:
         base = int(cum[first - 1]) if first else 0
