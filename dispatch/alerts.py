@@ -378,6 +378,37 @@ def _detail_values(c: Condition) -> F64:
     return out
 
 
+_FEW_KEYS = 8
+KeysOfUav = dict[str, tuple[AlertKey, ...] | set[AlertKey]]
+
+
+def _file(keys_of_uav: KeysOfUav, uav: str, key: AlertKey) -> None:
+    """File a new open key under uav (see `AlertManager._keys_of_uav`)."""
+    keys = keys_of_uav.get(uav)
+    if keys is None:
+        keys_of_uav[uav] = (key,)
+    elif isinstance(keys, set):
+        keys.add(key)
+    elif key not in keys:
+        keys_of_uav[uav] = (*keys, key) if len(keys) < _FEW_KEYS else {*keys, key}
+
+
+def _unfile(keys_of_uav: KeysOfUav, uav: str, key: AlertKey) -> None:
+    """Take key from under uav; a uav left with none goes."""
+    keys = keys_of_uav.get(uav)
+    if keys is None:
+        return
+    if isinstance(keys, set):
+        keys.discard(key)
+        rest: tuple[AlertKey, ...] | set[AlertKey] = keys
+    else:
+        rest = tuple(k for k in keys if k != key)
+    if rest:
+        keys_of_uav[uav] = rest
+    else:
+        del keys_of_uav[uav]
+
+
 class _OpenAlert:
     """What an open alert keeps besides its slot's array entries (see AlertManager)."""
 
@@ -423,7 +454,10 @@ class AlertManager:
         self.metrics = metrics or Metrics()
         self._slot_of: dict[AlertKey, int] = {}
         self._by_slot: list[_OpenAlert | None] = []
-        self._keys_of_uav: dict[str, set[AlertKey]] = {}  # uav (or other_uav) -> open keys
+        # uav (or other_uav) -> its open keys: a tuple while few (48 B + 8 per key; an
+        # unregistered UAV always has one), a set past `_FEW_KEYS` (216 B; O(1) filing when a
+        # dense hub gives a UAV dozens of pair alerts).
+        self._keys_of_uav: dict[str, tuple[AlertKey, ...] | set[AlertKey]] = {}
         self._allocate_arrays(1024)
         self._free = list(range(1023, -1, -1))  # free slots, lowest last
         self._pass = 0  # numbers assess passes, for `_seen`
@@ -737,11 +771,8 @@ class AlertManager:
         self._emit(alert.alert_id, "resolved", c, t, c.detail if detail is None else detail)
         del self._slot_of[alert.key]
         for uav in (alert.uav, alert.other_uav):
-            keys = self._keys_of_uav.get(uav or "")
-            if uav is not None and keys is not None:
-                keys.discard(alert.key)
-                if not keys:
-                    del self._keys_of_uav[uav]
+            if uav is not None:
+                _unfile(self._keys_of_uav, uav, alert.key)
         self._by_slot[slot] = None
         self._type[slot] = -1
         self._latest_batch[slot] = -1
@@ -771,10 +802,9 @@ class AlertManager:
         alert = _OpenAlert(alert_id, opened_at, c, key)
         self._by_slot[slot] = alert
         self._slot_of[key] = slot
-        keys_of_uav = self._keys_of_uav
-        keys_of_uav.setdefault(c.uav, set()).add(key)
+        _file(self._keys_of_uav, c.uav, key)
         if c.other_uav is not None:
-            keys_of_uav.setdefault(c.other_uav, set()).add(key)
+            _file(self._keys_of_uav, c.other_uav, key)
         self._type[slot] = _TYPE_CODE[c.type]
         return slot
 

@@ -285,3 +285,24 @@ def test_refresh_setting() -> None:
     assert load_settings({}, {"LOWALT_ALERT_REFRESH_S": "30"}).alert_refresh_s == 30.0
     with pytest.raises(ConfigError, match="alert_refresh_s: must be positive"):
         load_settings({}, {"LOWALT_ALERT_REFRESH_S": "0"})
+
+
+def test_keys_of_a_uav_are_a_tuple_while_few_then_a_set() -> None:
+    from dispatch.alerts import _FEW_KEYS, KeysOfUav, _file, _unfile
+
+    keys_of_uav: KeysOfUav = {}
+    keys = [("conflict_predicted", "U", f"V{k:02d}") for k in range(2 * _FEW_KEYS)]
+    for k, key in enumerate(keys):
+        _file(keys_of_uav, "U", key)
+        _file(keys_of_uav, "U", key)  # filed twice: held once
+        held = keys_of_uav["U"]
+        assert isinstance(held, tuple if k < _FEW_KEYS else set)
+        assert sorted(held) == keys[: k + 1]
+    for k, key in enumerate(keys):
+        _unfile(keys_of_uav, "U", key)
+        assert sorted(keys_of_uav.get("U", ())) == keys[k + 1:]
+    assert "U" not in keys_of_uav
+    _file(keys_of_uav, "W", keys[0])
+    _unfile(keys_of_uav, "W", keys[1])  # not filed: nothing changes
+    _unfile(keys_of_uav, "nobody", keys[0])
+    assert keys_of_uav == {"W": (keys[0],)}
