@@ -517,9 +517,10 @@ def memory_per_uav(
 ) -> dict[str, Any]:
     """Server RSS growth per live UAV (SQLite), in steady state: RSS after `rounds` reports
     from each of `uavs` distinct UAVs (more than any per-UAV history the server keeps: fusion
-    keeps up to 16 per source) minus RSS after as many reports from 100 UAVs (same buffers,
-    same code paths). `registered`: the UAVs are in the registry (else each also holds an open
-    `unregistered_uav` alert). lost_after_s is raised so no `telemetry_lost` opens meanwhile."""
+    keeps up to 16 per source for an aircraft heard under several names) minus RSS after as
+    many reports from 100 UAVs (same buffers, same code paths). `registered`: the UAVs are in
+    the registry (else each also holds an open `unregistered_uav` alert). lost_after_s is
+    raised so no `telemetry_lost` opens meanwhile."""
     names = [f"M{n:06d}" for n in range(uavs)]
     few = [f"W{n % 100:03d}" for n in range(uavs)]
     with database("sqlite") as url:

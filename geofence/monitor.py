@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -43,6 +43,7 @@ CONFLICT_TYPES = frozenset({"separation_loss", "conflict_predicted"})
 MOTION_TYPES = frozenset({"implausible_motion"})
 EARTH_RADIUS_M = 6_371_008.8
 DEFAULT_ACCURACY_M = 10.0
+T = TypeVar("T")
 TICK_SLICE = 2_000  # aircraft sorted into fresh and silent per turn of the event loop
 LOST_SLICE = 250  # telemetry_lost alerts opened or resolved per turn of the event loop
 
@@ -66,12 +67,26 @@ class _Stopwatch:
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.paused = 0.0
+        self.steps = 0
 
     async def pause(self) -> None:
         """Let the event loop run its other tasks once."""
         started = time.perf_counter()
         await asyncio.sleep(0)
         self.paused += time.perf_counter() - started
+
+    async def slices(self, items: list[T], size: int) -> AsyncIterator[list[T]]:
+        """items, size at a time, pausing between slices."""
+        for start in range(0, len(items), size):
+            if start:
+                await self.pause()
+            yield items[start : start + size]
+
+    async def step(self, every: int) -> None:
+        """Count a step of work; pause after every `every` of them."""
+        self.steps += 1
+        if self.steps % every == 0:
+            await self.pause()
 
     def seconds(self) -> float:
         return time.perf_counter() - self.started - self.paused
@@ -121,11 +136,8 @@ class TrafficMonitor:
         silent: list[Observation] = []
         if self.fused is None:
             limits, lost_after_s = self._lost_after_by_source, self.lost_after_s
-            rows = list(self.live.latest.values())
-            for start in range(0, len(rows), TICK_SLICE):
-                if start:
-                    await watch.pause()
-                for row in rows[start : start + TICK_SLICE]:
+            async for rows in watch.slices(list(self.live.latest.values()), TICK_SLICE):
+                for row in rows:
                     if row.status == "ground":
                         continue
                     limit = limits.get(row.source)
@@ -135,10 +147,8 @@ class TrafficMonitor:
         else:
             self.fused.refresh()
             aircraft = [(a, a.state) for a in self.fused.aircraft.values()]
-            for start in range(0, len(aircraft), TICK_SLICE):
-                if start:
-                    await watch.pause()
-                for a, state in aircraft[start : start + TICK_SLICE]:
+            async for part in watch.slices(aircraft, TICK_SLICE):
+                for a, state in part:
                     if state is None or state.status == "ground":
                         continue
                     heard = any(now - r.t <= self.lost_after_s(r) for r in a.newest_reports())
@@ -198,21 +208,17 @@ class TrafficMonitor:
         )
 
     async def _telemetry_lost(
-        self, fresh: list[Observation], silent: list[Observation], now: float,
-        watch: _Stopwatch | None = None,
+        self, fresh: list[Observation], silent: list[Observation], now: float, watch: _Stopwatch
     ) -> None:
-        """Resolve telemetry_lost for the fresh, open it for the newly silent; with a watch,
-        the event loop takes a turn after every `LOST_SLICE` alerts (a sky going quiet at once
-        opens thousands)."""
-        changed = 0
+        """Resolve telemetry_lost for the fresh, open it for the newly silent; the event loop
+        takes a turn after every `LOST_SLICE` alerts (a sky going quiet at once opens
+        thousands)."""
         for row in fresh:
             if row.uav in self.lost:
                 self.lost.discard(row.uav)
                 await self.alerts.resolve(("telemetry_lost", row.uav, ""), now,
                                           {"silent_s": round(now - row.t, 1)})
-                changed += 1
-                if watch is not None and changed % LOST_SLICE == 0:
-                    await watch.pause()
+                await watch.step(LOST_SLICE)
         for row in silent:
             if row.uav not in self.lost:
                 self.lost.add(row.uav)
@@ -222,9 +228,7 @@ class TrafficMonitor:
                     detail={"last_report_t": row.t, "expected_interval_s": self.lost_after_s(row),
                             "source": row.source},
                 ))
-                changed += 1
-                if watch is not None and changed % LOST_SLICE == 0:
-                    await watch.pause()
+                await watch.step(LOST_SLICE)
 
     async def run(self) -> None:
         """Tick forever at monitor_tick_s; a failing tick is logged, never fatal."""

@@ -39,6 +39,7 @@ from lowalt.live import LiveState
 from lowalt.models import OBSERVATION_FIELD, Observation, Principal, crewed_source, floats_of
 from lowalt.settings import Settings
 from lowalt.storage import Store
+from lowalt.storage.sqlite import add_missing_columns
 
 log = logging.getLogger("lowalt.geofence")
 # Told of zones just put in effect, with the conditions the live check raised for them.
@@ -121,10 +122,8 @@ class SqliteZoneStore(ZoneStore):
     async def setup(self) -> None:
         def create(conn: sqlite3.Connection) -> None:
             conn.executescript(SQLITE_SCHEMA)
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(zones)")}
-            for name, kind in (("properties", "TEXT"), ("wkb", "BLOB")):
-                if name not in columns:  # a database made before they existed: fill them in
-                    conn.execute(f"ALTER TABLE zones ADD COLUMN {name} {kind}")
+            # A database made before these existed: add them, then fill them in.
+            add_missing_columns(conn, "zones", {"properties": "TEXT", "wkb": "BLOB"})
             old = conn.execute("SELECT feature FROM zones WHERE properties IS NULL OR wkb IS NULL")
             filled = [_row(zone_from_feature(json.loads(f), new_id=new_zone_id)) for (f,) in old]
             conn.executemany("UPDATE zones SET properties = ?, wkb = ? WHERE id = ?",

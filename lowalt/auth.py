@@ -110,16 +110,18 @@ class Registry:
         by_uav = {r.uav: r for r in await self.store.uavs()}
         self._fingerprint = fingerprint  # a change since the fingerprint: seen next time
         if by_uav != self.by_uav:
-            self._set(by_uav.values())
+            self._set(by_uav)
 
-    def _set(self, records: Iterable[UavRecord]) -> None:
-        by_uav = {r.uav: r for r in records}
+    def _set(self, by_uav: dict[str, UavRecord]) -> None:
+        """New tables (never changed in place: readers follow them by identity)."""
         aliases = {a: r.uav for r in by_uav.values() for a in r.aliases}
         self.by_uav, self.alias_to_uav = by_uav, aliases
 
     async def register(self, record: UavRecord) -> None:
         await self.store.upsert_uav(record)
-        self._set([*[r for r in self.by_uav.values() if r.uav != record.uav], record])
+        by_uav = {uav: r for uav, r in self.by_uav.items() if uav != record.uav}
+        by_uav[record.uav] = record  # last: on an alias two UAVs claim, its claim wins
+        self._set(by_uav)
 
     def is_known(self, uav: str) -> bool:
         """Whether uav is a registered UAV or one of a registered UAV's aliases."""

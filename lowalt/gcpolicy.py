@@ -17,9 +17,9 @@ live picture) that cycles rarely touch. So, once started:
   collected; acyclic objects, nearly all of ours, are freed by reference counting as before;
 - while serving, `keep_frozen` freezes again every `FREEZE_EVERY_S` (after a young collection),
   so a full collection walks only what survived since the last freeze. Most of the heap is
-  reports held for seconds (fusion keeps 16 per source, each a tracked `Observation`: CPython
-  never untracks a tuple subclass) and the state of every live UAV; with 20,000 UAVs a full
-  collection over all of it took 160-220 ms, over one second's survivors about 23 ms. Frozen
+  the state of every live UAV (its newest reports are tracked `Observation`s: CPython never
+  untracks a tuple subclass); with 20,000 UAVs, when fusion still kept 16 reports per source,
+  a full collection over all of it took 160-220 ms, over one second's survivors about 23 ms. Frozen
   objects are still freed by reference counting when dropped; only reference cycles that die
   after being frozen wait for the sweep: every `SWEEP_EVERY_S` the whole heap is unfrozen and
   collected once (the one long pause left, once in ten minutes).

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import abc
+import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from lowalt.models import Observation
 
@@ -33,6 +35,14 @@ class UavRecord(NamedTuple):
     model: str | None = None
     uav_class: str | None = None
     max_speed_mps: float | None = None
+
+
+def uav_record(row: Sequence[Any]) -> UavRecord:
+    """A `uavs` row (uav, operator, aliases JSON, priority, serial, model, uav_class,
+    max_speed_mps), as both backends select it; operator names are interned (one string per
+    operator, not per UAV)."""
+    return UavRecord(row[0], sys.intern(row[1]), tuple(json.loads(row[2])), bool(row[3]),
+                     row[4], row[5], row[6], row[7])
 
 
 class Store(abc.ABC):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -25,7 +24,7 @@ import asyncpg
 
 from lowalt.errors import StorageUnavailable
 from lowalt.models import OBSERVATION_COLUMNS, Observation
-from lowalt.storage.base import Store, TokenRecord, UavRecord
+from lowalt.storage.base import Store, TokenRecord, UavRecord, uav_record
 
 _COLUMNS = ", ".join(OBSERVATION_COLUMNS)
 _STAGING = """
@@ -258,8 +257,4 @@ class PostgresStore(Store):
             "SELECT uav, operator, aliases, priority, serial, model, uav_class, max_speed_mps "
             "FROM uavs " + where, *args,
         )
-        return [
-            UavRecord(r[0], sys.intern(r[1]), tuple(json.loads(r[2])), bool(r[3]),
-                      r[4], r[5], r[6], r[7])
-            for r in rows
-        ]
+        return list(map(uav_record, rows))

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from operator import itemgetter
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any, TypeVar
 
 from lowalt.errors import StorageUnavailable
 from lowalt.models import OBSERVATION_COLUMNS, Observation
-from lowalt.storage.base import Store, TokenRecord, UavRecord
+from lowalt.storage.base import Store, TokenRecord, UavRecord, uav_record
 
 T = TypeVar("T")
 
@@ -53,6 +52,15 @@ _INSERT = (
     f"INSERT OR IGNORE INTO observations ({_COLUMNS}) "
     f"VALUES ({', '.join('?' * len(OBSERVATION_COLUMNS))})"
 )
+
+
+def add_missing_columns(conn: sqlite3.Connection, table: str, columns: Mapping[str, str]) -> None:
+    """Add those of columns (name -> type and constraints) that table lacks: a database file
+    made by an older version of the schema."""
+    present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for name, kind in columns.items():
+        if name not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -102,9 +110,7 @@ class SqliteStore(Store):
             parent.mkdir(parents=True, exist_ok=True)
             conn = _connect(self.path)
             conn.executescript(SCHEMA)
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(uavs)")}
-            if "updated_at" not in columns:  # a database made before it existed
-                conn.execute("ALTER TABLE uavs ADD COLUMN updated_at REAL NOT NULL DEFAULT 0")
+            add_missing_columns(conn, "uavs", {"updated_at": "REAL NOT NULL DEFAULT 0"})
             if conn.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:
                 conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
             self._wconn = conn
@@ -299,8 +305,4 @@ class SqliteStore(Store):
             f"FROM uavs {where}"
         )
         rows = await self._run(self._reader, lambda: self._r().execute(sql, args).fetchall())
-        return [
-            UavRecord(r[0], sys.intern(r[1]), tuple(json.loads(r[2])), bool(r[3]),
-                      r[4], r[5], r[6], r[7])
-            for r in rows
-        ]
+        return list(map(uav_record, rows))
