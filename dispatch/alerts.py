@@ -42,12 +42,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
+from lowalt.gcpolicy import collector_paused
 from lowalt.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -111,6 +113,7 @@ MATERIAL: Mapping[str, Mapping[str, Material]] = {
 _MAX_VALUES = max(len(v) for v in MATERIAL.values())
 _TYPE_LIST = tuple(sorted(ALERT_TYPES))
 _TYPE_CODE: Mapping[str, int] = {name: k for k, name in enumerate(_TYPE_LIST)}
+_TYPE_OF = attrgetter("type")
 _KEEP_BATCHES = 16  # batches whose rows open alerts may point at, before the oldest are let go
 
 
@@ -303,16 +306,18 @@ class ConditionBatch:
     (lat, lon, alt_m)[k], and whose detail holds values[k, j] under the j-th name of
     `MATERIAL[types[k]]` (a batch takes only types listed there, all with the same names).
     `build` is called only for rows that open, update or resolve an alert, or when the newest
-    condition is asked for.
+    condition is asked for; `build_many(rows)`, when given, builds several at once (the same
+    conditions as `build`, in order).
     """
 
-    __slots__ = ("_build", "alt_m", "lat", "lon", "ref", "severity", "t", "types", "uav",
-                 "values")
+    __slots__ = ("_build", "_build_many", "alt_m", "lat", "lon", "ref", "severity", "t", "types",
+                 "uav", "values")
 
     def __init__(
         self, types: Sequence[str], uav: Sequence[str], ref: Sequence[str],
         severity: npt.ArrayLike, t: npt.ArrayLike, lat: npt.ArrayLike, lon: npt.ArrayLike,
         alt_m: npt.ArrayLike, values: npt.ArrayLike, build: Callable[[int], Condition],
+        build_many: Callable[[Sequence[int]], list[Condition]] | None = None,
     ) -> None:
         self.types, self.uav, self.ref = types, uav, ref
         self.severity = np.asarray(severity, dtype=np.int64).ravel()
@@ -324,7 +329,7 @@ class ConditionBatch:
         self.values = np.asarray(values, dtype=np.float64)
         if self.values.ndim != 2:
             self.values = self.values.reshape(n, -1 if n else 0)
-        self._build = build
+        self._build, self._build_many = build, build_many
         for name, col in (("types", types), ("ref", ref), ("severity", self.severity),
                           ("t", self.t), ("lat", self.lat), ("lon", self.lon),
                           ("alt_m", self.alt_m), ("values", self.values)):
@@ -344,8 +349,12 @@ class ConditionBatch:
     def condition(self, k: int) -> Condition:
         return self._build(k)
 
-    def conditions(self) -> list[Condition]:
-        return [self._build(k) for k in range(len(self.uav))]
+    def conditions(self, rows: Sequence[int] | None = None) -> list[Condition]:
+        """The conditions of rows (default: all), in that order."""
+        ks = range(len(self.uav)) if rows is None else rows
+        if self._build_many is not None:
+            return self._build_many(ks)
+        return list(map(self._build, ks))
 
 
 def _material(
@@ -382,15 +391,17 @@ _FEW_KEYS = 8
 KeysOfUav = dict[str, tuple[AlertKey, ...] | set[AlertKey]]
 
 
-def _file(keys_of_uav: KeysOfUav, uav: str, key: AlertKey) -> None:
-    """File a new open key under uav (see `AlertManager._keys_of_uav`)."""
+def _file(keys_of_uav: KeysOfUav, uav: str, new: list[AlertKey]) -> None:
+    """File new open keys under uav (see `AlertManager._keys_of_uav`); keys not yet filed."""
     keys = keys_of_uav.get(uav)
     if keys is None:
-        keys_of_uav[uav] = (key,)
+        keys_of_uav[uav] = tuple(new) if len(new) <= _FEW_KEYS else set(new)
     elif isinstance(keys, set):
-        keys.add(key)
-    elif key not in keys:
-        keys_of_uav[uav] = (*keys, key) if len(keys) < _FEW_KEYS else {*keys, key}
+        keys.update(new)
+    else:
+        fresh = [key for key in new if key not in keys]
+        keys_of_uav[uav] = ((*keys, *fresh) if len(keys) + len(fresh) <= _FEW_KEYS
+                            else {*keys, *fresh})
 
 
 def _unfile(keys_of_uav: KeysOfUav, uav: str, key: AlertKey) -> None:
@@ -696,19 +707,39 @@ class AlertManager:
         every = np.concatenate([new_rows, rows])
         every_slot = np.concatenate([np.full(new_rows.size, -1, dtype=np.int64), slots])
         order = np.argsort(every, kind="stable")
-        opened = []
-        events = []
-        raised_at = time.time()
-        event, take_slot, condition = self._event, self._take_slot, batch.condition
-        for k, slot in zip(every[order].tolist(), every_slot[order].tolist(), strict=True):
-            c = condition(k)
-            if slot < 0:
-                self._alert_id += 1
-                events.append(event(self._alert_id, "open", c, c.t, c.detail, raised_at))
-                opened.append(take_slot(self._alert_id, raised_at, c, keys[k]))
-            else:
-                events.append(event(self._alert(slot).alert_id, "updated", c, c.t, c.detail,
-                                    raised_at))
+        with collector_paused():  # all of it lives on: a collection would free nothing
+            ks = every[order].tolist()
+            slot_list = every_slot[order].tolist()
+            conditions = batch.conditions(ks)
+            # Alert ids: the opened ones numbered in row order, the updated ones their own.
+            by_slot = self._by_slot
+            next_id = self._alert_id
+            ids: list[int] = []
+            for slot in slot_list:
+                if slot < 0:
+                    next_id += 1
+                    ids.append(next_id)
+                else:
+                    ids.append(by_slot[slot].alert_id)
+            self._alert_id = next_id
+            raised_at = time.time()
+            # The detail is the condition's own: a batch builds a fresh one per condition, and
+            # neither the kept condition nor the event is ever changed.
+            new_tuple = tuple.__new__  # the named tuple without its Python-level constructor
+            events = [
+                new_tuple(AlertEvent, (
+                    0, alert_id, "updated" if slot >= 0 else "open", kind, severity, uav, other,
+                    zone, clearance, float(t), raised_at, float(lat), float(lon), float(alt_m),
+                    detail, ""))
+                for alert_id, slot, (kind, uav, severity, t, lat, lon, alt_m, zone, other,
+                                     clearance, detail)
+                in zip(ids, slot_list, conditions, strict=True)
+            ]
+            opened = self._take_slots([
+                (alert_id, c, keys[k])
+                for alert_id, slot, c, k in zip(ids, slot_list, conditions, ks, strict=True)
+                if slot < 0
+            ], raised_at) if new_rows.size else []
         self._enqueue(events)
         if opened:
             at = np.array(opened, dtype=np.int64)
@@ -792,21 +823,43 @@ class AlertManager:
     ) -> int:
         """A slot for a new open alert, with its key (c.key) and UAVs filed (its arrays not
         set)."""
-        if not self._free:
+        return self._take_slots([(alert_id, c, c.key if key is None else key)], opened_at)[0]
+
+    def _take_slots(
+        self, new: Sequence[tuple[int, Condition, AlertKey]], opened_at: float
+    ) -> list[int]:
+        """Slots for new open alerts (alert id, condition, key), in order, with their keys and
+        UAVs filed (their arrays not set). Filing goes per UAV, not per key: a dense hub's
+        first tick opens tens of thousands of pair alerts at once."""
+        free = self._free
+        while len(free) < len(new):
             old = len(self._by_slot)
             self._allocate_arrays(2 * old)
-            self._free = list(range(2 * old - 1, old - 1, -1))
-        slot = self._free.pop()
-        if key is None:
-            key = c.key
-        alert = _OpenAlert(alert_id, opened_at, c, key)
-        self._by_slot[slot] = alert
-        self._slot_of[key] = slot
-        _file(self._keys_of_uav, c.uav, key)
-        if c.other_uav is not None:
-            _file(self._keys_of_uav, c.other_uav, key)
-        self._type[slot] = _TYPE_CODE[c.type]
-        return slot
+            free[:0] = range(2 * old - 1, old - 1, -1)  # the lowest stay last
+        slots = free[-len(new):][::-1] if new else []
+        del free[len(free) - len(new):]
+        by_slot, slot_of = self._by_slot, self._slot_of
+        filed: dict[str, list[AlertKey]] = {}
+        for slot, (alert_id, c, key) in zip(slots, new, strict=True):
+            by_slot[slot] = _OpenAlert(alert_id, opened_at, c, key)
+            slot_of[key] = slot
+            uav, other = c.uav, c.other_uav
+            keys = filed.get(uav)
+            if keys is None:
+                filed[uav] = [key]
+            else:
+                keys.append(key)
+            if other is not None and other != uav:
+                keys = filed.get(other)
+                if keys is None:
+                    filed[other] = [key]
+                else:
+                    keys.append(key)
+        keys_of_uav = self._keys_of_uav
+        for uav, keys in filed.items():
+            _file(keys_of_uav, uav, keys)
+        self._type[slots] = [_TYPE_CODE[c.type] for _, c, _ in new]
+        return slots
 
     def _tell(self, slot: int, c: Condition) -> None:
         """Record that the slot's last event said c."""
@@ -869,8 +922,11 @@ class AlertManager:
                 log.warning("alert event after shutdown dropped: %s %s %s", e.state, e.type, e.uav)
             return
         queue, urgent = self._queue, self._urgent
-        for e in events:
-            (urgent if e.type in URGENT_TYPES else queue).append(e)
+        if URGENT_TYPES.isdisjoint(map(_TYPE_OF, events)):
+            queue.extend(events)
+        else:
+            for e in events:
+                (urgent if e.type in URGENT_TYPES else queue).append(e)
         self._idle.clear()
         self._wakeup.set()
 

@@ -27,8 +27,6 @@ exists; `epoch` changes when a slot is given to another aircraft, `version` on e
 from __future__ import annotations
 
 import bisect
-import contextlib
-import gc
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -42,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 from aiohttp import web
 
+from lowalt.gcpolicy import collector_paused
 from lowalt.models import OBSERVATION_INDEX, Observation, float_column, floats_of, int_column
 from lowalt.settings import Settings
 from lowalt.storage import UavRecord
@@ -326,7 +325,7 @@ class FusedPicture:
             return []
         ones, several = self._dirty_one, self._dirty  # `_remove` takes an aircraft out of them
         self._dirty_one, self._dirty = {}, {}
-        with _collector_paused():
+        with collector_paused():
             return self._refresh(ones, list(several.values()))
 
     def forget_silent(self, before_t: float) -> int:
@@ -664,21 +663,6 @@ class _OneSource(dict[str, tuple[str, ...]]):
             self.clear()
         self[source] = used = (source,)
         return used
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector held off: a refresh allocates thousands of states while
-    its lists of every changed aircraft are alive, so each collection it would trigger walks
-    them all. One collection afterwards, with those lists gone, costs a fraction."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _pick(items: Sequence[Aircraft], mask: Bool) -> list[Aircraft]:

@@ -293,8 +293,8 @@ def test_keys_of_a_uav_are_a_tuple_while_few_then_a_set() -> None:
     keys_of_uav: KeysOfUav = {}
     keys = [("conflict_predicted", "U", f"V{k:02d}") for k in range(2 * _FEW_KEYS)]
     for k, key in enumerate(keys):
-        _file(keys_of_uav, "U", key)
-        _file(keys_of_uav, "U", key)  # filed twice: held once
+        _file(keys_of_uav, "U", [key])
+        _file(keys_of_uav, "U", [key])  # filed twice: held once
         held = keys_of_uav["U"]
         assert isinstance(held, tuple if k < _FEW_KEYS else set)
         assert sorted(held) == keys[: k + 1]
@@ -302,7 +302,16 @@ def test_keys_of_a_uav_are_a_tuple_while_few_then_a_set() -> None:
         _unfile(keys_of_uav, "U", key)
         assert sorted(keys_of_uav.get("U", ())) == keys[k + 1:]
     assert "U" not in keys_of_uav
-    _file(keys_of_uav, "W", keys[0])
+    _file(keys_of_uav, "W", [keys[0]])
     _unfile(keys_of_uav, "W", keys[1])  # not filed: nothing changes
     _unfile(keys_of_uav, "nobody", keys[0])
     assert keys_of_uav == {"W": (keys[0],)}
+    # Several at once: past the tuple's room they go into a set, whether new or added to.
+    more: KeysOfUav = {}
+    _file(more, "X", keys[:_FEW_KEYS + 1])
+    assert isinstance(more["X"], set) and sorted(more["X"]) == keys[:_FEW_KEYS + 1]
+    _file(more, "Y", keys[:2])
+    _file(more, "Y", keys[1:_FEW_KEYS])
+    assert isinstance(more["Y"], tuple) and sorted(more["Y"]) == keys[:_FEW_KEYS]
+    _file(more, "Y", keys[_FEW_KEYS - 1:_FEW_KEYS + 2])
+    assert isinstance(more["Y"], set) and sorted(more["Y"]) == keys[:_FEW_KEYS + 2]
