@@ -221,7 +221,10 @@ async def _measure(srv: Any, gw: str, reg: str, seconds: float, background_obs_p
         "p50_ms": round(percentile(values, 0.5) * 1e3, 1),
         "p99_ms": round(percentile(values, 0.99) * 1e3, 1),
         "max_ms": round(max(values) * 1e3, 1) if values else float("nan"),
+        "slowest_ms": [round(v * 1e3, 1) for v in sorted(values)[-5:]],
         "probe_ack_p50_ms": round(percentile(ack_latency, 0.5) * 1e3, 1),
+        "probe_ack_p99_ms": round(percentile(ack_latency, 0.99) * 1e3, 1),
+        "probe_ack_slowest_ms": [round(v * 1e3, 1) for v in sorted(ack_latency)[-5:]],
         "server_cpu_percent": round(server_cpu),
     }
 

@@ -32,6 +32,10 @@ async def test_insert_reports_new_rows_and_duplicates(store: Store) -> None:
     track = await store.track("A", T0 - 10, T0 + 10, 100)
     assert [r.t for r in track] == [T0, T0 + 1, T0 + 2]
     assert track[1].lat == 29.7  # the first copy stays; a duplicate never overwrites
+    # Twice within one call: stored once, the first row reported new, the second a duplicate.
+    twice = [row("D", T0), row("D", T0, lat=2.0), row("D", T0 + 1)]
+    assert await store.insert_observations(twice) == [True, False, True]
+    assert [r.t for r in await store.track("D", T0 - 10, T0 + 10, 100)] == [T0, T0 + 1]
 
 
 @pytest.mark.parametrize("size", [1, 3, 999, 1000, 2500])  # both PostgreSQL write paths

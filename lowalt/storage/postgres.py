@@ -135,7 +135,14 @@ class PostgresStore(Store):
                     new_keys = {(r[0], r[1]) for r in await conn.fetch(_MOVE)}
         except UNAVAILABLE as exc:
             raise StorageUnavailable(f"postgres: {exc}") from exc
-        return [(row.uav, row.t) in new_keys for row in rows]
+        # A key twice in rows (the pipeline drops those; a direct caller may not) went in once:
+        # its first row is the new one.
+        inserted = []
+        for row in rows:
+            key = (row.uav, row.t)
+            inserted.append(key in new_keys)
+            new_keys.discard(key)
+        return inserted
 
     async def track(self, uav: str, t_from: float, t_to: float, limit: int) -> list[Observation]:
         rows = await self._fetch(

@@ -138,10 +138,20 @@ class SqliteStore(Store):
     async def insert_observations(self, rows: Sequence[Observation]) -> list[bool]:
         def write() -> list[bool]:
             conn = self._w()
-            execute = conn.execute
             conn.execute("BEGIN IMMEDIATE")
             try:
-                inserted = [execute(_INSERT, row).rowcount == 1 for row in rows]
+                # All at once (binding in C, no cursor per row); `total_changes` tells whether
+                # every row went in. When some did not (duplicates, rare), the transaction is
+                # redone row by row to learn which.
+                before = conn.total_changes
+                conn.executemany(_INSERT, rows)
+                if conn.total_changes - before == len(rows):
+                    inserted = [True] * len(rows)
+                else:
+                    conn.execute("ROLLBACK")
+                    conn.execute("BEGIN IMMEDIATE")
+                    execute = conn.execute
+                    inserted = [execute(_INSERT, row).rowcount == 1 for row in rows]
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
