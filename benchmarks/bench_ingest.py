@@ -4,14 +4,15 @@ The server runs as its own process (`lowalt serve`, fresh storage for each run),
 this one. Gateway: several connections (1, 2, 4, 8 by default, a fresh server each), frames of
 100 array-form observations from a fleet of 10,000 simulated UAVs flying circles, each connection
 keeping a window of 8 frames in flight; observations/s, ack latency p50/p99 (frame sent -> its
-ack read), server RSS and CPU. On the server of the headline connection count (4), also the
-WebSocket (same frames, binary MessagePack), HTTP with one observation per request (32 keep-alive
-connections, a minimal HTTP/1.1 client so the client's own CPU stays small), and the naive design
-(one INSERT and one commit per observation, from one connection, into the same table).
+ack read), server RSS and CPU. At the headline connection count (4), also the WebSocket (same
+frames, binary MessagePack), HTTP with one observation per request (32 keep-alive connections, a
+minimal HTTP/1.1 client so the client's own CPU stays small), and the naive design (one INSERT and
+one commit per observation, from one connection); each on fresh storage (and a fresh server), so
+every figure starts from an empty table.
 
-F3411 over the gateway (API.md section 6), on the same server right after the WebSocket run: the
-same fleet, connections, frames and window, each item a Message Pack (Basic ID + Location) as a
-ground station relays it (`F3411Fleet`); its observations/s beside the native gateway's, the ratio
+F3411 over the gateway (API.md section 6), on fresh storage as well: the same fleet, connections,
+frames and window, each item a Message Pack (Basic ID + Location) as a ground station relays it
+(`F3411Fleet`); its observations/s beside the native gateway's, the ratio
 F3411 / native, and the rows the server stored for it (must equal what it acked).
 
     .venv/bin/python -m benchmarks.bench_ingest [--backend sqlite postgres] [--seconds 30]
@@ -421,9 +422,9 @@ def run(backends: Sequence[str], seconds: float = 30.0,
         connections: Sequence[int] = (1, 2, 4, 8), frame_obs: int = 100, uavs: int = 10_000,
         window: int = 8, ws_seconds: float = 10.0, http_seconds: float = 10.0,
         naive_seconds: float = 10.0, f3411_seconds: float | None = None) -> dict[str, Any]:
-    """Per backend: gateway at each connection count (fresh storage and server each); on the
-    headline count's server also WebSocket, F3411 over the gateway (`f3411_seconds`, default
-    `seconds`), HTTP and the naive design; the ratios."""
+    """Per backend: gateway at each connection count; at the headline count also WebSocket,
+    F3411 over the gateway (`f3411_seconds`, default `seconds`), HTTP and the naive design, each
+    on fresh storage and a fresh server; the ratios."""
     headline = HEADLINE_CONNECTIONS if HEADLINE_CONNECTIONS in connections else connections[-1]
     f3411_seconds = seconds if f3411_seconds is None else f3411_seconds
     out: dict[str, Any] = {
@@ -440,34 +441,42 @@ def run(backends: Sequence[str], seconds: float = 30.0,
                 token = srv.cli("token", "create", "--role", "gateway", "--name", "bench")
                 gw = _gateway_on(srv, token, c, seconds, frame_obs=frame_obs, uavs=uavs,
                                  window=window, label=f"{backend} gateway x{c}")
-                sweep.append(gw)
-                if c != headline:
-                    continue
+            sweep.append(gw)
+            if c == headline:
                 row["gateway"] = gw
-                log(f"ingest {backend}: websocket, {c} connection(s), {ws_seconds:g} s")
-                row["websocket"] = asyncio.run(stream_load(
-                    lambda n, s=srv, tok=token: _WsLink.open(s.http_port, tok),
-                    connections=c, seconds=ws_seconds, frame_obs=frame_obs, uavs=uavs,
-                    window=window, label=f"{backend} websocket x{c}", server_pid=srv.proc.pid))
-                # Next, while the fleet is fresh (no telemetry_lost to resolve): F3411 packs
-                # continue the same flights; the table already holds the runs before it.
-                log(f"ingest {backend}: F3411 gateway, {c} connection(s), {f3411_seconds:g} s")
-                f3411 = _gateway_on(srv, token, c, f3411_seconds, frame_obs=frame_obs,
-                                    uavs=uavs, window=window, label=f"{backend} F3411 x{c}",
-                                    fleet_type=F3411Fleet)
-                f3411["stored"] = asyncio.run(stored_rows(url, "/f3411"))
-                accepted = f3411["observations"] - f3411["duplicates"]
-                if f3411["stored"] != accepted or f3411["rejected"]:
-                    raise RuntimeError(f"F3411 gateway: {accepted} accepted, "
-                                       f"{f3411['rejected']} rejected, {f3411['stored']} stored")
-                row["f3411_gateway"] = f3411
-                log(f"ingest {backend}: HTTP, one observation per request, {http_seconds:g} s")
-                row["http_one_obs_per_request"] = asyncio.run(
-                    http_load(srv.http_port, token, seconds=http_seconds,
-                              server_pid=srv.proc.pid))
-                log(f"ingest {backend}: naive, one INSERT + commit per observation, "
-                    f"{naive_seconds:g} s")
-                row["naive_one_insert_per_obs"] = asyncio.run(naive_inserts(url, naive_seconds))
+        # Each of the others at the headline count on fresh storage and a fresh server too, so
+        # every figure (and the F3411 / native ratio) starts from the same empty table: a
+        # later run on the same file would pay for the rows of the runs before it (SQLite's
+        # inserts into a bigger, uav-ordered table dirty more pages per commit).
+        log(f"ingest {backend}: websocket, {headline} connection(s), {ws_seconds:g} s")
+        with database(backend) as url, server(url) as srv:
+            token = srv.cli("token", "create", "--role", "gateway", "--name", "bench")
+            row["websocket"] = asyncio.run(stream_load(
+                lambda n, s=srv, tok=token: _WsLink.open(s.http_port, tok),
+                connections=headline, seconds=ws_seconds, frame_obs=frame_obs, uavs=uavs,
+                window=window, label=f"{backend} websocket x{headline}",
+                server_pid=srv.proc.pid))
+        log(f"ingest {backend}: F3411 gateway, {headline} connection(s), {f3411_seconds:g} s")
+        with database(backend) as url, server(url) as srv:
+            token = srv.cli("token", "create", "--role", "gateway", "--name", "bench")
+            f3411 = _gateway_on(srv, token, headline, f3411_seconds, frame_obs=frame_obs,
+                                uavs=uavs, window=window, label=f"{backend} F3411 x{headline}",
+                                fleet_type=F3411Fleet)
+            f3411["stored"] = asyncio.run(stored_rows(url, "/f3411"))
+        accepted = f3411["observations"] - f3411["duplicates"]
+        if f3411["stored"] != accepted or f3411["rejected"]:
+            raise RuntimeError(f"F3411 gateway: {accepted} accepted, "
+                               f"{f3411['rejected']} rejected, {f3411['stored']} stored")
+        row["f3411_gateway"] = f3411
+        log(f"ingest {backend}: HTTP, one observation per request, {http_seconds:g} s")
+        with database(backend) as url, server(url) as srv:
+            token = srv.cli("token", "create", "--role", "gateway", "--name", "bench")
+            row["http_one_obs_per_request"] = asyncio.run(
+                http_load(srv.http_port, token, seconds=http_seconds, server_pid=srv.proc.pid))
+        log(f"ingest {backend}: naive, one INSERT + commit per observation, "
+            f"{naive_seconds:g} s")
+        with database(backend) as url:
+            row["naive_one_insert_per_obs"] = asyncio.run(naive_inserts(url, naive_seconds))
         row["gateway_by_connections"] = sweep
         naive = row["naive_one_insert_per_obs"]["obs_per_s"]
         row["ratio_gateway_vs_naive"] = round(row["gateway"]["obs_per_s"] / max(1, naive), 1)
