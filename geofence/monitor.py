@@ -46,6 +46,7 @@ DEFAULT_ACCURACY_M = 10.0
 T = TypeVar("T")
 TICK_SLICE = 2_000  # aircraft sorted into fresh and silent per turn of the event loop
 LOST_SLICE = 250  # telemetry_lost alerts opened or resolved per turn of the event loop
+_UAV, _T = attrgetter("uav"), attrgetter("t")
 
 
 def gateway_name(row: Observation) -> str:
@@ -266,18 +267,27 @@ class MotionCheck:
         self.previous: dict[str, Observation] = {}
 
     def implausible(self, rows: Sequence[Observation]) -> list[Condition]:
+        """The rows whose speed from the UAV's previous report is beyond any UAV's (each row
+        against the newest report before this batch); every row becomes its UAV's previous.
+        Columns are read with C-level getters: no Python work per row but the dict lookups."""
         previous = self.previous
-        pairs = [(previous[r.uav], r) for r in rows if r.uav in previous]
-        for row in rows:
-            previous[row.uav] = row
-        if not pairs:
-            return []
+        uavs = list(map(_UAV, rows))
+        before = list(map(previous.get, uavs))
+        previous.update(zip(uavs, rows, strict=True))
+        after: Sequence[Observation] = rows
+        if None in before:  # first reports: nothing to compare with
+            keep = [k for k, p in enumerate(before) if p is not None]
+            if not keep:
+                return []
+            before = [before[k] for k in keep]
+            after = [rows[k] for k in keep]
         a = DEFAULT_ACCURACY_M
-        cols = np.array([
-            (p.lat, p.lon, p.t, p.alt_m, p.acc_h_m or a, c.lat, c.lon, c.t, c.alt_m, c.acc_h_m or a)
-            for p, c in pairs
-        ], dtype=np.float64).T
-        lat0, lon0, t0, z0, acc0, lat1, lon1, t1, z1, acc1 = cols
+        lat0, lon0, t0, z0, acc0 = (floats_of(before, name)  # type: ignore[arg-type]
+                                    for name in ("lat", "lon", "t", "alt_m", "acc_h_m"))
+        lat1, lon1, t1, z1, acc1 = (floats_of(after, name)
+                                    for name in ("lat", "lon", "t", "alt_m", "acc_h_m"))
+        acc0 = np.where(np.isnan(acc0) | (acc0 == 0.0), a, acc0)  # unknown (or 0): the default
+        acc1 = np.where(np.isnan(acc1) | (acc1 == 0.0), a, acc1)
         phi0, phi1 = np.radians(lat0), np.radians(lat1)
         h = (np.sin((phi1 - phi0) / 2) ** 2
              + np.cos(phi0) * np.cos(phi1) * np.sin(np.radians(lon1 - lon0) / 2) ** 2)
@@ -289,7 +299,8 @@ class MotionCheck:
         bad = (dt_s > 0) & ((h_speed > self.max_speed_mps) | (v_speed > self.max_vspeed_mps))
         found = []
         for k in np.flatnonzero(bad).tolist():
-            p, c = pairs[k]
+            p, c = before[k], after[k]
+            assert p is not None
             found.append(Condition(
                 type="implausible_motion", uav=c.uav, severity="warning", t=c.t, lat=c.lat,
                 lon=c.lon, alt_m=c.alt_m,
@@ -304,4 +315,5 @@ class MotionCheck:
         self, rows: Sequence[Observation], advanced: Sequence[Observation]
     ) -> None:
         present = self.implausible(advanced)
-        await self.alerts.assess(MOTION_TYPES, {r.uav: r.t for r in advanced}, present)
+        evaluated = dict(zip(map(_UAV, advanced), map(_T, advanced), strict=True))
+        await self.alerts.assess(MOTION_TYPES, evaluated, present)
