@@ -812,18 +812,11 @@ class AlertManager:
 
     def _add(self, alert_id: int, opened_at: float, c: Condition) -> None:
         """A new open alert whose last event said c."""
-        slot = self._take_slot(alert_id, opened_at, c)
+        (slot,) = self._take_slots([(alert_id, c, c.key)], opened_at)
         self._seen[slot] = -1
         self._absent_since[slot] = np.nan
         self._latest_batch[slot] = -1
         self._tell(slot, c)
-
-    def _take_slot(
-        self, alert_id: int, opened_at: float, c: Condition, key: AlertKey | None = None
-    ) -> int:
-        """A slot for a new open alert, with its key (c.key) and UAVs filed (its arrays not
-        set)."""
-        return self._take_slots([(alert_id, c, c.key if key is None else key)], opened_at)[0]
 
     def _take_slots(
         self, new: Sequence[tuple[int, Condition, AlertKey]], opened_at: float

@@ -141,15 +141,16 @@ class SqliteStore(Store):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 # All at once (binding in C, no cursor per row); `total_changes` tells whether
-                # every row went in. When some did not (duplicates, rare), the transaction is
-                # redone row by row to learn which.
+                # every row went in. When some did not (duplicates, rare), the group is undone
+                # to the savepoint and redone row by row to learn which, in the same
+                # transaction.
                 before = conn.total_changes
+                conn.execute("SAVEPOINT group_rows")
                 conn.executemany(_INSERT, rows)
                 if conn.total_changes - before == len(rows):
                     inserted = [True] * len(rows)
                 else:
-                    conn.execute("ROLLBACK")
-                    conn.execute("BEGIN IMMEDIATE")
+                    conn.execute("ROLLBACK TO group_rows")
                     execute = conn.execute
                     inserted = [execute(_INSERT, row).rowcount == 1 for row in rows]
                 conn.execute("COMMIT")
