@@ -661,7 +661,9 @@ class AlertManager:
         known = slots[slots >= 0]
         new = np.flatnonzero(slots < 0).tolist()
         if np.unique(known).size == known.size and len({keys[k] for k in new}) == len(new):
-            self._observe_rows(batch, batch_no, rules, np.arange(n), slots, keys, this_pass)
+            if not self._observe_rows(batch, batch_no, rules, np.arange(n), slots, keys,
+                                      this_pass):
+                del self._batches[batch_no]  # no alert points at it: let its rows go now
             return
         # The same key more than once: take the rows in rounds (each key's first row, then its
         # second ...), so each key's rows still go in order.
@@ -669,18 +671,22 @@ class AlertManager:
         occurrence = np.empty(n, dtype=np.int64)
         for k, key in enumerate(keys):
             occurrence[k] = count[key] = count.get(key, -1) + 1
+        pointed = False
         for r in range(int(occurrence.max()) + 1):
             rows = np.flatnonzero(occurrence == r)
             slots = np.fromiter(map(self._slot_of.get, [keys[k] for k in rows.tolist()],
                                     itertools.repeat(-1)), np.int64, rows.size)
-            self._observe_rows(batch, batch_no, rules, rows, slots, keys, this_pass)
+            pointed |= self._observe_rows(batch, batch_no, rules, rows, slots, keys, this_pass)
+        if not pointed:
+            del self._batches[batch_no]
 
     def _observe_rows(
         self, batch: ConditionBatch, batch_no: int, rules: Sequence[Material], rows: I64,
         slots: I64, keys: Sequence[AlertKey], this_pass: int,
-    ) -> None:
+    ) -> bool:
         """Rows of a batch with distinct keys, and the slots of their open alerts (-1: none);
-        keys: of every row of the batch."""
+        keys: of every row of the batch. True when an open alert now points at a row of the
+        batch for its newest condition (the batch must be kept)."""
         known = slots >= 0
         new_rows = rows[~known]
         rows, slots = rows[known], slots[known]
@@ -700,9 +706,10 @@ class AlertManager:
         news = ((batch.severity[rows] != self._told_severity[slots])
                 | (material & (dt >= self.update_min_s))
                 | (changed & (dt >= max(self.refresh_s, self.update_min_s))))
+        pointed = bool(slots.size)
         rows, slots = rows[news], slots[news]
         if not rows.size and not new_rows.size:
-            return
+            return pointed
         # Opens and updates go out in row order.
         every = np.concatenate([new_rows, rows])
         every_slot = np.concatenate([np.full(new_rows.size, -1, dtype=np.int64), slots])
@@ -754,6 +761,7 @@ class AlertManager:
             self._told_position[slots] = np.column_stack(
                 [batch.lat[rows], batch.lon[rows], batch.alt_m[rows]])
             self._told_values[slots, :m] = batch.values[rows]
+        return pointed
 
     def _resolve_absent(
         self, types: frozenset[str], evaluated: Mapping[str, float], this_pass: int

@@ -184,29 +184,32 @@ class TrafficMonitor:
         told = {"cpa_m": np.round(p.cpa_m, 1), "cpa_v_m": np.round(p.cpa_v_m, 1),
                 "t_los_s": np.round(p.t_los_s, 1), "crewed": pair_crewed.astype(np.float64)}
         values = np.column_stack([told[name] for name in MATERIAL[SEPARATION_LOSS]])
+        pair_lat, pair_lon, pair_alt_m = lat[first], lon[first], alt_m[first]
         lists: list[list[Any]] = []  # the columns as Python lists, made on first use
         new_tuple = tuple.__new__
 
+        # The builder keeps pair-sized columns only, never `rows`: the alert manager holds a
+        # batch while an alert points at it, and a tick's rows are every aircraft's state.
         def conditions(ks: Sequence[int]) -> list[Condition]:
             if not lists:  # detail rounded as `values` is (numpy), to 0.1 m or s
                 lists.extend(col.tolist() for col in (
-                    first, p.lost_now, np.round(p.h_now_m, 1), np.round(p.v_now_m, 1),
-                    told["t_los_s"], np.round(p.cpa_s, 1), told["cpa_m"], told["cpa_v_m"],
-                    pair_crewed))
-            row, lost_now, h_now, v_now, t_los, cpa_s, cpa_m, cpa_v, pair_is_crewed = lists
+                    pair_lat, pair_lon, pair_alt_m, p.lost_now, np.round(p.h_now_m, 1),
+                    np.round(p.v_now_m, 1), told["t_los_s"], np.round(p.cpa_s, 1),
+                    told["cpa_m"], told["cpa_v_m"], pair_crewed))
+            (a_lat, a_lon, a_alt_m, lost_now, h_now, v_now, t_los, cpa_s, cpa_m, cpa_v,
+             pair_is_crewed) = lists
             # tuple.__new__: the named tuple without its Python-level constructor (a dense
             # hub's first tick builds 30,000 of these at once).
             return [
                 new_tuple(Condition, (
-                    kinds[k], uav[k], "critical" if lost_now[k] else "warning", now, a.lat,
-                    a.lon, a.alt_m, None, other[k], None, {
+                    kinds[k], uav[k], "critical" if lost_now[k] else "warning", now, a_lat[k],
+                    a_lon[k], a_alt_m[k], None, other[k], None, {
                         "h_now_m": h_now[k], "v_now_m": v_now[k], "t_los_s": t_los[k],
                         "cpa_s": cpa_s[k], "cpa_m": cpa_m[k], "cpa_v_m": cpa_v[k],
                         "crewed": pair_is_crewed[k],
                     },
                 ))
                 for k in ks
-                for a in (rows[row[k]],)
             ]
 
         def condition(k: int) -> Condition:
@@ -214,7 +217,7 @@ class TrafficMonitor:
 
         return ConditionBatch(
             kinds, uav, other, np.where(p.lost_now, 2, 1), np.full(len(uav), now),
-            lat[first], lon[first], alt_m[first], values, condition, conditions,
+            pair_lat, pair_lon, pair_alt_m, values, condition, conditions,
         )
 
     async def _telemetry_lost(

@@ -406,17 +406,22 @@ class Geofence:
         hit_agl_m = np.round(agl_m[obs], 1)
         distance_m = np.round(hits.distance_m, 1)
         zones = index.zones
+        hit_uav = list(map(uav.__getitem__, obs.tolist()))
+        hit_t, hit_lat, hit_lon, hit_alt_m = row_t[obs], lat[obs], lon[obs], alt_m[obs]
         lists: list[list[Any]] = []  # the columns as Python lists, made on first use
 
+        # Hit-sized columns only, not `rows`: the alert manager keeps a batch while an alert
+        # points at it.
         def condition(k: int) -> Condition:
             if not lists:
-                lists.extend(col.tolist() for col in (obs, hits.zone, severity, agl_m[obs],
-                                                      hits.distance_m))
-            obs_row, zone_pos, rank, hit_agl, distance = lists
-            row, zone = rows[obs_row[k]], zones[zone_pos[k]]
+                lists.extend(col.tolist() for col in (
+                    hits.zone, severity, agl_m[obs], hits.distance_m, hit_t, hit_lat, hit_lon,
+                    hit_alt_m))
+            zone_pos, rank, hit_agl, distance, t_of, lat_of, lon_of, alt_of = lists
+            zone = zones[zone_pos[k]]
             return Condition(
-                type=kinds[k], uav=row.uav, severity=SEVERITIES[rank[k]], t=row.t,
-                lat=row.lat, lon=row.lon, alt_m=row.alt_m, zone=zone.id,
+                type=kinds[k], uav=hit_uav[k], severity=SEVERITIES[rank[k]], t=t_of[k],
+                lat=lat_of[k], lon=lon_of[k], alt_m=alt_of[k], zone=zone.id,
                 detail={"zone_name": zone.name, "restriction": zone.restriction,
                         "lower_m": zone.lower_m, "upper_m": zone.upper_m,
                         "reference": zone.reference, "agl_m": round(hit_agl[k], 1),
@@ -424,9 +429,8 @@ class Geofence:
             )
 
         return ConditionBatch(
-            kinds, list(map(uav.__getitem__, obs.tolist())), index.zone_ids[hits.zone].tolist(),
-            severity, row_t[obs], lat[obs], lon[obs], alt_m[obs],
-            np.column_stack([distance_m, hit_agl_m]), condition,
+            kinds, hit_uav, index.zone_ids[hits.zone].tolist(), severity, hit_t, hit_lat,
+            hit_lon, hit_alt_m, np.column_stack([distance_m, hit_agl_m]), condition,
         )
 
     def _without_cleared(

@@ -4,6 +4,7 @@ through `Condition`s and through `ConditionBatch` rows. Events go to an in-memor
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -230,6 +231,47 @@ async def test_many_batches_keep_the_newest_condition_of_a_silent_alert() -> Non
         await m.resolve(("conflict_predicted", "A", "B"), T0 + 70)
         resolved = (await _events(m, store))[-1]
         assert (resolved.state, resolved.lat) == ("resolved", 29.75)
+
+
+class _Rows:
+    """Stands for the rows a check stage's batch builder reads (weakly referable)."""
+
+    def __init__(self, conditions: Sequence[Condition]) -> None:
+        self.conditions = list(conditions)
+
+
+def holding_batch(conditions: Sequence[Condition]) -> tuple[ConditionBatch, weakref.ref[_Rows]]:
+    """A batch whose builder holds an object, and a weak reference that tells when the batch
+    (the only holder) is let go of."""
+    rows = _Rows(conditions)
+    plain = as_batch(conditions)
+    batch = ConditionBatch(plain.types, plain.uav, plain.ref, plain.severity, plain.t,
+                           plain.lat, plain.lon, plain.alt_m, plain.values,
+                           lambda k: rows.conditions[k])
+    return batch, weakref.ref(rows)
+
+
+async def test_a_batch_is_kept_only_while_an_alert_points_at_it() -> None:
+    """A tick's batch holds what its builder reads (a monitor tick: every aircraft's state):
+    the manager must not keep it unless an open alert's newest condition is one of its rows."""
+    async with manager(clear_s=1_000.0) as (m, store):
+        opening, opened_ref = holding_batch([pair(T0)])
+        await m.assess(PAIR, {"A": T0, "B": T0}, batches=[opening])
+        del opening
+        assert opened_ref() is None  # the open built its condition: nothing points at the batch
+        updating, updated_ref = holding_batch([pair(T0 + 1, lat=29.71)])
+        await m.assess(PAIR, {"A": T0 + 1, "B": T0 + 1}, batches=[updating])
+        del updating
+        assert updated_ref() is not None  # the alert's newest condition is its row 0
+        other, other_ref = holding_batch([pair(T0 + 2, uav="C", other="D")])
+        await m.assess(PAIR, {"C": T0 + 2, "D": T0 + 2}, batches=[other])
+        del other
+        assert other_ref() is None
+        assert updated_ref() is not None
+        alerts = {a["uav"]: a for a in m.open_alerts()}  # builds A's newest condition
+        assert (alerts["A"]["t"], alerts["A"]["lat"]) == (T0 + 1, 29.71)
+        assert [(e.state, e.uav) for e in await _events(m, store)] == [
+            ("open", "A"), ("open", "C")]
 
 
 @pytest.mark.parametrize("evaluated_n", [10, 40, 200])

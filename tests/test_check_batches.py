@@ -4,7 +4,8 @@ array tests decide on what the events will carry."""
 
 from __future__ import annotations
 
-from typing import cast
+import gc
+from typing import Any, cast
 
 import numpy as np
 
@@ -63,3 +64,48 @@ def test_monitor_batch_matches_its_conditions_and_the_detector() -> None:
     pairs = detect_conflicts(**data, params=ConflictParams())
     assert sorted((c.uav, c.other_uav, c.type) for c in batch.conditions()) == sorted(
         (*sorted((rows[p.i].uav, rows[p.j].uav)), p.kind) for p in pairs)
+
+
+def _reachable(root: object, depth: int) -> list[Any]:
+    """Objects reachable from root in at most `depth` references (breadth first)."""
+    seen: dict[int, Any] = {}
+    level = [root]
+    for _ in range(depth):
+        nxt = []
+        for obj in level:
+            for ref in gc.get_referents(obj):
+                if id(ref) not in seen:
+                    seen[id(ref)] = ref
+                    nxt.append(ref)
+        level = nxt
+    return list(seen.values())
+
+
+def test_monitor_batch_keeps_no_aircraft_state() -> None:
+    """The alert manager keeps a batch while an alert points at one of its rows; a monitor
+    batch must then hold its pairs' columns, not the tick's rows (every aircraft's state: it
+    held 2-3 old reports of every UAV in memory, docs/BENCHMARKS.md)."""
+    data = city_traffic(10_000)  # city-wide: a few pairs among many aircraft
+    rows = live_rows(data)
+    monitor = TrafficMonitor(LiveState(), cast(AlertManager, None), load_settings({}, {}))
+    batch = monitor._conflicts(rows, float(data["tick_t"]))
+    assert 0 < len(batch) < len(rows)
+    held = _reachable(batch, 6)
+    assert not [obj for obj in held if isinstance(obj, Observation)]
+    assert not [obj for obj in held if isinstance(obj, list) and len(obj) == len(rows)]
+    assert_rows_match(batch)  # and the conditions are still right
+
+
+def test_geofence_batch_keeps_no_observations() -> None:
+    rng = np.random.default_rng(5)
+    zones = random_zones(100, rng)
+    rows = [Observation(f"U{k}", T0 + 3600.0, float(lat), float(lon), 100.0, 10.0, 0.0, 0.0,
+                        50.0, None, None, None, "gw/native", T0)
+            for k, (lat, lon) in enumerate(zip(rng.uniform(29.4, 29.9, 2_000),
+                                               rng.uniform(106.3, 106.9, 2_000), strict=True))]
+    geofence = Geofence(cast(ZoneStore, None), cast(AlertManager, None), LiveState(),
+                        load_settings({}, {}))
+    batch, _ = geofence.checked(rows, ZoneIndex(zones))
+    assert 0 < len(batch) < len(rows)
+    assert not [obj for obj in _reachable(batch, 6) if isinstance(obj, Observation)]
+    assert_rows_match(batch)
