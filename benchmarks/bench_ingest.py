@@ -40,6 +40,7 @@ import numpy as np
 
 from benchmarks.harness import (
     Progress,
+    ServerProcess,
     cpu_s,
     database,
     log,
@@ -491,25 +492,21 @@ def run(backends: Sequence[str], seconds: float = 30.0,
 # -- memory per live UAV ---------------------------------------------------------------------
 
 
-async def _fill(port: int, token: str, names: Sequence[str], *, frame_obs: int = 500,
+async def _fill(client: GatewayClient, names: Sequence[str], *, frame_obs: int = 500,
                 spread: bool = True) -> None:
     """One fresh report of each name (`spread`: each at its own place; else all at one)."""
-    client = await GatewayClient.connect("127.0.0.1", port, token, "memory")
-    try:
-        for start in range(0, len(names), frame_obs):
-            now = time.time() - 0.5
-            rows = []
-            for k in range(start, min(len(names), start + frame_obs)):
-                lat, lon = ((29.0 + (k % 320) * 3e-3, 106.0 + (k // 320) * 3e-3) if spread
-                            else (29.5, 106.5))
-                rows.append([names[k], now + (0.0 if spread else k * 1e-5), lat, lon, 300.0,
-                             5.0, 90.0, 0.0, 60.0])
-            client.send_obs(rows)
-            ack = await client.recv_ack()
-            if "ack" not in ack:
-                raise RuntimeError(f"server error frame: {ack}")
-    finally:
-        await client.close()
+    for start in range(0, len(names), frame_obs):
+        now = time.time() - 0.5
+        rows = []
+        for k in range(start, min(len(names), start + frame_obs)):
+            lat, lon = ((29.0 + (k % 320) * 3e-3, 106.0 + (k // 320) * 3e-3) if spread
+                        else (29.5, 106.5))
+            rows.append([names[k], now + (0.0 if spread else k * 1e-5), lat, lon, 300.0,
+                         5.0, 90.0, 0.0, 60.0])
+        client.send_obs(rows)
+        ack = await client.recv_ack()
+        if "ack" not in ack:
+            raise RuntimeError(f"server error frame: {ack}")
 
 
 def _register(url: str, names: Sequence[str]) -> None:
@@ -537,21 +534,36 @@ def memory_per_uav(
             _register(url, names + sorted(set(few)))
         with server(url, {"LOWALT_LOST_AFTER_S": "3600"}) as srv:
             token = srv.cli("token", "create", "--role", "gateway", "--name", "bench")
-            for _ in range(rounds):  # each round later than the one before: every report new
-                asyncio.run(_fill(srv.gateway_port, token, few, spread=False))
-            time.sleep(2.0)
-            base = rss_kib(srv.proc.pid)
-            started = time.monotonic()
-            for k in range(rounds):
-                log(f"memory: round {k + 1} of {rounds}")
-                asyncio.run(_fill(srv.gateway_port, token, names))
-            fill_s = time.monotonic() - started
-            time.sleep(2.0)
-            after = rss_kib(srv.proc.pid)
+            base, after, fill_s = asyncio.run(_measure(srv, token, few, names, rounds))
     return {"backend": "sqlite", "uavs": uavs, "registered": registered,
             "reports_per_uav": rounds, "rss_base_mib": round(base / 1024, 1),
             "rss_after_mib": round(after / 1024, 1), "fill_s": round(fill_s, 1),
             "bytes_per_live_uav": round((after - base) * 1024 / uavs)}
+
+
+async def _measure(srv: ServerProcess, token: str, few: Sequence[str], names: Sequence[str],
+                   rounds: int) -> tuple[int, int, float]:
+    """RSS (KiB) after `rounds` reports of `few`, and again after `rounds` reports of `names`,
+    and the seconds the second fill took. Each fill goes over one gateway connection that
+    stays open until its RSS is read, as a gateway's does (the server keeps a push entry per
+    UAV for each open session)."""
+    async def fill(which: Sequence[str], spread: bool) -> tuple[int, float]:
+        client = await GatewayClient.connect("127.0.0.1", srv.gateway_port, token, "memory")
+        try:
+            started = time.monotonic()
+            for k in range(rounds):  # each round later than the one before: every report new
+                if spread:
+                    log(f"memory: round {k + 1} of {rounds}")
+                await _fill(client, which, spread=spread)
+            took = time.monotonic() - started
+            await asyncio.sleep(2.0)
+            return rss_kib(srv.proc.pid), took
+        finally:
+            await client.close()
+
+    base, _ = await fill(few, False)
+    after, fill_s = await fill(names, True)
+    return base, after, fill_s
 
 
 def memory_run(uavs: int = 100_000, rounds: int = 20) -> dict[str, Any]:

@@ -24,20 +24,25 @@ class PushHub:
     def __init__(self) -> None:
         # A UAV is carried by one session or a few: a tuple (48 B for one) rather than a set
         # (216 B), since this holds an entry for every live UAV.
+        # The UAVs carried by one session alone all share that session's 1-tuple.
         self._sessions_of: dict[str, tuple[PushTarget, ...]] = {}
         self._uavs_of: dict[PushTarget, set[str]] = {}
+        self._alone: dict[PushTarget, tuple[PushTarget]] = {}
 
     def register(self, session: PushTarget, uavs: Iterable[str]) -> None:
         """Note that session carries uavs (repeats are cheap: a set lookup per UAV)."""
         known = self._uavs_of.setdefault(session, set())
+        alone = self._alone.setdefault(session, (session,))
         sessions_of = self._sessions_of
         for uav in uavs:
             if uav not in known:
                 known.add(uav)
-                sessions_of[uav] = (*sessions_of.get(uav, ()), session)
+                others = sessions_of.get(uav)
+                sessions_of[uav] = alone if others is None else (*others, session)
 
     def unregister(self, session: PushTarget) -> None:
         sessions_of = self._sessions_of
+        self._alone.pop(session, None)
         for uav in self._uavs_of.pop(session, ()):
             rest = tuple(s for s in sessions_of.get(uav, ()) if s is not session)
             if rest:

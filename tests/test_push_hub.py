@@ -38,7 +38,17 @@ def test_push_reaches_each_session_that_carried_the_uav_once() -> None:
     hub.unregister(b)  # twice is harmless
     assert hub.push("U1", {"n": 4}) == 0 and hub.sessions("U3") == 1
     hub.unregister(c)
-    assert hub._sessions_of == {} and hub._uavs_of == {}
+    assert hub._sessions_of == {} and hub._uavs_of == {} and hub._alone == {}
+
+
+def test_the_uavs_of_one_session_share_one_entry() -> None:
+    """An entry per live UAV: those carried by one session alone share its 1-tuple."""
+    hub, a, b = PushHub(), Session(), Session()
+    hub.register(a, [f"U{k}" for k in range(1_000)])
+    hub.register(b, ["U0"])
+    assert len({id(hub._sessions_of[f"U{k}"]) for k in range(1, 1_000)}) == 1
+    assert hub.push("U0", {"n": 1}) == 2 and hub.push("U5", {"n": 2}) == 1
+    assert a.got == [{"n": 1}, {"n": 2}] and b.got == [{"n": 1}]
 
 
 def test_a_session_that_takes_nothing_more_is_not_counted() -> None:
