@@ -655,30 +655,29 @@ class AlertManager:
             raise ValueError("severity rank out of range")
         self._batch_no += 1
         batch_no = self._batch_no
-        self._batches[batch_no] = batch
         keys = list(zip(batch.types, batch.uav, batch.ref, strict=True))
         slots = np.fromiter(map(self._slot_of.get, keys, itertools.repeat(-1)), np.int64, n)
         known = slots[slots >= 0]
         new = np.flatnonzero(slots < 0).tolist()
         if np.unique(known).size == known.size and len({keys[k] for k in new}) == len(new):
-            if not self._observe_rows(batch, batch_no, rules, np.arange(n), slots, keys,
-                                      this_pass):
-                del self._batches[batch_no]  # no alert points at it: let its rows go now
-            return
-        # The same key more than once: take the rows in rounds (each key's first row, then its
-        # second ...), so each key's rows still go in order.
-        count: dict[AlertKey, int] = {}
-        occurrence = np.empty(n, dtype=np.int64)
-        for k, key in enumerate(keys):
-            occurrence[k] = count[key] = count.get(key, -1) + 1
-        pointed = False
-        for r in range(int(occurrence.max()) + 1):
-            rows = np.flatnonzero(occurrence == r)
-            slots = np.fromiter(map(self._slot_of.get, [keys[k] for k in rows.tolist()],
-                                    itertools.repeat(-1)), np.int64, rows.size)
-            pointed |= self._observe_rows(batch, batch_no, rules, rows, slots, keys, this_pass)
-        if not pointed:
-            del self._batches[batch_no]
+            pointed = self._observe_rows(batch, batch_no, rules, np.arange(n), slots, keys,
+                                         this_pass)
+        else:
+            # The same key more than once: take the rows in rounds (each key's first row, then
+            # its second ...), so each key's rows still go in order.
+            count: dict[AlertKey, int] = {}
+            occurrence = np.empty(n, dtype=np.int64)
+            for k, key in enumerate(keys):
+                occurrence[k] = count[key] = count.get(key, -1) + 1
+            pointed = False
+            for r in range(int(occurrence.max()) + 1):
+                rows = np.flatnonzero(occurrence == r)
+                slots = np.fromiter(map(self._slot_of.get, [keys[k] for k in rows.tolist()],
+                                        itertools.repeat(-1)), np.int64, rows.size)
+                pointed |= self._observe_rows(batch, batch_no, rules, rows, slots, keys,
+                                              this_pass)
+        if pointed:  # kept while an alert points at a row; else its rows go now
+            self._batches[batch_no] = batch
 
     def _observe_rows(
         self, batch: ConditionBatch, batch_no: int, rules: Sequence[Material], rows: I64,
