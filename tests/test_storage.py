@@ -169,3 +169,77 @@ def test_a_sqlite_database_from_before_updated_at_gets_the_column(tmp_path: Path
             await store.close()
 
     asyncio.run(check())
+
+
+def _plan(path: Path, sql: str, args: tuple[object, ...]) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return " / ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+    finally:
+        conn.close()
+
+
+def test_sqlite_keeps_observations_in_time_order_and_reads_a_uav_by_its_index(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "new.db"
+
+    async def fill() -> None:
+        store = SqliteStore(str(path))
+        await store.open()
+        try:
+            # Arrival order is not key order: the table's own order is (t, uav).
+            await store.insert_observations([row("B", T0 + 1), row("A", T0 + 2), row("A", T0)])
+            assert [r.t for r in await store.track("A", T0 - 1, T0 + 9, 10)] == [T0, T0 + 2]
+        finally:
+            await store.close()
+
+    asyncio.run(fill())
+    conn = sqlite3.connect(path)
+    key = {r[1]: r[5] for r in conn.execute("PRAGMA table_info(observations)")}
+    # A scan of the table itself (lat is in no index), so in its key's order.
+    stored = [r[:2] for r in conn.execute("SELECT uav, t, lat FROM observations NOT INDEXED")]
+    indexes = {r[1] for r in conn.execute("PRAGMA index_list(observations)")}
+    (version,) = conn.execute("SELECT version FROM schema_version").fetchone()
+    conn.close()
+    assert (key["t"], key["uav"], version) == (1, 2, 2)
+    assert stored == [("A", T0), ("B", T0 + 1), ("A", T0 + 2)]
+    assert "observations_uav_t" in indexes and "observations_t" not in indexes
+    plan = _plan(path, "SELECT * FROM observations WHERE uav = ? AND t >= ? AND t <= ?",
+                 ("A", T0, T0 + 9))
+    assert "USING INDEX observations_uav_t (uav=? AND t>? AND t<?)" in plan
+    plan = _plan(path, "DELETE FROM observations WHERE t < ?", (T0,))
+    assert "USING PRIMARY KEY (t<?)" in plan
+
+
+def test_a_sqlite_database_keyed_by_uav_keeps_its_layout_and_works(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(  # observations as schema version 1 made them
+        "CREATE TABLE observations (uav TEXT NOT NULL, t REAL NOT NULL, lat REAL NOT NULL, "
+        "lon REAL NOT NULL, alt_m REAL NOT NULL, speed_mps REAL, track_deg REAL, "
+        "vspeed_mps REAL, agl_m REAL, status TEXT, acc_h_m REAL, acc_v_m REAL, "
+        "source TEXT NOT NULL, received_at REAL NOT NULL, PRIMARY KEY (uav, t)) WITHOUT ROWID;"
+        "CREATE INDEX observations_t ON observations (t);"
+        "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+        "INSERT INTO schema_version VALUES (1);")
+    conn.close()
+
+    async def use() -> None:
+        store = SqliteStore(str(path))
+        await store.open()
+        try:
+            assert await store.insert_observations([row("A", T0), row("A", T0)]) == [True, False]
+            assert await store.insert_observations([row("A", T0 + 1)]) == [True]
+            assert [r.t for r in await store.track("A", T0 - 1, T0 + 9, 10)] == [T0, T0 + 1]
+            assert await store.delete_observations_before(T0 + 1) == 1
+        finally:
+            await store.close()
+
+    asyncio.run(use())
+    conn = sqlite3.connect(path)
+    indexes = {r[1] for r in conn.execute("PRAGMA index_list(observations)")}
+    versions = conn.execute("SELECT version FROM schema_version").fetchall()
+    conn.close()
+    assert "observations_uav_t" not in indexes and "observations_t" in indexes  # no extra index
+    assert versions == [(1,)]
