@@ -428,7 +428,11 @@ class _OpenAlert:
     def __init__(self, alert_id: int, opened_at: float, c: Condition, key: AlertKey) -> None:
         self.alert_id, self.opened_at, self.key = alert_id, opened_at, key
         self.uav, self.other_uav = c.uav, c.other_uav
-        self.latest = c  # the newest condition, unless the slot points at a batch row
+        # The newest condition, unless the slot points at a batch row; None when it is the one
+        # the last event told and the slot's arrays and `detail_told` rebuild it exactly
+        # (`AlertManager._tell`): an alert that never changes, like an unregistered UAV's,
+        # then keeps no condition (about 220 B with its numbers).
+        self.latest: Condition | None = c
         # Types without MATERIAL values: the detail of the last event.
         self.detail_told: Mapping[str, Any] | None = None if c.type in MATERIAL else c.detail
 
@@ -870,6 +874,13 @@ class AlertManager:
         alert = self._alert(slot)
         if alert.detail_told is not None:
             alert.detail_told = c.detail
+            if (alert.latest is c and c.zone is None and c.other_uav is None
+                    and c.clearance is None):
+                alert.latest = None  # `_latest` rebuilds it from what was told
+
+    def is_open(self, key: AlertKey) -> bool:
+        """Whether an alert is open for key."""
+        return key in self._slot_of
 
     def _alert(self, slot: int) -> _OpenAlert:
         alert = self._by_slot[slot]
@@ -877,13 +888,22 @@ class AlertManager:
         return alert
 
     def _latest(self, slot: int) -> Condition:
-        """The newest condition of an open alert, built from its batch row when it has one."""
+        """The newest condition of an open alert, built from its batch row when it has one, or
+        from what its last event told (`_OpenAlert.latest`)."""
         alert = self._alert(slot)
         batch_no = int(self._latest_batch[slot])
         if batch_no >= 0:
             alert.latest = self._batches[batch_no].condition(int(self._latest_row[slot]))
             self._latest_batch[slot] = -1
-        return alert.latest
+        if alert.latest is not None:
+            return alert.latest
+        assert alert.detail_told is not None
+        lat, lon, alt_m = self._told_position[slot].tolist()
+        return Condition(
+            _TYPE_LIST[int(self._type[slot])], alert.uav,
+            SEVERITIES[int(self._told_severity[slot])], float(self._told_t[slot]), lat, lon,
+            alt_m, detail=alert.detail_told,
+        )
 
     def _let_go_of_batches(self) -> None:
         """Keep the newest half of the batches; alerts still pointing at older ones (their UAV

@@ -8,7 +8,9 @@ crewed aircraft (ADS-B), not UAVs, and are not checked.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
 
 from aiohttp import web
 
@@ -20,6 +22,7 @@ from lowalt.limits import LIMITS
 from lowalt.models import Observation
 
 ALERT = "unregistered_uav"
+MAX_SHARED_DETAILS = 4096  # sources are few (gateway names x transports x formats)
 
 
 class UnregisteredCheck:
@@ -29,7 +32,8 @@ class UnregisteredCheck:
 
     def __init__(self, registry: Registry, manager: AlertManager) -> None:
         self.registry, self.manager = registry, manager
-        self.alerted: set[str] = {a["uav"] for a in manager.open_alerts() if a["type"] == ALERT}
+        # Per source, the one read-only detail its alerts share (not a dict per UAV).
+        self._details: dict[str, Mapping[str, Any]] = {}
 
     async def on_committed(
         self, rows: Sequence[Observation], advanced: Sequence[Observation]
@@ -40,18 +44,25 @@ class UnregisteredCheck:
                 seen = newest.get(row.uav)
                 if seen is None or row.t > seen.t:
                     newest[row.uav] = row
-        is_known = self.registry.is_known
+        is_known, is_open = self.registry.is_known, self.manager.is_open
         for uav, row in newest.items():
+            key = (ALERT, uav, "")
             if is_known(uav):
-                if uav in self.alerted:
-                    self.alerted.discard(uav)
-                    await self.manager.resolve((ALERT, uav, ""), row.t, {"registered": True})
-            elif uav not in self.alerted:
-                self.alerted.add(uav)
+                if is_open(key):
+                    await self.manager.resolve(key, row.t, {"registered": True})
+            elif not is_open(key):
                 await self.manager.open_or_update(Condition(
                     ALERT, uav, "warning", row.t, row.lat, row.lon, row.alt_m,
-                    detail={"source": row.source},
+                    detail=self._detail(row.source),
                 ))
+
+    def _detail(self, source: str) -> Mapping[str, Any]:
+        detail = self._details.get(source)
+        if detail is None:
+            if len(self._details) >= MAX_SHARED_DETAILS:
+                self._details.clear()
+            detail = self._details[source] = MappingProxyType({"source": source})
+        return detail
 
 
 def setup_identity(app: web.Application) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -22,8 +23,13 @@ from dispatch.alerts import (
     ConditionBatch,
 )
 from dispatch.store import AlertStore, LoadedState
+from lowalt.auth import Registry
 from lowalt.errors import ConfigError
+from lowalt.identity import UnregisteredCheck
+from lowalt.models import Observation
 from lowalt.settings import load_settings
+from lowalt.storage import UavRecord
+from lowalt.storage.sqlite import SqliteStore
 
 T0 = 1_764_000_000.0
 PAIR = frozenset({"conflict_predicted", "separation_loss"})
@@ -357,3 +363,68 @@ def test_keys_of_a_uav_are_a_tuple_while_few_then_a_set() -> None:
     assert isinstance(more["Y"], tuple) and sorted(more["Y"]) == keys[:_FEW_KEYS]
     _file(more, "Y", keys[_FEW_KEYS - 1:_FEW_KEYS + 2])
     assert isinstance(more["Y"], set) and sorted(more["Y"]) == keys[:_FEW_KEYS + 2]
+
+
+async def test_an_alert_whose_condition_was_told_keeps_none_and_rebuilds_it_exactly() -> None:
+    source = {"source": "gw/gateway/native"}
+    c = Condition("unregistered_uav", "U1", "warning", T0 + 0.1234567891, 29.123456789012,
+                  106.5, 321.25, detail=source)
+    async with manager() as (m, store):
+        await m.open_or_update(c)
+        alert = m._by_slot[m._slot_of[c.key]]
+        assert alert is not None and alert.latest is None  # no Condition (nor its floats) kept
+        (shown,) = m.open_alerts()
+        assert (shown["t"], shown["lat"], shown["lon"], shown["alt_m"], shown["severity"],
+                shown["zone"], shown["detail"]) == (c.t, c.lat, c.lon, c.alt_m, "warning", None,
+                                                    source)
+        later = c._replace(t=c.t + 1, lat=c.lat + 1e-6)  # no news yet: kept as it is
+        await m.open_or_update(later)
+        assert alert.latest is later and m.open_alerts()[0]["lat"] == later.lat
+        worse = later._replace(t=c.t + 2, severity="critical")  # told at once, then let go
+        await m.open_or_update(worse)
+        assert alert.latest is None and m.open_alerts()[0]["severity"] == "critical"
+        await m.resolve(c.key, c.t + 3)
+        events = await _events(m, store)
+    assert [(e.state, e.severity, e.t) for e in events] == [
+        ("open", "warning", c.t), ("updated", "critical", worse.t),
+        ("resolved", "critical", c.t + 3)]
+    assert (events[-1].lat, events[-1].lon, events[-1].alt_m, dict(events[-1].detail)) == (
+        worse.lat, worse.lon, worse.alt_m, source)
+    # A condition with a zone (or pair, or clearance) is kept: the key does not say which.
+    async with manager() as (m, _):
+        hit = Condition("clearance_violation", "U1", "warning", T0, 29.7, 106.6, 80.0,
+                        zone="Z1", detail={"why": "x"})
+        await m.open_or_update(hit)
+        alert = m._by_slot[m._slot_of[hit.key]]
+        assert alert is not None and alert.latest is hit
+
+
+async def test_unregistered_uavs_of_one_source_share_one_detail(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "r.db"))
+    await store.open()
+    registry = Registry(store)
+    await registry.register(UavRecord("KNOWN", "op1"))
+    try:
+        async with manager() as (m, events):
+            check = UnregisteredCheck(registry, m)
+            rows = [obs(uav, T0 + k, "gw/gateway/native") for k, uav in enumerate(
+                ["S1", "S2", "KNOWN", "S1"])] + [obs("S3", T0, "op/http/native")]
+            await check.on_committed(rows, rows)
+            details = {a["uav"]: m._latest(m._slot_of[("unregistered_uav", a["uav"], "")]).detail
+                       for a in m.open_alerts()}
+            assert sorted(details) == ["S1", "S2", "S3"]  # once each, the registered one not
+            assert details["S1"] is details["S2"] and details["S3"] == {"source": "op/http/native"}
+            await registry.register(UavRecord("S2", "op1"))
+            await check.on_committed([obs("S2", T0 + 9, "gw/gateway/native")], [])
+            told = [(e.state, e.uav, dict(e.detail)) for e in await _events(m, events)]
+    finally:
+        await store.close()
+    assert told == [("open", "S1", {"source": "gw/gateway/native"}),
+                    ("open", "S2", {"source": "gw/gateway/native"}),
+                    ("open", "S3", {"source": "op/http/native"}),
+                    ("resolved", "S2", {"registered": True})]
+
+
+def obs(uav: str, t: float, source: str) -> Observation:
+    return Observation(uav, t, 29.7, 106.6, 80.0, None, None, None, None, None, None, None,
+                       source, t)
