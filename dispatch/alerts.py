@@ -423,11 +423,10 @@ def _unfile(keys_of_uav: KeysOfUav, uav: str, key: AlertKey) -> None:
 class _OpenAlert:
     """What an open alert keeps besides its slot's array entries (see AlertManager)."""
 
-    __slots__ = ("alert_id", "detail_told", "key", "latest", "opened_at", "other_uav", "uav")
+    __slots__ = ("detail_told", "key", "latest", "other_uav", "uav")
 
-    def __init__(self, alert_id: int, opened_at: float, c: Condition, key: AlertKey) -> None:
-        self.alert_id, self.opened_at, self.key = alert_id, opened_at, key
-        self.uav, self.other_uav = c.uav, c.other_uav
+    def __init__(self, c: Condition, key: AlertKey) -> None:
+        self.key, self.uav, self.other_uav = key, c.uav, c.other_uav
         # The newest condition, unless the slot points at a batch row; None when it is the one
         # the last event told and the slot's arrays and `detail_told` rebuild it exactly
         # (`AlertManager._tell`): an alert that never changes, like an unregistered UAV's,
@@ -440,10 +439,10 @@ class _OpenAlert:
 class AlertManager:
     """Keeps the open alerts and turns conditions into events; see the module docstring.
 
-    Each open alert has a slot; per slot, arrays hold what its last event told (t, severity,
-    position, `MATERIAL` values), since when its condition has been absent (NaN: present), the
-    last `assess` pass that saw it, and where its newest condition is (a batch row, or
-    `_OpenAlert.latest` when the batch is -1).
+    Each open alert has a slot; per slot, arrays hold its id and when it opened, what its last
+    event told (t, severity, position, `MATERIAL` values), since when its condition has been
+    absent (NaN: present), the last `assess` pass that saw it, and where its newest condition is
+    (a batch row, or `_OpenAlert.latest` when the batch is -1).
     """
 
     def __init__(
@@ -507,6 +506,8 @@ class AlertManager:
                 new[: old.shape[0]] = old
             return new
 
+        self._alert_ids: I64 = grown("_alert_ids", 0, np.int64)
+        self._opened_at: F64 = grown("_opened_at", np.nan, np.float64)  # server time, Unix s
         self._told_t: F64 = grown("_told_t", np.inf, np.float64)
         self._told_severity: I64 = grown("_told_severity", -1, np.int64)
         self._told_position: F64 = grown("_told_position", np.nan, np.float64, 3)
@@ -596,12 +597,13 @@ class AlertManager:
         known position."""
         ranked: list[tuple[int, bool, int, dict[str, Any]]] = []
         for slot in self._slot_of.values():
-            alert = self._alert(slot)
+            alert_id = int(self._alert_ids[slot])
             c = self._latest(slot)
-            ranked.append((-SEVERITY_RANK[c.severity], c.type not in URGENT_TYPES, alert.alert_id, {
-                "alert_id": alert.alert_id, "state": "open", "type": c.type,
+            ranked.append((-SEVERITY_RANK[c.severity], c.type not in URGENT_TYPES, alert_id, {
+                "alert_id": alert_id, "state": "open", "type": c.type,
                 "severity": c.severity, "uav": c.uav, "other_uav": c.other_uav, "zone": c.zone,
-                "clearance": c.clearance, "t": c.t, "opened_at": alert.opened_at, "lat": c.lat,
+                "clearance": c.clearance, "t": c.t,
+                "opened_at": float(self._opened_at[slot]), "lat": c.lat,
                 "lon": c.lon, "alt_m": c.alt_m, "detail": dict(c.detail),
             }))
         ranked.sort(key=lambda r: r[:3])
@@ -639,7 +641,7 @@ class AlertManager:
         if (SEVERITY_RANK[c.severity] != self._told_severity[slot]
                 or (material and dt >= self.update_min_s)
                 or ((changed or moved) and dt >= max(self.refresh_s, self.update_min_s))):
-            self._emit(alert.alert_id, "updated", c, c.t, c.detail)
+            self._emit(int(self._alert_ids[slot]), "updated", c, c.t, c.detail)
             self._tell(slot, c)
 
     def _observe_batch(self, batch: ConditionBatch, this_pass: int) -> None:
@@ -722,16 +724,12 @@ class AlertManager:
             slot_list = every_slot[order].tolist()
             conditions = batch.conditions(ks)
             # Alert ids: the opened ones numbered in row order, the updated ones their own.
-            by_slot = self._by_slot
-            next_id = self._alert_id
-            ids: list[int] = []
-            for slot in slot_list:
-                if slot < 0:
-                    next_id += 1
-                    ids.append(next_id)
-                else:
-                    ids.append(by_slot[slot].alert_id)
-            self._alert_id = next_id
+            ordered_slots = every_slot[order]
+            id_column = self._alert_ids[np.maximum(ordered_slots, 0)]
+            first_new = self._alert_id + 1
+            self._alert_id += new_rows.size
+            id_column[ordered_slots < 0] = np.arange(first_new, self._alert_id + 1)
+            ids = id_column.tolist()
             raised_at = time.time()
             # The detail is the condition's own: a batch builds a fresh one per condition, and
             # neither the kept condition nor the event is ever changed.
@@ -810,7 +808,8 @@ class AlertManager:
     def _resolve(self, slot: int, t: float, detail: Mapping[str, Any] | None) -> None:
         alert = self._alert(slot)
         c = self._latest(slot)
-        self._emit(alert.alert_id, "resolved", c, t, c.detail if detail is None else detail)
+        self._emit(int(self._alert_ids[slot]), "resolved", c, t,
+                   c.detail if detail is None else detail)
         del self._slot_of[alert.key]
         for uav in (alert.uav, alert.other_uav):
             if uav is not None:
@@ -844,8 +843,8 @@ class AlertManager:
         del free[len(free) - len(new):]
         by_slot, slot_of = self._by_slot, self._slot_of
         filed: dict[str, list[AlertKey]] = {}
-        for slot, (alert_id, c, key) in zip(slots, new, strict=True):
-            by_slot[slot] = _OpenAlert(alert_id, opened_at, c, key)
+        for slot, (_, c, key) in zip(slots, new, strict=True):
+            by_slot[slot] = _OpenAlert(c, key)
             slot_of[key] = slot
             uav, other = c.uav, c.other_uav
             keys = filed.get(uav)
@@ -863,6 +862,8 @@ class AlertManager:
         for uav, keys in filed.items():
             _file(keys_of_uav, uav, keys)
         self._type[slots] = [_TYPE_CODE[c.type] for _, c, _ in new]
+        self._alert_ids[slots] = [alert_id for alert_id, _, _ in new]
+        self._opened_at[slots] = opened_at
         return slots
 
     def _tell(self, slot: int, c: Condition) -> None:
