@@ -243,3 +243,31 @@ def test_a_sqlite_database_keyed_by_uav_keeps_its_layout_and_works(tmp_path: Pat
     conn.close()
     assert "observations_uav_t" not in indexes and "observations_t" in indexes  # no extra index
     assert versions == [(1,)]
+
+
+def test_sqlite_checkpoints_in_the_background_not_in_a_commit(tmp_path: Path) -> None:
+    path = tmp_path / "wal.db"
+
+    async def write_then_wait() -> tuple[int, int, int]:
+        store = SqliteStore(str(path), checkpoint_every_s=0.05)
+        await store.open()
+        try:
+            before = path.stat().st_size
+            # Far below the writer's own (backstop) checkpoint: without the background one,
+            # these rows would stay in the WAL and the database file would not grow.
+            await store.insert_observations([row(f"U{k:04d}", T0 + k) for k in range(3_000)])
+            wal = (path.parent / (path.name + "-wal")).stat().st_size
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if path.stat().st_size > before:
+                    break
+            return before, path.stat().st_size, wal
+        finally:
+            await store.close()
+
+    before, after, wal = asyncio.run(write_then_wait())
+    assert wal > 50 * 4096 and after > before + 40 * 4096
+    conn = sqlite3.connect(path)
+    (n,) = conn.execute("SELECT count(*) FROM observations").fetchone()
+    conn.close()
+    assert n == 3_000

@@ -11,13 +11,22 @@ entries land all over it. Keyed (uav, t) (schema version 1), every commit rewrot
 table page per UAV in the group, and a growing table slowed ingest down: 10,000 UAVs, groups of
 1,000 rows, 25 s in, 32,000 against 43,700 rows/s (docs/BENCHMARKS.md). A file made with
 version 1 keeps its layout (and its index on t): both are read and written the same way.
+
+Checkpoints (copying the WAL into the database file) run on a connection and thread of their
+own every `CHECKPOINT_EVERY_S`, in PASSIVE mode, which never blocks the writer. Left to the
+writer (SQLite's automatic checkpoint every 1,000 WAL pages), every few seconds one commit also
+copied and synced thousands of pages, and every report and alert event waiting behind it waited
+for that too. The writer keeps an automatic checkpoint only as a backstop, at
+`BACKSTOP_CHECKPOINT_PAGES`, should the background one fall behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +39,10 @@ from lowalt.models import OBSERVATION_COLUMNS, Observation
 from lowalt.storage.base import Store, TokenRecord, UavRecord, uav_record
 
 T = TypeVar("T")
+log = logging.getLogger("lowalt.storage")
+
+CHECKPOINT_EVERY_S = 0.5
+BACKSTOP_CHECKPOINT_PAGES = 20_000  # 80 MB of WAL at 4 KiB pages
 
 SCHEMA_VERSION = 2
 SCHEMA = """
@@ -87,9 +100,35 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+class _Checkpointer:
+    """PASSIVE checkpoints every every_s on a connection and thread of their own (module
+    docstring), until closed."""
+
+    def __init__(self, path: str, every_s: float) -> None:
+        self._conn = _connect(path)
+        self._every_s = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every_s):
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:  # the writer's backstop still bounds the WAL
+                log.warning("sqlite: background checkpoint failed: %s", exc)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._conn.close()
+
+
 class SqliteStore(Store):
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, checkpoint_every_s: float = CHECKPOINT_EVERY_S) -> None:
         self.path = path
+        self.checkpoint_every_s = checkpoint_every_s
+        self._checkpointer: _Checkpointer | None = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-write")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-read")
         self._wconn: sqlite3.Connection | None = None
@@ -125,6 +164,7 @@ class SqliteStore(Store):
             parent = Path(self.path).parent
             parent.mkdir(parents=True, exist_ok=True)
             conn = _connect(self.path)
+            conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
             conn.executescript(SCHEMA)
             conn.execute(observations_index(conn))
             add_missing_columns(conn, "uavs", {"updated_at": "REAL NOT NULL DEFAULT 0"})
@@ -138,8 +178,12 @@ class SqliteStore(Store):
             self._rconn = _connect(self.path)
 
         await self._run(self._reader, setup_reader)
+        self._checkpointer = _Checkpointer(self.path, self.checkpoint_every_s)
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.close)
+            self._checkpointer = None
         def shut(conn: sqlite3.Connection | None) -> Callable[[], None]:
             return lambda: conn.close() if conn is not None else None
 
