@@ -44,7 +44,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -388,33 +388,50 @@ def _detail_values(c: Condition) -> F64:
 
 
 _FEW_KEYS = 8
-KeysOfUav = dict[str, tuple[AlertKey, ...] | set[AlertKey]]
+# What `AlertManager._keys_of_uav` holds per UAV: its one open key as it is (an unregistered UAV
+# always has one: no tuple around it), a tuple of a few, a set past `_FEW_KEYS`.
+HeldKeys = AlertKey | tuple[AlertKey, ...] | set[AlertKey]
+KeysOfUav = dict[str, HeldKeys]
+
+
+def held_keys(held: HeldKeys | None) -> tuple[AlertKey, ...] | set[AlertKey]:
+    """The keys of one `KeysOfUav` entry (none for None)."""
+    if held is None:
+        return ()
+    if isinstance(held, set):
+        return held
+    if held and isinstance(held[0], str):  # one key, held as it is
+        return (held,)
+    return held
+
+
+def _held(keys: Sequence[AlertKey]) -> HeldKeys:
+    if len(keys) == 1:
+        return keys[0]
+    return tuple(keys) if len(keys) <= _FEW_KEYS else set(keys)
 
 
 def _file(keys_of_uav: KeysOfUav, uav: str, new: list[AlertKey]) -> None:
     """File new open keys under uav (see `AlertManager._keys_of_uav`); keys not yet filed."""
-    keys = keys_of_uav.get(uav)
-    if keys is None:
-        keys_of_uav[uav] = tuple(new) if len(new) <= _FEW_KEYS else set(new)
-    elif isinstance(keys, set):
+    keys = held_keys(keys_of_uav.get(uav))
+    if isinstance(keys, set):
         keys.update(new)
     else:
-        fresh = [key for key in new if key not in keys]
-        keys_of_uav[uav] = ((*keys, *fresh) if len(keys) + len(fresh) <= _FEW_KEYS
-                            else {*keys, *fresh})
+        keys_of_uav[uav] = _held((*keys, *(key for key in new if key not in keys)))
 
 
 def _unfile(keys_of_uav: KeysOfUav, uav: str, key: AlertKey) -> None:
     """Take key from under uav; a uav left with none goes."""
-    keys = keys_of_uav.get(uav)
-    if keys is None:
+    if uav not in keys_of_uav:
         return
+    keys = held_keys(keys_of_uav[uav])
     if isinstance(keys, set):
         keys.discard(key)
-        rest: tuple[AlertKey, ...] | set[AlertKey] = keys
+        rest: HeldKeys | None = keys or None
     else:
-        rest = tuple(k for k in keys if k != key)
-    if rest:
+        left = tuple(k for k in keys if k != key)
+        rest = _held(left) if left else None
+    if rest is not None:
         keys_of_uav[uav] = rest
     else:
         del keys_of_uav[uav]
@@ -468,10 +485,10 @@ class AlertManager:
         self.metrics = metrics or Metrics()
         self._slot_of: dict[AlertKey, int] = {}
         self._by_slot: list[_OpenAlert | None] = []
-        # uav (or other_uav) -> its open keys: a tuple while few (48 B + 8 per key; an
-        # unregistered UAV always has one), a set past `_FEW_KEYS` (216 B; O(1) filing when a
-        # dense hub gives a UAV dozens of pair alerts).
-        self._keys_of_uav: dict[str, tuple[AlertKey, ...] | set[AlertKey]] = {}
+        # uav (or other_uav) -> its open keys (`HeldKeys`): one key as it is (an unregistered
+        # UAV always has one), a tuple while few (48 B + 8 per key), a set past `_FEW_KEYS`
+        # (216 B; O(1) filing when a dense hub gives a UAV dozens of pair alerts).
+        self._keys_of_uav: KeysOfUav = {}
         self._allocate_arrays(1024)
         self._free = list(range(1023, -1, -1))  # free slots, lowest last
         self._pass = 0  # numbers assess passes, for `_seen`
@@ -776,7 +793,7 @@ class AlertManager:
         if absent.size > 8 * len(evaluated):  # few UAVs evaluated among many alerts: from those
             slot_of, keys_of_uav = self._slot_of, self._keys_of_uav
             near = np.unique(np.array(
-                [slot_of[key] for uav in evaluated for key in keys_of_uav.get(uav, ())],
+                [slot_of[key] for uav in evaluated for key in held_keys(keys_of_uav.get(uav))],
                 dtype=np.int64))
             absent = near[in_types[self._type[near]] & (self._seen[near] != this_pass)]
         if not absent.size:

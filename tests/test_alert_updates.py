@@ -335,8 +335,8 @@ def test_refresh_setting() -> None:
         load_settings({}, {"LOWALT_ALERT_REFRESH_S": "0"})
 
 
-def test_keys_of_a_uav_are_a_tuple_while_few_then_a_set() -> None:
-    from dispatch.alerts import _FEW_KEYS, KeysOfUav, _file, _unfile
+def test_keys_of_a_uav_are_one_key_then_a_tuple_while_few_then_a_set() -> None:
+    from dispatch.alerts import _FEW_KEYS, KeysOfUav, _file, _unfile, held_keys
 
     keys_of_uav: KeysOfUav = {}
     keys = [("conflict_predicted", "U", f"V{k:02d}") for k in range(2 * _FEW_KEYS)]
@@ -344,16 +344,22 @@ def test_keys_of_a_uav_are_a_tuple_while_few_then_a_set() -> None:
         _file(keys_of_uav, "U", [key])
         _file(keys_of_uav, "U", [key])  # filed twice: held once
         held = keys_of_uav["U"]
-        assert isinstance(held, tuple if k < _FEW_KEYS else set)
-        assert sorted(held) == keys[: k + 1]
+        if k == 0:
+            assert held == key  # as it is, no tuple around it
+        else:
+            assert isinstance(held, tuple if k < _FEW_KEYS else set)
+        assert sorted(held_keys(held)) == keys[: k + 1]
     for k, key in enumerate(keys):
         _unfile(keys_of_uav, "U", key)
-        assert sorted(keys_of_uav.get("U", ())) == keys[k + 1:]
+        assert sorted(held_keys(keys_of_uav.get("U"))) == keys[k + 1:]
+    _file(keys_of_uav, "V", keys[:2])
+    _unfile(keys_of_uav, "V", keys[0])
+    assert keys_of_uav.pop("V") == keys[1]  # back to one: held as it is
     assert "U" not in keys_of_uav
     _file(keys_of_uav, "W", [keys[0]])
     _unfile(keys_of_uav, "W", keys[1])  # not filed: nothing changes
     _unfile(keys_of_uav, "nobody", keys[0])
-    assert keys_of_uav == {"W": (keys[0],)}
+    assert keys_of_uav == {"W": keys[0]}
     # Several at once: past the tuple's room they go into a set, whether new or added to.
     more: KeysOfUav = {}
     _file(more, "X", keys[:_FEW_KEYS + 1])
