@@ -91,11 +91,10 @@ class CrossCheck:
         dist = distance_m(lat[:n], lon[:n], lat[n:], lon[n:])
         acc[np.isnan(acc)] = self.default_acc_h_m
         threshold = np.maximum(self.floor_m, self.k * np.hypot(acc[:n], acc[n:]))
-        # The latest evaluation t per uav: later ones overwrite earlier ones, keys keep the
-        # order they first appear in.
+        # The latest evaluation t per uav: filed in time order, later ones overwrite earlier
+        # ones (the alert manager reads it by uav; its order does not matter).
         by_t = np.argsort(t_common, kind="stable").tolist()
-        evaluated = dict.fromkeys(uavs, 0.0)
-        evaluated.update(zip(map(uavs.__getitem__, by_t), t_common[by_t].tolist(), strict=True))
+        evaluated = dict(zip(map(uavs.__getitem__, by_t), t_common[by_t].tolist(), strict=True))
         ratio = dist / threshold
         worst: dict[str, tuple[float, int]] = {}
         for k in np.flatnonzero(dist > threshold).tolist():

@@ -488,10 +488,17 @@ class FusedPicture:
         (`counts` per aircraft, in order): indexes into `t`, per aircraft newest first (ties keep
         their order), within `window_s` of the aircraft's newest; and how many per aircraft."""
         g = np.repeat(np.arange(len(counts)), counts)
-        starts = np.zeros(len(counts), dtype=np.int64)
-        np.cumsum(counts[:-1], out=starts[1:])
-        t_newest = np.maximum.reduceat(t, starts)
-        order = np.lexsort((-t, g))  # stable: by aircraft, then newest first
+        if (counts == 2).all():  # the usual case: two sources each; the newer of each pair first
+            older_first = t[1::2] > t[0::2]  # a tie keeps the pair's order
+            order = np.arange(t.size)
+            order[0::2] += older_first
+            order[1::2] -= older_first
+            t_newest = t[order[0::2]]
+        else:
+            starts = np.zeros(len(counts), dtype=np.int64)
+            np.cumsum(counts[:-1], out=starts[1:])
+            t_newest = np.maximum.reduceat(t, starts)
+            order = np.lexsort((-t, g))  # stable: by aircraft, then newest first
         used = order[(t_newest[g] - t <= self.window_s)[order]]
         return used, np.bincount(g[used], minlength=len(counts)).astype(np.int64)
 

@@ -214,3 +214,25 @@ def _moved(r: Observation, t: float) -> tuple[float, float]:
     vn = r.speed_mps * math.cos(math.radians(r.track_deg))
     coslat = max(math.cos(math.radians(r.lat)), 1e-6)
     return r.lat + vn * dt / M_PER_DEG, r.lon + ve * dt / (M_PER_DEG * coslat)
+
+
+@settings(database=None, deadline=None, max_examples=200)
+@given(st.lists(st.lists(st.sampled_from([0.0, 0.5, 1.0, 5.0, 11.0, 30.0]), min_size=1,
+                         max_size=4), min_size=1, max_size=12))
+def test_reports_to_blend_are_each_aircraft_newest_first_within_the_window(
+    times: list[list[float]],
+) -> None:
+    """`_used`, with its shortcut for two sources each, against the plain definition: per
+    aircraft, its reports within window_s of its newest, newest first, ties in their order."""
+    picture = FusedPicture(Identities(REGISTRY), window_s=10.0)
+    for groups in (times, [g[:2] + [g[0]] * (2 - len(g[:2])) for g in times]):  # as given; twos
+        t = np.array([x for g in groups for x in g])
+        counts = np.array([len(g) for g in groups], dtype=np.int64)
+        used, used_counts = picture._used(t, counts)
+        expected, start = [], 0
+        for g in groups:
+            ranked = sorted(range(len(g)), key=lambda k: -g[k])  # stable: ties keep order
+            expected.append([start + k for k in ranked if max(g) - g[k] <= 10.0])
+            start += len(g)
+        assert used.tolist() == [k for e in expected for k in e]
+        assert used_counts.tolist() == [len(e) for e in expected]
