@@ -4,8 +4,10 @@ is asserted) and a markdown table."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +138,18 @@ def test_bench_unknown_part_is_a_usage_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "unknown part(s) warp-drive" in done.stderr
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_sqlite_layout_and_alert_memory_scripts_run(tmp_path: Path) -> None:
+    from benchmarks.alert_memory import per_alert
+    from benchmarks.bench_sqlite_layout import LAYOUTS, run
+
+    for layout in LAYOUTS:
+        path = tmp_path / f"{layout}.db"
+        run(layout, path, seconds=0.5, uavs=100)
+        conn = sqlite3.connect(path)
+        (rows,) = conn.execute("SELECT count(*) FROM observations").fetchone()
+        conn.close()
+        assert rows >= 1_000 and rows % 1_000 == 0
+    total, top = asyncio.run(per_alert(2_000))
+    assert total > 0 and top and all(isinstance(where, str) for _, where in top)
