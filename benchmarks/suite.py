@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import log, postgres_unavailable
-from lowalt.gcpolicy import tune_gc
+from lowalt.gcpolicy import tune_gc, tune_malloc
 
 PARTS = ("codecs", "geofence", "conflicts", "clearances", "traffic", "alerts", "webhooks",
          "ingest", "memory")
@@ -119,7 +119,8 @@ def run_suite(parts: Sequence[str], *, quick: bool = False,
     if unknown:
         raise ValueError(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
     chosen = [p for p in PARTS if p in parts] if parts else list(PARTS)
-    tune_gc()  # in-process stages are timed under the server's collector policy
+    tune_malloc()  # in-process stages are timed under the server's allocator and
+    tune_gc()  # collector policy
     seconds = seconds if seconds is not None else (2.0 if quick else 30.0)
     connections = list(connections or ((1, 2) if quick else DEFAULT_CONNECTIONS))
     results: dict[str, Any] = {

@@ -325,6 +325,9 @@ def demo_settings(settings: Settings) -> Settings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from lowalt.app import Runtime, serve
+    from lowalt.gcpolicy import tune_malloc
+
+    tune_malloc()  # first: it decides where the big tables made from here on live
 
     settings = demo_settings(
         _settings(args, http=args.http, gateway=args.gateway, demo=args.demo))
