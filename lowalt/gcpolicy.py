@@ -30,10 +30,10 @@ mmapped block freed, so once the first big table was freed, every later dict tab
 a few MiB (the per-UAV dicts of 100,000 live UAVs, each with room to grow; the pair arrays of a
 monitor tick) came from the heap, where the room a table had not used yet was memory that an
 earlier, freed table had touched: resident. Mapped on their own, untouched room costs nothing and
-a freed block goes back to the system. RSS per live unregistered UAV (100,000, 20 reports each):
-2,318 -> 1,962 B; at 128 KiB it was 1,786 B, but every 100,000-long column of a monitor tick was
-then mapped and unmapped again (tick +45 %). `MALLOC_MMAP_THRESHOLD_` in the environment, glibc's
-own setting, is left to win.
+a freed block goes back to the system. RSS per live UAV (100,000, 20 reports each, `lowalt bench
+memory`): registered 1,762 -> 1,385 B, unregistered 2,318 -> 1,910 B. At 128 KiB (unregistered
+1,786 B) every 100,000-long column of a monitor tick was mapped and unmapped again (tick
++45 %). `MALLOC_MMAP_THRESHOLD_` in the environment, glibc's own setting, is left to win.
 
 On the geofence stage benchmark this took about 25 % off the per-observation cost (7.4 -> 5.6
 µs, same run; freezing alone gives most of it). A much higher threshold (50,000) was a little
