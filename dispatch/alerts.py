@@ -738,10 +738,10 @@ class AlertManager:
         order = np.argsort(every, kind="stable")
         with collector_paused():  # all of it lives on: a collection would free nothing
             ks = every[order].tolist()
-            slot_list = every_slot[order].tolist()
+            ordered_slots = every_slot[order]
+            slot_list = ordered_slots.tolist()
             conditions = batch.conditions(ks)
             # Alert ids: the opened ones numbered in row order, the updated ones their own.
-            ordered_slots = every_slot[order]
             id_column = self._alert_ids[np.maximum(ordered_slots, 0)]
             first_new = self._alert_id + 1
             self._alert_id += new_rows.size

@@ -495,8 +495,7 @@ class FusedPicture:
             order[1::2] -= older_first
             t_newest = t[order[0::2]]
         else:
-            starts = np.zeros(len(counts), dtype=np.int64)
-            np.cumsum(counts[:-1], out=starts[1:])
+            starts = _starts(counts)
             t_newest = np.maximum.reduceat(t, starts)
             order = np.lexsort((-t, g))  # stable: by aircraft, then newest first
         used = order[(t_newest[g] - t <= self.window_s)[order]]
@@ -511,8 +510,7 @@ class FusedPicture:
         come newest first; the first gives T and the longitude origin."""
         n, size = len(blended), len(used)
         g = np.repeat(np.arange(n), counts)
-        starts = np.zeros(n, dtype=np.int64)
-        np.cumsum(counts[:-1], out=starts[1:])
+        starts = _starts(counts)
         t, lat, lon, alt, speed, track, vspeed, acc_h, acc_v, agl = (
             newest.floats(name)[used] for name in _BLENDED)
         acc_h = np.maximum(np.where(np.isnan(acc_h), self.default_acc_h_m, acc_h), MIN_ACC_M)
@@ -640,6 +638,13 @@ class _Columns:
 
     def status_ranks(self) -> I64:
         return int_column(map(STATUS_RANK.get, self.fields[OBSERVATION_INDEX["status"]], repeat(0)))
+
+
+def _starts(counts: I64) -> I64:
+    """Where each of consecutive runs of `counts[k]` items begins."""
+    starts = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    return starts
 
 
 def _groups(items: list[str], starts: I64, counts: I64) -> Iterator[tuple[str, ...]]:

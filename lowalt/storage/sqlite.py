@@ -178,7 +178,8 @@ class SqliteStore(Store):
             self._rconn = _connect(self.path)
 
         await self._run(self._reader, setup_reader)
-        self._checkpointer = _Checkpointer(self.path, self.checkpoint_every_s)
+        self._checkpointer = await asyncio.to_thread(
+            _Checkpointer, self.path, self.checkpoint_every_s)
 
     async def close(self) -> None:
         if self._checkpointer is not None:
