@@ -99,6 +99,14 @@ def _frozen(a: _A) -> _A:
     return a
 
 
+def _in_sorted(values: I64, sorted_keys: I64) -> npt.NDArray[np.bool_]:
+    """values in sorted_keys (sorted, not empty): a binary search per value, where np.isin
+    would sort the keys again on every call."""
+    at = np.minimum(np.searchsorted(sorted_keys, values), sorted_keys.size - 1)
+    found: npt.NDArray[np.bool_] = sorted_keys[at] == values
+    return found
+
+
 class _BoxGrid:
     """Axis-aligned boxes binned into square cells, for finding the boxes that hold each of many
     points with numpy alone (no point geometries, no tree walk per point).
@@ -448,7 +456,7 @@ class ZoneIndex:
                 count=with_auth.size,
             )
             key = zone[with_auth] * len(self._auth_codes) + codes
-            exempt = (codes >= 0) & np.isin(key, self._auth_keys)
+            exempt = (codes >= 0) & _in_sorted(key, self._auth_keys)
             keep = np.ones(obs.size, dtype=np.bool_)
             keep[with_auth[exempt]] = False
             obs, zone = obs[keep], zone[keep]
