@@ -143,7 +143,8 @@ async def build_runtime(settings: Settings) -> Runtime:
     live.update(await store.latest_observations(time.time() - settings.max_age_s))
     pipeline = Pipeline(
         store, live, metrics, commit_max_obs=settings.commit_max_obs,
-        max_pending_obs=settings.max_pending_obs, commit_concurrency=settings.commit_concurrency,
+        max_pending_obs=settings.max_pending_obs,
+        commit_concurrency=settings.commit_groups_at_once,
     )
     limits = Limits(RateLimits(settings.rate_obs_per_s, settings.rate_burst_obs),
                     ConnectionLimits(settings.conn_max_per_token))

@@ -37,7 +37,10 @@ class Settings:
     # Group commit: one write per batch of at most this many observations; observations waiting
     # beyond max_pending_obs make transports push back (HTTP 503, gateway stops reading).
     commit_max_obs: int = 5_000
-    commit_concurrency: int = 1  # groups committing at once (2 overlaps database round trips)
+    # Groups committing at once; 0 picks by backend (`commit_groups_at_once`): 2 on
+    # PostgreSQL, where one group's round trip overlaps the next group's, 1 on SQLite, whose
+    # one writer would only get smaller groups.
+    commit_concurrency: int = 0
     max_pending_obs: int = 100_000
     # Per connection: the gateway pauses reading while this many observations await their ack.
     conn_max_inflight_obs: int = 20_000
@@ -149,6 +152,13 @@ class Settings:
         return "postgres" if is_pg else "sqlite"
 
     @property
+    def commit_groups_at_once(self) -> int:
+        """`commit_concurrency`, or when 0 the backend's: 2 on PostgreSQL, 1 on SQLite."""
+        if self.commit_concurrency:
+            return self.commit_concurrency
+        return 2 if self.backend == "postgres" else 1
+
+    @property
     def sqlite_path(self) -> str:
         return self.database_url.removeprefix("sqlite:///")
 
@@ -162,14 +172,14 @@ def split_host_port(value: str, name: str) -> tuple[str, int]:
 
 _POSITIVE = {
     "max_age_s", "max_frame_bytes", "max_body_bytes", "max_obs_per_batch", "max_ws_message_bytes",
-    "commit_max_obs", "commit_concurrency", "max_pending_obs", "conn_max_inflight_obs",
+    "commit_max_obs", "max_pending_obs", "conn_max_inflight_obs",
     "retention_days", "retention_interval_s", "retry_after_s", "handshake_timeout_s",
     "idle_timeout_s",
     "max_agl_m", "monitor_tick_s", "separation_h_m", "separation_v_m", "crewed_separation_h_m",
     "crewed_separation_v_m", "lookahead_s", "lost_after_s", "max_plausible_speed_mps",
     "max_plausible_vspeed_mps",
 }
-_NON_NEGATIVE = {"max_future_s", "shutdown_grace_s"}
+_NON_NEGATIVE = {"max_future_s", "shutdown_grace_s", "commit_concurrency"}
 
 
 def _coerce(name: str, kind: Any, raw: Any) -> Any:

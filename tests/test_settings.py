@@ -34,6 +34,21 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
     assert s2.max_age_s == 200.0  # env beats file
 
 
+@pytest.mark.parametrize(
+    ("env", "groups"),
+    [
+        ({}, 1),  # SQLite: one writer, so a second group would only make groups smaller
+        ({"DATABASE_URL": "postgresql://x@h/db"}, 2),  # overlaps one group's round trip
+        ({"DATABASE_URL": "postgresql://x@h/db", "LOWALT_COMMIT_CONCURRENCY": "1"}, 1),
+        ({"LOWALT_COMMIT_CONCURRENCY": "3"}, 3),
+    ],
+)
+def test_groups_committing_at_once_follow_the_backend_unless_set(
+    env: dict[str, str], groups: int
+) -> None:
+    assert load_settings({}, env).commit_groups_at_once == groups
+
+
 def test_settings_are_frozen() -> None:
     s = load_settings({}, {})
     with pytest.raises(AttributeError):
@@ -51,6 +66,7 @@ def test_settings_are_frozen() -> None:
         ({"DATABASE_URL": "mysql://x"}, "database_url: expected"),
         ({"LOWALT_MAX_FRAME_BYTES": "1.5"}, "max_frame_bytes: expected int"),
         ({"LOWALT_MAX_AGE_S": "nan"}, "max_age_s: expected float"),
+        ({"LOWALT_COMMIT_CONCURRENCY": "-1"}, "commit_concurrency: must not be negative"),
     ],
 )
 def test_bad_values_are_one_line_errors(env: dict[str, str], message: str) -> None:

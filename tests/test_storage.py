@@ -38,6 +38,22 @@ async def test_insert_reports_new_rows_and_duplicates(store: Store) -> None:
     assert [r.t for r in await store.track("D", T0 - 10, T0 + 10, 100)] == [T0, T0 + 1]
 
 
+@pytest.mark.parametrize("size", [500, 3000])  # both PostgreSQL write paths
+async def test_groups_committing_at_once_with_the_same_keys_store_each_once(
+    store: Store, size: int
+) -> None:
+    """The pipeline commits two groups at once on PostgreSQL; a satellite duplicate can sit in
+    both, in any order. Each key is stored once, reported new by exactly one of the two, and
+    neither group fails (rows go in key order, so two writers never wait on each other)."""
+    for round_ in range(3):
+        rows = [row(f"U{k % 97}", T0 + round_ * 10_000 + k) for k in range(size)]
+        forward, backward = await asyncio.gather(
+            store.insert_observations(rows), store.insert_observations(rows[::-1]))
+        assert [a + b for a, b in zip(forward, backward[::-1], strict=True)] == [1] * size
+    stored = await store.track_many([f"U{k}" for k in range(97)], T0, T0 + 40_000, 10**6)
+    assert len(stored) == 3 * size
+
+
 @pytest.mark.parametrize("size", [1, 3, 999, 1000, 2500])  # both PostgreSQL write paths
 async def test_all_columns_round_trip(store: Store, size: int) -> None:
     full = [row("C", T0 + 0.123456 + k, speed_mps=12.5, track_deg=359.5, vspeed_mps=-2.0,

@@ -37,6 +37,7 @@ CREATE TEMPORARY TABLE IF NOT EXISTS obs_staging (
 _MOVE = f"""
 INSERT INTO observations ({_COLUMNS}, geom)
 SELECT {_COLUMNS}, ST_SetSRID(ST_MakePoint(lon, lat), 4326) FROM obs_staging
+ORDER BY uav, t
 ON CONFLICT (uav, t) DO NOTHING
 RETURNING uav, t
 """
@@ -47,6 +48,7 @@ INSERT INTO observations ({_COLUMNS}, geom)
 SELECT {_COLUMNS}, ST_SetSRID(ST_MakePoint(lon, lat), 4326)
 FROM unnest({", ".join(f"${n}::{_ARRAY_TYPES.get(c, 'float8')}[]"
                        for n, c in enumerate(OBSERVATION_COLUMNS, 1))}) AS u({_COLUMNS})
+ORDER BY uav, t
 ON CONFLICT (uav, t) DO NOTHING
 RETURNING uav, t
 """
