@@ -114,7 +114,13 @@ _MAX_VALUES = max(len(v) for v in MATERIAL.values())
 _TYPE_LIST = tuple(sorted(ALERT_TYPES))
 _TYPE_CODE: Mapping[str, int] = {name: k for k, name in enumerate(_TYPE_LIST)}
 _TYPE_OF = attrgetter("type")
-_KEEP_BATCHES = 16  # batches whose rows open alerts may point at, before the oldest are let go
+# Batches whose rows open alerts may point at are kept until there are more than _KEEP_BATCHES
+# of them holding more than _KEEP_ROWS rows; then the oldest go, down to half the rows. Small
+# batches come often at high ingest rates (commit groups of ~1,000 rows): kept by count alone,
+# an alert's UAV would not be seen again before its batch went, and its condition was built
+# for nothing.
+_KEEP_BATCHES = 16
+_KEEP_ROWS = 50_000
 
 
 class Condition(NamedTuple):
@@ -493,6 +499,7 @@ class AlertManager:
         self._free = list(range(1023, -1, -1))  # free slots, lowest last
         self._pass = 0  # numbers assess passes, for `_seen`
         self._batches: dict[int, ConditionBatch] = {}
+        self._kept_rows = 0  # rows of `_batches`
         self._batch_no = 0
         self._alert_id = 0
         self._seq = 0
@@ -591,7 +598,7 @@ class AlertManager:
         for batch in batches:
             self._observe_batch(batch, this_pass)
         self._resolve_absent(types, evaluated, this_pass)
-        if len(self._batches) > _KEEP_BATCHES:
+        if len(self._batches) > _KEEP_BATCHES and self._kept_rows > _KEEP_ROWS:
             self._let_go_of_batches()
         await self._wait_for_room()
 
@@ -701,6 +708,7 @@ class AlertManager:
                                               this_pass)
         if pointed:  # kept while an alert points at a row; else its rows go now
             self._batches[batch_no] = batch
+            self._kept_rows += n
 
     def _observe_rows(
         self, batch: ConditionBatch, batch_no: int, rules: Sequence[Material], rows: I64,
@@ -790,7 +798,7 @@ class AlertManager:
         in_types[[_TYPE_CODE[kind] for kind in types if kind in _TYPE_CODE]] = True
         used = len(self._by_slot)
         absent = np.flatnonzero(in_types[self._type[:used]] & (self._seen[:used] != this_pass))
-        if absent.size > 8 * len(evaluated):  # few UAVs evaluated among many alerts: from those
+        if absent.size > len(evaluated):  # fewer UAVs evaluated than alerts absent: from those
             slot_of, keys_of_uav = self._slot_of, self._keys_of_uav
             near = np.unique(np.array(
                 [slot_of[key] for uav in evaluated for key in held_keys(keys_of_uav.get(uav))],
@@ -924,14 +932,21 @@ class AlertManager:
         )
 
     def _let_go_of_batches(self) -> None:
-        """Keep the newest half of the batches; alerts still pointing at older ones (their UAV
-        has not been seen since) get their newest condition built now."""
-        oldest_kept = self._batch_no - _KEEP_BATCHES // 2 + 1
+        """Keep the newest batches holding up to half of `_KEEP_ROWS` rows (at least the newest
+        batch); alerts still pointing at older ones (their UAV has not been seen since) get
+        their newest condition built now."""
+        newest_first = sorted(self._batches, reverse=True)
+        kept, oldest_kept = 0, newest_first[0]
+        for batch_no in newest_first:
+            kept += len(self._batches[batch_no].uav)
+            if kept > _KEEP_ROWS // 2:
+                break
+            oldest_kept = batch_no
         for slot in np.flatnonzero((self._latest_batch >= 0)
                                    & (self._latest_batch < oldest_kept)).tolist():
             self._latest(slot)
         for batch_no in [b for b in self._batches if b < oldest_kept]:
-            del self._batches[batch_no]
+            self._kept_rows -= len(self._batches.pop(batch_no).uav)
 
     def _emit(
         self, alert_id: int, state: str, c: Condition, t: float, detail: Mapping[str, Any]

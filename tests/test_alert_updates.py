@@ -13,6 +13,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
+import dispatch.alerts as alerts_module
 from dispatch.alerts import (
     MATERIAL,
     SEVERITY_RANK,
@@ -222,21 +223,53 @@ async def test_batch_and_conditions_share_one_alert() -> None:
             ("open", T0), ("updated", T0 + 2), ("updated", T0 + 4)]
 
 
-async def test_many_batches_keep_the_newest_condition_of_a_silent_alert() -> None:
+async def test_many_batches_keep_the_newest_condition_of_a_silent_alert(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Batches are let go of while alerts still need their rows: the condition is kept."""
+    monkeypatch.setattr(alerts_module, "_KEEP_ROWS", 20)
     async with manager(clear_s=1_000.0) as (m, store):
         await m.assess(PAIR, {"A": T0, "B": T0}, batches=[as_batch([pair(T0 + 0.5, lat=29.75)])])
         for k in range(1, 60):  # A and B stop being seen; C-D go on, one batch a tick
             t = T0 + k
             await m.assess(PAIR, {"C": t, "D": t}, batches=[as_batch([
                 pair(t, uav="C", other="D", lat=29.6 + k * 1e-4)])])
-        assert len(m._batches) <= 16
+        assert len(m._batches) <= 16 and m._kept_rows <= 20
+        assert m._kept_rows == sum(map(len, m._batches.values()))
         alerts = {a["uav"]: a for a in m.open_alerts()}
         assert (alerts["A"]["lat"], alerts["A"]["t"]) == (29.75, T0 + 0.5)
         assert alerts["C"]["lat"] == pytest.approx(29.6 + 59 * 1e-4)
         await m.resolve(("conflict_predicted", "A", "B"), T0 + 70)
         resolved = (await _events(m, store))[-1]
         assert (resolved.state, resolved.lat) == ("resolved", 29.75)
+
+
+async def test_small_batches_are_kept_by_rows_so_no_condition_is_built_for_nothing() -> None:
+    """At high ingest rates batches are small and many (commit groups of ~1,000 rows): while
+    the rows they hold are few, they stay, and an alert whose UAV is seen again in a later batch
+    never has its condition built in between (each costs a Condition and a detail dict)."""
+    built: list[int] = []
+
+    def counted(conditions: Sequence[Condition]) -> ConditionBatch:
+        plain = as_batch(conditions)
+        return ConditionBatch(plain.types, plain.uav, plain.ref, plain.severity, plain.t,
+                              plain.lat, plain.lon, plain.alt_m, plain.values,
+                              lambda k: built.append(k) or conditions[k])
+
+    async with manager(clear_s=1_000.0) as (m, store):
+        uavs = [f"U{k:02d}" for k in range(40)]
+        await m.assess(ZONE, dict.fromkeys(uavs, T0), batches=[
+            counted([zone_hit(T0, uav=u) for u in uavs])])
+        opened = len(built)
+        for rnd in range(1, 4):  # each UAV in a batch of its own, a little nearer each round
+            for k, uav in enumerate(uavs):
+                t = T0 + rnd + k / 100
+                await m.assess(ZONE, {uav: t}, batches=[
+                    counted([zone_hit(t, uav=uav, lat=29.7 + rnd * 1e-6)])])
+        assert opened == 40 and len(built) == 40  # no news, no let-go: nothing built since
+        assert len(m._batches) > 40 and m._kept_rows == len(m._batches)
+        assert {a["lat"] for a in m.open_alerts()} == {29.7 + 3e-6}
+        assert [e.state for e in await _events(m, store)] == ["open"] * 40
 
 
 class _Rows:

@@ -103,3 +103,50 @@ async def test_stages_within_their_turn_keep_the_loop() -> None:
     rows = [row(f"U{k % 10}", T0 + k) for k in range(2_500)]
     recorder = await committed_through(rows, 1_000, turn_s=60.0)
     assert len({turn for _, _, turn in recorder.calls}) == 1
+
+
+class BlockingRecorder(Recorder):
+    """Holds its first call until released, as a stage busy with a big batch does."""
+
+    def __init__(self) -> None:
+        super().__init__([0])
+        self.first_call = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def on_committed(
+        self, rows: Sequence[Observation], advanced: Sequence[Observation]
+    ) -> None:
+        await super().on_committed(rows, advanced)
+        self.first_call.set()
+        await self.release.wait()
+
+
+async def test_groups_committed_while_the_stages_were_busy_go_on_together() -> None:
+    """A stage's cost per call is paid once for the groups that queued behind a busy one (at
+    high rates groups are small and many): the next call takes them all, up to a slice, in
+    commit order, each UAV advancing once, at its newest row; draining still waits for all."""
+    pipeline = Pipeline(cast(Store, MemoryStore()), LiveState(), Metrics(), commit_max_obs=100,
+                        max_pending_obs=10_000, stage_slice_obs=250)
+    recorder = BlockingRecorder()
+    pipeline.stages.append(recorder)
+    committer = asyncio.create_task(pipeline.run())
+    groups = [[row(f"U{k % 60}", T0 + 100 * g + k) for k in range(100)] for g in range(5)]
+    try:
+        await pipeline.submit(groups[0], retry=True)
+        await recorder.first_call.wait()
+        for group in groups[1:]:  # four more groups commit while the stage is busy
+            assert (await pipeline.submit(group, retry=True)).accepted == 100
+        recorder.release.set()
+        assert await pipeline.drain(5.0)
+    finally:
+        committer.cancel()
+        await asyncio.gather(committer, return_exceptions=True)
+    # Three groups (300 rows) reach a slice of 250: one call of them, sliced 250 + 50; then
+    # the last group alone.
+    assert [len(rows) for rows, _, _ in recorder.calls] == [100, 250, 50, 100]
+    assert [r for rows, _, _ in recorder.calls for r in rows] == [r for g in groups for r in g]
+    together = groups[1] + groups[2] + groups[3]
+    newest = {r.uav: r for r in together}
+    advanced = recorder.calls[1][1] + recorder.calls[2][1]
+    assert sorted(advanced) == sorted(newest.values())
+    assert all(any(a is r for r in together) for a in advanced)
