@@ -798,7 +798,11 @@ class AlertManager:
         in_types[[_TYPE_CODE[kind] for kind in types if kind in _TYPE_CODE]] = True
         used = len(self._by_slot)
         absent = np.flatnonzero(in_types[self._type[:used]] & (self._seen[:used] != this_pass))
-        if absent.size > len(evaluated):  # fewer UAVs evaluated than alerts absent: from those
+        # From the evaluated UAVs' keys when they hold fewer than there are absent alerts; keys
+        # per UAV estimated at most twice the open alerts per UAV holding any (a pair alert is
+        # filed under both its UAVs).
+        held_per_uav = 2.0 * len(self._slot_of) / max(1, len(self._keys_of_uav))
+        if absent.size > len(evaluated) * held_per_uav:
             slot_of, keys_of_uav = self._slot_of, self._keys_of_uav
             near = np.unique(np.array(
                 [slot_of[key] for uav in evaluated for key in held_keys(keys_of_uav.get(uav))],
