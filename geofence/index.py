@@ -16,10 +16,12 @@ in whole):
 `check` finds the candidate (observation, zone) pairs of the whole batch in the grid and then
 works on them with numpy masks and shapely's vectorised predicates, cheapest first: active window
 and weekly schedule (a minute-of-week bitmap per scheduled zone), the altitude band (the height
-array picked per pair by the zone's references), authorised UAVs, point in polygon (prepared, on
-the coordinates: `intersects_xy`). Outside the polygon, the distance to the centre less the
-disc's radius is exact for a circle and a lower bound for a polygon; only polygons that the bound
-leaves in reach go to GEOS: a point inside the frame's polygon (possible within millimetres of
+array picked per pair by the zone's references), authorised UAVs. Then each pair's distance to
+the zone's centre in the zone's frame, less the disc's radius: exact for a circle, whose pairs
+are decided by it alone (inside at 0 or less: no GEOS, and nearer the geodesic circle than its
+outline polygon), and a lower bound for a polygon, tested by point in polygon (prepared, on the
+coordinates: `intersects_xy`). Outside a polygon, only those the bound leaves in reach go to
+GEOS: a point inside the frame's polygon (possible within millimetres of
 the edge) is at 0, any other gets `shortest_line` to the polygon's rings in the zone's frame (the
 polygon's own nearest point, without GEOS testing containment again). Distances are divided by
 the mean projection scale along the line, 1 + (x1^2 + x1 x2 + x2^2) / 6R^2, which keeps them
@@ -461,15 +463,22 @@ class ZoneIndex:
             keep[with_auth[exempt]] = False
             obs, zone = obs[keep], zone[keep]
 
-        inside = shapely.intersects_xy(self._polygons[zone], lon_a[obs], lat_a[obs])  # prepared
+        # Every pair's distance in the zone's own frame, from the centre less the disc's radius:
+        # exact for a circle (inside at 0 or less, no GEOS), a lower bound for a polygon.
+        x, y = tm_forward(lon_a[obs], lat_a[obs], self._lon0[zone])
+        r2 = self._r2[zone]
+        centre_m = np.hypot(x, y - self._centre_y[zone])
+        a_dist = centre_m / (1.0 + x * x / (6.0 * r2)) - self._disc_m[zone]
+        circle = self._circle[zone]
+        inside = circle & (a_dist <= 0.0)
+        shapes = np.flatnonzero(~circle)
+        inside[shapes] = shapely.intersects_xy(  # prepared
+            self._polygons[zone[shapes]], lon_a[obs[shapes]], lat_a[obs[shapes]])
         b_obs, b_zone = obs[inside], zone[inside]
-        a_obs, a_zone = obs[~inside], zone[~inside]
-        # Outside: distance in the zone's own frame, from the centre less the disc's radius
-        # (exact for a circle, a lower bound for a polygon), then GEOS for polygons in reach.
-        x, y = tm_forward(lon_a[a_obs], lat_a[a_obs], self._lon0[a_zone])
-        r2 = self._r2[a_zone]
-        centre_m = np.hypot(x, y - self._centre_y[a_zone])
-        a_dist = centre_m / (1.0 + x * x / (6.0 * r2)) - self._disc_m[a_zone]
+        outside = ~inside
+        a_obs, a_zone = obs[outside], zone[outside]
+        x, y, r2, a_dist = x[outside], y[outside], r2[outside], a_dist[outside]
+        # Outside: GEOS for the polygons the lower bound leaves in reach.
         approach_m = self._approach[a_zone]
         reach = a_dist <= approach_m * (1.0 + _SCALE_SLACK) + 1.0
         exact = np.flatnonzero(reach & ~self._circle[a_zone])
