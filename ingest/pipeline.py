@@ -28,6 +28,8 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, repeat
+from operator import attrgetter
 from typing import Protocol
 
 from lowalt.errors import StorageUnavailable
@@ -37,6 +39,7 @@ from lowalt.models import BatchResult, Observation
 from lowalt.storage import Store
 
 log = logging.getLogger("lowalt.pipeline")
+_UAV, _T = attrgetter("uav"), attrgetter("t")
 
 
 class CheckStage(Protocol):
@@ -217,16 +220,23 @@ class Pipeline:
         unique: list[Observation] = []
         owners: list[int] = []
         duplicates = [0] * len(group)
-        seen: set[tuple[str, float]] = set()
-        for n, sub in enumerate(group):
-            for row in sub.rows:
-                key = (row.uav, row.t)
-                if key in seen:
-                    duplicates[n] += 1
-                else:
-                    seen.add(key)
-                    unique.append(row)
-                    owners.append(n)
+        for sub in group:
+            unique += sub.rows
+        if len(set(zip(map(_UAV, unique), map(_T, unique), strict=True))) == len(unique):
+            owners = list(chain.from_iterable(  # the usual case: no key twice in the group
+                repeat(n, len(sub.rows)) for n, sub in enumerate(group)))
+        else:
+            unique = []
+            seen: set[tuple[str, float]] = set()
+            for n, sub in enumerate(group):
+                for row in sub.rows:
+                    key = (row.uav, row.t)
+                    if key in seen:
+                        duplicates[n] += 1
+                    else:
+                        seen.add(key)
+                        unique.append(row)
+                        owners.append(n)
         started = time.monotonic()
         try:
             inserted = await self.store.insert_observations(unique)
@@ -257,16 +267,23 @@ class Pipeline:
         self.available = True
         self.metrics.inc("lowalt_commits_total")
         self.metrics.observe("lowalt_commit_seconds", now - started)
-        accepted = [0] * len(group)
-        fresh: list[list[Observation]] = [[] for _ in group]
-        new_rows: list[Observation] = []
-        for row, owner, is_new in zip(unique, owners, inserted, strict=True):
-            if is_new:
-                accepted[owner] += 1
-                fresh[owner].append(row)
-                new_rows.append(row)
-            else:
-                duplicates[owner] += 1
+        fresh: list[Sequence[Observation]] = []
+        if all(inserted) and not any(duplicates):  # every row of every submission is new
+            accepted = [len(sub.rows) for sub in group]
+            fresh += (sub.rows for sub in group)
+            new_rows = unique
+        else:
+            accepted = [0] * len(group)
+            kept: list[list[Observation]] = [[] for _ in group]
+            new_rows = []
+            for row, owner, is_new in zip(unique, owners, inserted, strict=True):
+                if is_new:
+                    accepted[owner] += 1
+                    kept[owner].append(row)
+                    new_rows.append(row)
+                else:
+                    duplicates[owner] += 1
+            fresh += kept
         self.metrics.inc("lowalt_observations_accepted_total", sum(accepted))
         self.metrics.inc("lowalt_observations_duplicate_total", sum(duplicates))
         self._release(group)

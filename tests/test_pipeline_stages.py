@@ -150,3 +150,43 @@ async def test_groups_committed_while_the_stages_were_busy_go_on_together() -> N
     advanced = recorder.calls[1][1] + recorder.calls[2][1]
     assert sorted(advanced) == sorted(newest.values())
     assert all(any(a is r for r in together) for a in advanced)
+
+
+class KeyStore:
+    """A store that remembers keys: a key seen before is a duplicate."""
+
+    def __init__(self) -> None:
+        self.keys: set[tuple[str, float]] = set()
+
+    async def insert_observations(self, rows: Sequence[Observation]) -> list[bool]:
+        new = []
+        for r in rows:
+            new.append((r.uav, r.t) not in self.keys)
+            self.keys.add((r.uav, r.t))
+        return new
+
+
+async def test_each_submission_is_told_its_own_new_rows_and_duplicates() -> None:
+    """Submissions committed in one group: all new (the fast path), a key in two submissions of
+    the group (the first keeps it), a key stored before; each told its own counts and rows."""
+    store = KeyStore()
+    pipeline = Pipeline(cast(Store, store), LiveState(), Metrics(), commit_max_obs=10_000,
+                        max_pending_obs=10_000)
+    committer = asyncio.create_task(pipeline.run())
+    try:
+        a = [row("A", T0 + k) for k in range(3)]
+        b = [row("B", T0 + k) for k in range(2)]
+        first = await asyncio.gather(pipeline.submit(a, retry=True),
+                                     pipeline.submit(b, retry=True))
+        assert [(r.accepted, r.duplicates, r.inserted) for r in first] == [
+            (3, 0, tuple(a)), (2, 0, tuple(b))]
+        c = [row("C", T0), row("A", T0 + 1), row("C", T0 + 1)]  # A at T0 + 1: stored before
+        d = [row("C", T0 + 1), row("D", T0)]  # C at T0 + 1: also in c, which came first
+        second = await asyncio.gather(pipeline.submit(c, retry=True),
+                                      pipeline.submit(d, retry=True))
+        assert [(r.accepted, r.duplicates, r.inserted) for r in second] == [
+            (2, 1, (c[0], c[2])), (1, 1, (d[1],))]
+        assert pipeline.live.latest["C"] == c[2]
+    finally:
+        committer.cancel()
+        await asyncio.gather(committer, return_exceptions=True)

@@ -128,15 +128,18 @@ class PostgresStore(Store):
             if len(rows) < UNNEST_MAX_ROWS:
                 async with self._pool_or_raise().acquire() as conn:
                     columns = zip(*rows, strict=True)
-                    new_keys = {(r[0], r[1]) for r in await conn.fetch(_INSERT_ARRAYS, *columns)}
+                    returned = await conn.fetch(_INSERT_ARRAYS, *columns)
             else:
                 async with self._pool_or_raise().acquire() as conn, conn.transaction():
                     await conn.copy_records_to_table(
                         "obs_staging", records=rows, columns=OBSERVATION_COLUMNS
                     )
-                    new_keys = {(r[0], r[1]) for r in await conn.fetch(_MOVE)}
+                    returned = await conn.fetch(_MOVE)
         except UNAVAILABLE as exc:
             raise StorageUnavailable(f"postgres: {exc}") from exc
+        if len(returned) == len(rows):  # every row went in (so no key was there twice)
+            return [True] * len(rows)
+        new_keys = {(r[0], r[1]) for r in returned}
         # A key twice in rows (the pipeline drops those; a direct caller may not) went in once:
         # its first row is the new one.
         inserted = []
