@@ -40,6 +40,7 @@ from lowalt.storage import Store
 
 log = logging.getLogger("lowalt.pipeline")
 _UAV, _T = attrgetter("uav"), attrgetter("t")
+_Key = tuple[str, float]
 
 
 class CheckStage(Protocol):
@@ -93,6 +94,7 @@ class Pipeline:
         self._room = asyncio.Event()
         self._room.set()
         self._closing = False
+        self._committing: set[_Key] = set()  # keys of the groups committing now (if several)
         self._stage_queue: asyncio.Queue[tuple[list[Observation], list[Observation]]] = (
             asyncio.Queue(stage_queue_batches)
         )
@@ -139,15 +141,30 @@ class Pipeline:
         self._wakeup.set()
         return future
 
-    def _take_group(self) -> list[_Submission]:
+    def _take_group(self) -> tuple[list[_Submission], set[_Key] | None]:
+        """The next group, in submission order, and (when groups commit at once) its keys.
+
+        While other groups commit, the group ends before the first submission holding a key
+        of theirs (empty when that is the first): it waits for them, so the copy that came
+        first is the one stored and the later one is told it is a duplicate, as when groups
+        commit one at a time."""
         group: list[_Submission] = []
         count = 0
         queue, limit = self._queue, self.commit_max_obs
+        keys: set[_Key] | None = None if self.commit_concurrency == 1 else set()
         while queue and (not group or count + len(queue[0].rows) <= limit):
-            sub = self._queue.popleft()
+            if keys is not None:
+                rows = queue[0].rows
+                mine = set(zip(map(_UAV, rows), map(_T, rows), strict=True))
+                if not mine.isdisjoint(self._committing):
+                    break
+                keys |= mine
+            sub = queue.popleft()
             group.append(sub)
             count += len(sub.rows)
-        return group
+        if keys is not None:
+            self._committing |= keys
+        return group, keys
 
     def _release(self, group: Sequence[_Submission]) -> None:
         self._pending_obs -= sum(len(s.rows) for s in group)
@@ -159,8 +176,8 @@ class Pipeline:
 
         Up to `commit_concurrency` groups commit at once, so one group's round trip to the
         database overlaps the next group's. Acks stay in frame order: each connection writes its
-        answers in order (OrderedReplies), whatever order the groups finish in; a key sent in two
-        groups at once is stored once (the primary key decides, the other copy is a duplicate).
+        answers in order (OrderedReplies), whatever order the groups finish in; a key is never
+        in two groups at once (`_take_group`), so its first copy is the one stored.
         """
         stage_task = asyncio.create_task(self._run_stages(), name="lowalt-stages")
         commits: set[asyncio.Task[None]] = set()
@@ -189,7 +206,11 @@ class Pipeline:
                 if not self.available and commits:
                     await asyncio.wait(commits)  # while down, retry one group at a time
                     continue
-                task = asyncio.create_task(self._commit(self._take_group()))
+                group, keys = self._take_group()
+                if not group:  # its first submission waits for a key being committed
+                    await asyncio.wait(commits, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                task = asyncio.create_task(self._commit(group, keys))
                 commits.add(task)
                 task.add_done_callback(commits.discard)
         finally:
@@ -216,13 +237,23 @@ class Pipeline:
         log.warning("storage available again")
         self.available = True
 
-    async def _commit(self, group: list[_Submission]) -> None:
+    async def _commit(self, group: list[_Submission], keys: set[_Key] | None = None) -> None:
+        """Commit a group (whose keys, when given, are held in `_committing` until done)."""
+        try:
+            await self._commit_group(group, keys)
+        finally:
+            if keys is not None:
+                self._committing -= keys
+
+    async def _commit_group(self, group: list[_Submission], keys: set[_Key] | None) -> None:
         unique: list[Observation] = []
         owners: list[int] = []
         duplicates = [0] * len(group)
         for sub in group:
             unique += sub.rows
-        if len(set(zip(map(_UAV, unique), map(_T, unique), strict=True))) == len(unique):
+        if keys is None:
+            keys = set(zip(map(_UAV, unique), map(_T, unique), strict=True))
+        if len(keys) == len(unique):
             owners = list(chain.from_iterable(  # the usual case: no key twice in the group
                 repeat(n, len(sub.rows)) for n, sub in enumerate(group)))
         else:

@@ -190,3 +190,50 @@ async def test_each_submission_is_told_its_own_new_rows_and_duplicates() -> None
     finally:
         committer.cancel()
         await asyncio.gather(committer, return_exceptions=True)
+
+
+class SlowStore(KeyStore):
+    """A KeyStore whose first write takes a while; keeps the stored copy of each key and how
+    many writes ran at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = self.running = self.most_at_once = 0
+        self.stored: dict[tuple[str, float], Observation] = {}
+
+    async def insert_observations(self, rows: Sequence[Observation]) -> list[bool]:
+        self.calls += 1
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            await asyncio.sleep(0.2 if self.calls == 1 else 0.0)
+            new = await super().insert_observations(rows)
+            for r, is_new in zip(rows, new, strict=True):
+                if is_new:
+                    self.stored[(r.uav, r.t)] = r
+            return new
+        finally:
+            self.running -= 1
+
+
+async def test_groups_commit_at_once_yet_the_first_copy_of_a_key_wins() -> None:
+    """Two groups commit at once (PostgreSQL's default); a submission holding a key of a group
+    still committing waits for it, so the copy sent first is stored and the later one is told
+    it is a duplicate, even when the later group would have finished first."""
+    store = SlowStore()
+    pipeline = Pipeline(cast(Store, store), LiveState(), Metrics(), commit_max_obs=2,
+                        max_pending_obs=10_000, commit_concurrency=2)
+    committer = asyncio.create_task(pipeline.run())
+    try:
+        first = pipeline.submit([row("A", T0), row("B", T0)], retry=True)  # the slow write
+        await asyncio.sleep(0.05)
+        other = pipeline.submit([row("C", T0)], retry=True)  # no key in common: at once
+        again = pipeline.submit([row("A", T0)._replace(lat=1.0)], retry=True)
+        results = await asyncio.gather(first, other, again)
+    finally:
+        committer.cancel()
+        await asyncio.gather(committer, return_exceptions=True)
+    assert [(r.accepted, r.duplicates) for r in results] == [(2, 0), (1, 0), (0, 1)]
+    assert store.most_at_once == 2
+    assert store.stored[("A", T0)].lat == 29.7
+    assert not pipeline._committing
