@@ -481,7 +481,7 @@ class ZoneIndex:
         # Outside: GEOS for the polygons the lower bound leaves in reach.
         approach_m = self._approach[a_zone]
         reach = a_dist <= approach_m * (1.0 + _SCALE_SLACK) + 1.0
-        exact = np.flatnonzero(reach & ~self._circle[a_zone])
+        exact = np.flatnonzero(reach & ~circle[outside])
         if exact.size:
             # Outside the degree polygon can still be inside (or on) the frame's densified one,
             # millimetres from the edge: 0 there. Elsewhere the nearest point of the rings is the

@@ -43,6 +43,11 @@ _UAV, _T = attrgetter("uav"), attrgetter("t")
 _Key = tuple[str, float]
 
 
+def _keys(rows: Sequence[Observation]) -> set[_Key]:
+    """The rows' (uav, t) keys, built in C."""
+    return set(zip(map(_UAV, rows), map(_T, rows), strict=True))
+
+
 class CheckStage(Protocol):
     """Runs on every committed batch, after its acks; geofence/ and dispatch/ plug in here."""
 
@@ -154,8 +159,7 @@ class Pipeline:
         keys: set[_Key] | None = None if self.commit_concurrency == 1 else set()
         while queue and (not group or count + len(queue[0].rows) <= limit):
             if keys is not None:
-                rows = queue[0].rows
-                mine = set(zip(map(_UAV, rows), map(_T, rows), strict=True))
+                mine = _keys(queue[0].rows)
                 if not mine.isdisjoint(self._committing):
                     break
                 keys |= mine
@@ -252,7 +256,7 @@ class Pipeline:
         for sub in group:
             unique += sub.rows
         if keys is None:
-            keys = set(zip(map(_UAV, unique), map(_T, unique), strict=True))
+            keys = _keys(unique)
         if len(keys) == len(unique):
             owners = list(chain.from_iterable(  # the usual case: no key twice in the group
                 repeat(n, len(sub.rows)) for n, sub in enumerate(group)))
