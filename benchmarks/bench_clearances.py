@@ -49,7 +49,7 @@ from geofence.clearances import (
     naive_conflicts,
 )
 from geofence.index import ZoneIndex
-from lowalt.gcpolicy import tune_gc, tune_malloc
+from lowalt.gcpolicy import tune_as_server
 from lowalt.models import Observation
 from lowalt.settings import Settings
 
@@ -274,8 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--naive", type=int, default=60)
     parser.add_argument("--batches", type=int, default=21)
     args = parser.parse_args(argv)
-    tune_malloc()  # as the server runs (lowalt/gcpolicy.py)
-    tune_gc()
+    tune_as_server()  # lowalt/gcpolicy.py
     print(json.dumps(run(args.clearances, args.zones, args.requests, args.naive,
                          batches=args.batches), indent=2))
 

@@ -42,7 +42,7 @@ from dispatch.alerts import AlertEvent, AlertManager, Broadcaster
 from dispatch.store import AlertStore, LoadedState
 from geofence.conflicts import ConflictParams, detect_conflicts, detect_conflicts_naive
 from geofence.monitor import TrafficMonitor
-from lowalt.gcpolicy import tune_gc, tune_malloc
+from lowalt.gcpolicy import tune_as_server
 from lowalt.live import LiveState
 from lowalt.models import Observation
 from lowalt.settings import load_settings
@@ -297,8 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--no-monitor", action="store_true", help="detection only")
     args = parser.parse_args(argv)
-    tune_malloc()  # as the server runs (lowalt/gcpolicy.py)
-    tune_gc()
+    tune_as_server()  # lowalt/gcpolicy.py
     print(json.dumps(run(args.n, args.runs, args.hub, not args.no_monitor), indent=2))
 
 

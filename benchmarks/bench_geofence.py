@@ -43,7 +43,7 @@ from dispatch.store import AlertStore
 from geofence.index import ZoneHit, ZoneIndex
 from geofence.service import Geofence, ZoneStore, zone_store_for, zones_from_stored
 from geofence.zones import REFERENCES, Zone, zone_to_feature
-from lowalt.gcpolicy import tune_gc, tune_malloc
+from lowalt.gcpolicy import tune_as_server
 from lowalt.live import LiveState
 from lowalt.models import Observation
 from lowalt.settings import load_settings
@@ -307,8 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ingest-backend", choices=("sqlite", "postgres"))
     parser.add_argument("--ingest-seconds", type=float, default=0.0)
     args = parser.parse_args(argv)
-    tune_malloc()  # as the server runs (lowalt/gcpolicy.py)
-    tune_gc()
+    tune_as_server()  # lowalt/gcpolicy.py
     print(json.dumps(run(args.zones, args.points, args.naive, args.seed, args.backend,
                          args.ingest_backend, args.ingest_seconds), indent=2))
 

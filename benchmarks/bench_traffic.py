@@ -51,7 +51,7 @@ from dispatch.traffic import TrafficFeed
 from geofence.fusion_stage import CrossCheck
 from ingest.client import GatewayClient
 from lowalt.fusion import M_PER_DEG, FusedPicture, Identities
-from lowalt.gcpolicy import tune_gc, tune_malloc
+from lowalt.gcpolicy import tune_as_server
 from lowalt.metrics import Metrics
 from lowalt.models import Observation, Principal
 from lowalt.storage import UavRecord
@@ -325,8 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--e2e", type=float, default=0.0, metavar="SECONDS")
     args = parser.parse_args(argv)
-    tune_malloc()  # as the server runs (lowalt/gcpolicy.py)
-    tune_gc()
+    tune_as_server()  # lowalt/gcpolicy.py
     print(json.dumps(run(args.n, args.clients, args.e2e), indent=2))
 
 

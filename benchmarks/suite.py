@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import log, postgres_unavailable
-from lowalt.gcpolicy import tune_gc, tune_malloc
+from lowalt.gcpolicy import tune_as_server
 
 PARTS = ("codecs", "geofence", "conflicts", "clearances", "traffic", "alerts", "webhooks",
          "ingest", "memory")
@@ -119,8 +119,7 @@ def run_suite(parts: Sequence[str], *, quick: bool = False,
     if unknown:
         raise ValueError(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
     chosen = [p for p in PARTS if p in parts] if parts else list(PARTS)
-    tune_malloc()  # in-process stages are timed under the server's allocator and
-    tune_gc()  # collector policy
+    tune_as_server()  # in-process stages are timed under the server's policies
     seconds = seconds if seconds is not None else (2.0 if quick else 30.0)
     connections = list(connections or ((1, 2) if quick else DEFAULT_CONNECTIONS))
     results: dict[str, Any] = {

@@ -96,6 +96,13 @@ def tune_gc() -> None:
     gc.set_threshold(YOUNG_THRESHOLD, *OLDER_THRESHOLDS)
 
 
+def tune_as_server() -> None:
+    """Both policies in the server's order (allocator, then collector): what in-process
+    benchmarks apply so they time what the server runs."""
+    tune_malloc()
+    tune_gc()
+
+
 async def keep_frozen(
     freeze_every_s: float = FREEZE_EVERY_S, sweep_every_s: float = SWEEP_EVERY_S
 ) -> None:
