@@ -333,6 +333,7 @@ async def http_load(port: int, token: str, *, seconds: float, concurrency: int =
                 await writer.wait_closed()
 
     cpu_before = cpu_s(server_pid) if server_pid else 0.0
+    client_cpu_before = time.process_time()
     started = time.monotonic()
     await asyncio.gather(*(worker(n) for n in range(concurrency)))
     elapsed = time.monotonic() - started
@@ -340,6 +341,8 @@ async def http_load(port: int, token: str, *, seconds: float, concurrency: int =
         "concurrency": concurrency, "requests": done, "req_per_s": round(done / elapsed),
         "p50_ms": round(percentile(latencies, 0.5) * 1e3, 1),
         "p99_ms": round(percentile(latencies, 0.99) * 1e3, 1),
+        # The load generator's own CPU: near 100 % it, not the server, sets the rate.
+        "client_cpu_percent": round(100 * (time.process_time() - client_cpu_before) / elapsed),
     }
     if server_pid:
         result["server_cpu_percent"] = round(100 * (cpu_s(server_pid) - cpu_before) / elapsed)

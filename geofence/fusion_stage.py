@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -33,10 +33,10 @@ from lowalt.fusion import (
     F64,
     FUSED,
     M_PER_DEG,
-    Aircraft,
+    Filed,
     FusedPicture,
+    Pair,
     distance_m,
-    nearest_of,
 )
 from lowalt.models import OBSERVATION_INDEX, Observation, float_column
 from lowalt.settings import Settings
@@ -47,7 +47,6 @@ MISMATCH_TYPES = frozenset({"position_mismatch"})
 MAX_DT_S = 1.0  # reports this close in time count as the same instant
 FORGET_EVERY_S = 60.0
 
-Pair = tuple[str, Observation, Observation]  # canonical id, a report, another source's report
 
 
 class CrossCheck:
@@ -59,23 +58,10 @@ class CrossCheck:
         self.picture = picture
         self.floor_m, self.k, self.default_acc_h_m = floor_m, k, default_acc_h_m
 
-    def pairs(self, checked: Iterable[tuple[Aircraft, Observation]]) -> list[Pair]:
-        """Each row (as `FusedPicture.add` returns them, with their aircraft) with the
-        nearest-in-time report of every other source name (|dt| < 1 s), each pair once."""
-        # Committed rows are unique by (uav, t), so a pair is its two row objects: keyed by
-        # their ids, ordered by source.
-        found: dict[tuple[int, int], Pair] = {}
-        for a, row in checked:
-            mine, t = row.source, row.t
-            for source, reports in a.partners[mine]:
-                other = reports[-1]
-                if t < other.t:  # not past that source's newest: maybe an earlier one
-                    other = nearest_of(reports, t)
-                if -MAX_DT_S < other.t - t < MAX_DT_S:
-                    key = (id(row), id(other)) if mine < source else (id(other), id(row))
-                    if key not in found:
-                        found[key] = (a.uav, row, other)
-        return list(found.values())
+    def pairs(self, filed: Filed) -> list[Pair]:
+        """Each filed row (`FusedPicture.add`'s result) with the nearest-in-time report of
+        every other source name (|dt| < MAX_DT_S), each pair once."""
+        return self.picture.pairs(filed, MAX_DT_S)
 
     def cross_check(self, pairs: list[Pair]) -> tuple[dict[str, float], list[Condition]]:
         """(uav -> evaluation t, the position_mismatch conditions) for the pairs, vectorised."""

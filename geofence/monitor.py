@@ -152,7 +152,8 @@ class TrafficMonitor:
                 for a, state in part:
                     if state is None or state.status == "ground":
                         continue
-                    heard = any(now - r.t <= self.lost_after_s(r) for r in a.newest_reports())
+                    heard = any(now - r.t <= self.lost_after_s(r)
+                                for r in self.fused.newest_reports(a))
                     (fresh if heard else silent).append(state)
         # The pair search runs on a worker thread (numpy releases the GIL for most of it), so a
         # tick over tens of thousands of aircraft does not stall ingest on the event loop.

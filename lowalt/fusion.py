@@ -6,15 +6,16 @@ UAV's id is its own, each of its aliases (F3411 UAS ID / serial / session id, op
 to it, and a 6-hex-digit alias (an ADS-B ICAO address) also matches "ICAO-<HEX>", the id the SBS
 codec reports. Identifiers the registry does not know are aircraft of their own, unregistered.
 
-Per aircraft and source (the observation's `source`, "<name>/<transport>/<format>") the picture
-keeps the newest report; for an aircraft heard under several source names (cross-checked, see
-geofence/fusion_stage.py) the newest `reports_per_source`, sorted by `t`. Older reports are read
-from storage (GET /v1/flights' recent positions), so a live aircraft costs one report of memory
-per source, not a history. The fused state (docs/ARCHITECTURE.md,
-"Fusion") takes the newest report of each source heard within `window_s` of the newest report of
-all (time T), extrapolates each to T at its own velocity, and averages them weighted by inverse
-variance, where a report's standard deviation is half its 95 % accuracy (a default when absent)
-plus a * age^2 / 2 for unmodelled manoeuvre: a source that stops fades out smoothly as it ages.
+Per aircraft and source (the observation's `source`, "<name>/<transport>/<format>"), a track,
+the picture keeps the newest report, and its numbers in columns (`FusedPicture`); for an aircraft
+heard under several source names (cross-checked, see geofence/fusion_stage.py) also a ring of the
+newest `reports_per_source`. Older reports are read from storage (GET /v1/flights' recent
+positions), so a live aircraft costs one report of memory per source, not a history. The fused
+state (docs/ARCHITECTURE.md, "Fusion") takes the newest report of each source heard within
+`window_s` of the newest report of all (time T), extrapolates each to T at its own velocity,
+and averages them weighted by inverse variance, where a report's standard deviation is half its
+95 % accuracy (a default when absent) plus a * age^2 / 2 for unmodelled manoeuvre: a source that
+stops fades out smoothly as it ages.
 
 Fusion is lazy: `add` (every committed batch) only files reports; `refresh` (each reader, before
 it reads: the feed's flush, the monitor's tick, the API) fuses the aircraft that changed since.
@@ -26,14 +27,13 @@ exists; `epoch` changes when a slot is given to another aircraft, `version` on e
 
 from __future__ import annotations
 
-import bisect
 import math
 import re
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from itertools import chain, repeat
-from operator import attrgetter, itemgetter
-from types import MappingProxyType
+from dataclasses import dataclass
+from itertools import chain, compress, repeat
+from operator import attrgetter, itemgetter, ne
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -41,7 +41,7 @@ import numpy.typing as npt
 from aiohttp import web
 
 from lowalt.gcpolicy import collector_paused
-from lowalt.models import OBSERVATION_INDEX, Observation, float_column, floats_of, int_column
+from lowalt.models import OBSERVATION_INDEX, Observation, float_column, int_column
 from lowalt.settings import Settings
 from lowalt.storage import UavRecord
 
@@ -60,13 +60,8 @@ STATUS_RANK: dict[str | None, int] = {
 }
 RANK_STATUS: dict[int, str | None] = {rank: status for status, rank in STATUS_RANK.items()}
 MIN_ACC_M = 1.0  # a reported accuracy of 0 would take all the weight
-Partners = Mapping[str, tuple[tuple[str, list[Observation]], ...]]
-NO_PARTNERS: Partners = MappingProxyType({})
-_LAST = itemgetter(-1)
-_SLOT, _SOURCES, _UAVS = attrgetter("slot"), attrgetter("sources"), attrgetter("uav")
-# The numeric fields the blend reads, in the order `_blend` unpacks them.
-_BLENDED = ("t", "lat", "lon", "alt_m", "speed_mps", "track_deg", "vspeed_mps", "acc_h_m",
-            "acc_v_m", "agl_m")
+_SLOT, _UAVS = attrgetter("slot"), attrgetter("uav")
+_T_OF, _SOURCE_OF, _RECEIVED_OF = attrgetter("t"), attrgetter("source"), attrgetter("received_at")
 
 
 def source_name(source: str) -> str:
@@ -143,40 +138,24 @@ class Identities:
 
 @dataclass(slots=True, eq=False)
 class Aircraft:
-    """One aircraft of the fused picture."""
+    """One aircraft of the fused picture. What it was heard saying is kept by the picture, per
+    source (`FusedPicture.newest_reports`, `FusedPicture.by_source`)."""
 
     uav: str  # canonical id
-    slot: int
+    slot: int  # its slot in the picture's columns; also the track of its first source
     registered: bool
     operator: str | None
-    # Heard by one source (nearly every aircraft): its newest report, and `sources` None; by
-    # several: `report` None and, per source, its reports sorted by t. One report field instead
-    # of a dict and a list per aircraft: about 250 B less for every live UAV.
-    report: Observation | None = None
-    sources: dict[str, list[Observation]] | None = None
     state: Observation | None = None  # fused; uav = canonical, source = newest source's
     used: tuple[str, ...] = ()  # the sources blended into `state`, newest first
-    # With several source names (then cross-checked): per source, the (source, reports) of
-    # the sources under other names. Else one shared empty mapping (no allocation per aircraft).
-    partners: Partners = field(default_factory=lambda: NO_PARTNERS)
-    several_names: bool = False
+    # Heard by several sources: the slots of their tracks, its own slot first; else ().
+    tracks: tuple[int, ...] = ()
+    several_names: bool = False  # heard under more than one source name: cross-checked
 
     @property
     def kind(self) -> str:
         """"crewed" for an unregistered aircraft heard by ADS-B (SBS), else "uav"."""
         crewed = not self.registered and self.state is not None and self.state.crewed
         return "crewed" if crewed else "uav"
-
-    def newest_reports(self) -> list[Observation]:
-        if self.sources is None:
-            return [] if self.report is None else [self.report]
-        return [reports[-1] for reports in self.sources.values()]
-
-    def by_source(self) -> dict[str, list[Observation]]:
-        """Per source, the reports kept (t-sorted): `sources`, or a new one-entry dict."""
-        if self.sources is not None:
-            return self.sources
-        return {} if self.report is None else {self.report.source: [self.report]}
 
     def as_json(self) -> dict[str, Any]:
         """The traffic feed's state message (API.md section 7, docs/API.md)."""
@@ -222,7 +201,50 @@ def _round(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
 
 
+@dataclass(slots=True, frozen=True)
+class Filed:
+    """What `FusedPicture.add` filed of one batch for the cross-check: the batch's rows of
+    aircraft heard under several source names (`index` into `rows`), with their times, their
+    history rings and their report numbers."""
+
+    rows: Sequence[Observation]
+    index: I64
+    t: F64
+    ring: I64
+    number: I64
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+_NONE = np.zeros(0, dtype=np.int64)
+NOTHING_FILED = Filed((), _NONE, np.zeros(0), _NONE, _NONE)
+Pair = tuple[str, Observation, Observation]  # canonical id, a report, another source's report
+
+# The columns of a track's newest report, in Observation's field order (status excepted; its
+# rank is the last column); and the positions of its fields in an Observation.
+_F = ("t", "lat", "lon", "alt_m", "speed_mps", "track_deg", "vspeed_mps", "agl_m", "acc_h_m",
+      "acc_v_m")
+F_T, F_LAT, F_LON, F_ALT, F_SPEED, F_TRACK, F_VSPEED, F_AGL, F_ACC_H, F_ACC_V, F_RANK = range(11)
+_F_INDEX = tuple(OBSERVATION_INDEX[name] for name in _F)
+_UAV, _T, _STATUS, _SOURCE = (OBSERVATION_INDEX[name]
+                              for name in ("uav", "t", "status", "source"))
+_TRACK_KEY = 1 << 24  # (aircraft slot, source code) -> one int: slot * _TRACK_KEY + code
+
+
 class FusedPicture:
+    """The fused picture (module docstring), held in columns.
+
+    Every (aircraft, source) is a track. Tracks live in slots, as aircraft do: an aircraft's
+    own slot is the track of the first source that reported it, and each further source takes
+    a slot of its own (not `present`, so no reader sees it). Per slot: the track's owner and
+    source, its newest report (the object, and its numeric fields as one row of `_tk_f`, so a
+    refresh reads no report again), and, for an aircraft heard under several source names, a
+    ring of its newest `reports_per_source` reports (times, report numbers, objects) that the
+    cross-check searches. Filing a batch is vectorised: one pass to find each row's track,
+    numpy for the newest per track and the ring updates; only a new aircraft or a new source
+    of one runs Python per row."""
+
     def __init__(
         self,
         identities: Identities,
@@ -240,16 +262,24 @@ class FusedPicture:
         self.default_acc_h_m, self.default_acc_v_m = default_acc_h_m, default_acc_v_m
         self.manoeuvre_mps2 = manoeuvre_mps2
         self.aircraft: dict[str, Aircraft] = {}
-        # New reports since the last refresh: aircraft with several sources, and of those with
-        # one, the newest report (their next state) by canonical id.
-        self._dirty: dict[str, Aircraft] = {}
-        self._dirty_one: dict[str, Observation] = {}
         self._used_tuples, self._used_one = _Interned(), _OneSource()
         self._version = 0
         self._free: list[int] = []
         self._next_slot = 0
         self._operator_codes: dict[str, int] = {}
+        self._sources: list[str] = []  # source code -> source
+        self._source_codes: dict[str, int] = {}
+        self._name_of: list[int] = []  # source code -> source-name code
+        self._name_codes: dict[str, int] = {}
+        # Tracks of aircraft with several, by slot * _TRACK_KEY + source code.
+        self._track_of: dict[int, int] = {}
+        # Alias -> its aircraft, once heard; emptied when an aircraft is removed or the registry
+        # changes, so it never names an aircraft that is gone.
+        self._heard_as: dict[str, Aircraft] = {}
+        self._any_dirty = False
+        self._report_number = 0
         self.capacity = 0
+        # Per slot, the aircraft's view (readers filter these with numpy):
         self.lat: F64 = np.zeros(0)
         self.lon: F64 = np.zeros(0)
         self.heard_t: F64 = np.zeros(0)  # t of the fused state (newest report of any source)
@@ -259,6 +289,22 @@ class FusedPicture:
         self.present: Bool = np.zeros(0, dtype=bool)
         self.ids: Obj = np.zeros(0, dtype=object)
         self.by_slot: list[Aircraft | None] = []
+        # ... and the track's (module docstring):
+        self._tk_owner = np.zeros(0, dtype=np.int32)  # the aircraft's slot, -1 free
+        self._tk_code = np.zeros(0, dtype=np.int32)  # source code, -1 free
+        self._tk_ring = np.zeros(0, dtype=np.int32)  # history ring, -1 none
+        self._tk_f: F64 = np.zeros((0, len(_F) + 1))  # newest report's fields, t -inf: none
+        self._tk_row: list[Observation | None] = []
+        self._ntracks = np.zeros(0, dtype=np.int32)  # per aircraft slot
+        self._dirty: Bool = np.zeros(0, dtype=bool)  # per aircraft slot: to fuse at refresh
+        # History rings: per ring, reports_per_source entries (t -inf: empty), and per ring
+        # the rings of the same aircraft under other source names (-1 padded).
+        self._ring_t: F64 = np.zeros((0, reports_per_source))
+        self._ring_no: I64 = np.zeros((0, reports_per_source), dtype=np.int64)
+        self._ring_rows: list[Observation | None] = []
+        self._ring_partners: I64 = np.zeros((0, 1), dtype=np.int64)
+        self._ring_track: I64 = np.zeros(0, dtype=np.int64)
+        self._ring_free: list[int] = []
         self._grow(capacity)
         identities.sync()
 
@@ -273,6 +319,37 @@ class FusedPicture:
     def operator_code(self, operator: str) -> int | None:
         return self._operator_codes.get(operator)
 
+    # -- reading an aircraft's reports ---------------------------------------------------------
+
+    def tracks_of(self, a: Aircraft) -> tuple[int, ...]:
+        return a.tracks or (a.slot,)
+
+    def newest_reports(self, a: Aircraft) -> list[Observation]:
+        """The newest report of each source of the aircraft."""
+        rows = self._tk_row
+        if not a.tracks:  # one source (most)
+            row = rows[a.slot]
+            return [] if row is None else [row]
+        return [r for r in map(rows.__getitem__, a.tracks) if r is not None]
+
+    def by_source(self, a: Aircraft) -> dict[str, list[Observation]]:
+        """Per source, the reports kept (t-sorted): the history ring of an aircraft heard under
+        several source names, else the newest report."""
+        out: dict[str, list[Observation]] = {}
+        for k in self.tracks_of(a):
+            h = int(self._tk_ring[k])
+            if h >= 0:
+                order = np.argsort(self._ring_t[h], kind="stable").tolist()
+                ring = self._ring_rows[h * self.reports_per_source:
+                                       (h + 1) * self.reports_per_source]
+                reports = [r for r in map(ring.__getitem__, order) if r is not None]
+            else:
+                row = self._tk_row[k]
+                reports = [] if row is None else [row]
+            if reports:
+                out[self._sources[self._tk_code[k]]] = reports
+        return out
+
     # -- writing ----------------------------------------------------------------------------
 
     def sync(self) -> None:
@@ -280,84 +357,206 @@ class FusedPicture:
         if self.identities.sync():
             self._rekey()
 
-    def add(self, rows: Iterable[Observation]) -> list[tuple[Aircraft, Observation]]:
+    def add(self, rows: Iterable[Observation]) -> Filed:
         """Take committed rows (any order). The fused states of the aircraft whose newest
-        report changed are computed at the next `refresh`. Returns, in order, the rows of
-        aircraft heard under more than one source name, with their aircraft: what the
-        cross-check compares."""
+        report changed are computed at the next `refresh`. Returns what the cross-check reads
+        (`pairs`): the rows of aircraft heard under more than one source name."""
         self.sync()
         if not isinstance(rows, list | tuple):
             rows = list(rows)
-        resolve = self.identities.canonical_of.get
-        aircraft = self.aircraft
-        limit = self.reports_per_source
-        touched, touched_one = self._dirty, self._dirty_one
-        checked: list[tuple[Aircraft, Observation]] = []
-        joined = False  # an aircraft got its second source name: rows before it count too
-        for row in rows:
-            uav = row.uav
-            uav = resolve(uav, uav)
-            a = aircraft.get(uav) or self._new(uav)
-            sources = a.sources
-            if sources is None:  # one source so far
-                one = a.report
-                if one is None or one.source == row.source:
-                    if one is None or row.t > one.t:  # else late: one source keeps no history
-                        a.report = touched_one[uav] = row  # its state at the next refresh
-                    continue
-                a.report, a.sources = None, (sources := {one.source: [one]})
-            reports = sources.get(row.source)
-            if reports is None:
-                sources[row.source] = [row]
-                touched_one.pop(uav, None)  # no longer its only source
-                a.partners = _partners(sources)
-                if a.partners and not a.several_names:
-                    a.several_names = joined = True
-            elif row.t > reports[-1].t:
-                if a.several_names:  # history, for the cross-check
-                    reports.append(row)
-                    if len(reports) > limit:
-                        del reports[0]
-                else:
-                    reports[-1] = row
-            else:  # late: kept for the cross-check; the fused state uses newest reports only
-                if a.several_names:
-                    _insert_late(reports, row, limit)
-                    checked.append((a, row))
+        if not rows:
+            return NOTHING_FILED
+        return self._file(rows)
+
+    def _file(self, rows: Sequence[Observation]) -> Filed:
+        n = len(rows)
+        fields = list(zip(*rows, strict=True))
+        k = self._track_ids(fields[_UAV], fields[_SOURCE])
+        t = float_column(fields[_T])
+        number = np.arange(self._report_number, self._report_number + n, dtype=np.int64)
+        self._report_number += n
+        # The newest row of each track in the batch (the first of equal t), if newer than the
+        # track's: its new newest report.
+        order = np.lexsort((-np.arange(n), t, k))
+        k_sorted = k[order]
+        last = np.ones(n, dtype=bool)
+        np.not_equal(k_sorted[1:], k_sorted[:-1], out=last[:-1])
+        newest = order[last]
+        newer = newest[t[newest] > self._tk_f[k[newest], F_T]]
+        if newer.size:
+            kn = k[newer]
+            block = np.empty((n, len(_F) + 1))
+            for column, values in enumerate(map(fields.__getitem__, _F_INDEX)):
+                block[:, column] = float_column(values)
+            block[:, F_RANK] = int_column(map(STATUS_RANK.get, fields[_STATUS], repeat(0)))
+            self._tk_f[kn] = block[newer]
+            deque(map(self._tk_row.__setitem__, kn.tolist(),
+                      map(rows.__getitem__, newer.tolist())), 0)
+            self._dirty[self._tk_owner[kn]] = True
+            self._any_dirty = True
+        ring = self._tk_ring[k]
+        in_rings = np.flatnonzero(ring >= 0)
+        if not in_rings.size:
+            return NOTHING_FILED
+        filed = Filed(rows, in_rings, t[in_rings], ring[in_rings].astype(np.int64),
+                      number[in_rings])
+        self._into_rings(filed)
+        return filed
+
+    def _track_ids(self, uavs: Sequence[str], sources: Sequence[str]) -> I64:
+        """Each row's track (slot), given its reported id and source; creates the aircraft
+        and tracks not seen before. One C-level lookup per row by the reported id; an alias
+        goes on to `_heard_as` (the aircraft of aliases heard before) or the registry."""
+        slots = int_column(map(getattr, map(self.aircraft.get, uavs), repeat("slot"),
+                               repeat(-1)))
+        unseen = np.flatnonzero(slots < 0)
+        if unseen.size:  # aliases (or new aircraft)
+            aliases = map(self._heard_as.get, map(uavs.__getitem__, unseen.tolist()))
+            slots[unseen] = int_column(map(getattr, aliases, repeat("slot"), repeat(-1)))
+        code = int_column(map(self._source_codes.get, sources, repeat(-1)))
+        unknown = np.flatnonzero((slots < 0) | (code < 0))
+        if unknown.size:
+            self._resolve(uavs, sources, unknown.tolist(), slots, code)
+        k = slots.copy()
+        other = np.flatnonzero(self._tk_code[slots] != code)  # not the first source's track
+        if other.size:
+            keys = (slots[other] * _TRACK_KEY + code[other]).tolist()
+            tracks: list[int | None] = list(map(self._track_of.get, keys))
+            if None in tracks:
+                for j, track in enumerate(tracks):
+                    if track is None:
+                        i = int(other[j])
+                        a = self.by_slot[int(slots[i])]
+                        assert a is not None
+                        tracks[j] = self._track_of.get(keys[j]) or self._new_track(a, int(code[i]))
+            k[other] = cast(list[int], tracks)
+        return k
+
+    def _resolve(self, uavs: Sequence[str], sources: Sequence[str], rows: list[int],
+                 slots: I64, code: I64) -> None:
+        """Slots and source codes (in place) of the rows not found at once: a new source, an
+        alias, a new aircraft."""
+        canonical_of, aircraft, heard_as = (self.identities.canonical_of, self.aircraft,
+                                            self._heard_as)
+        for i in rows:
+            source_code = int(code[i])
+            if source_code < 0:
+                code[i] = source_code = self._source_code(sources[i])
+            if slots[i] >= 0:
                 continue
-            touched[uav] = a
-            if a.several_names:
-                checked.append((a, row))
-        if joined:
-            checked = [(a, row) for row in rows
-                       if (a := aircraft[resolve(row.uav, row.uav)]).several_names]
-        return checked
+            uav = uavs[i]
+            a = heard_as.get(uav)  # an alias heard earlier in this batch
+            if a is None:
+                canonical = canonical_of.get(uav, uav)
+                a = aircraft.get(canonical) or self._new(canonical, source_code)
+                if canonical != uav:
+                    heard_as[uav] = a
+            slots[i] = a.slot
+
+    def _into_rings(self, filed: Filed) -> None:
+        """File rows into their history rings: each ring keeps its newest `reports_per_source`
+        reports by t (of equal t, the one filed first), in no order. A row takes an empty
+        entry or the oldest one if it is newer; rows of one ring are taken in batch order, one
+        round per row, vectorised over the rings."""
+        ring = filed.ring
+        order = np.argsort(ring, kind="stable")
+        sorted_ring = ring[order]
+        starts = np.flatnonzero(np.r_[True, sorted_ring[1:] != sorted_ring[:-1]])
+        rank = np.empty(len(order), dtype=np.int64)  # the row's place among its ring's rows
+        rank[order] = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts,
+                                                                              len(order)]))
+        size = self.reports_per_source
+        kept = self._ring_rows
+        for r in range(int(rank.max()) + 1):
+            now = np.flatnonzero(rank == r)
+            h, t = ring[now], filed.t[now]
+            ring_t = self._ring_t[h]
+            oldest = ring_t.argmin(axis=1)
+            goes = (t > ring_t[np.arange(len(h)), oldest]) & ~(ring_t == t[:, None]).any(axis=1)
+            h, oldest, now = h[goes], oldest[goes], now[goes]
+            self._ring_t[h, oldest] = filed.t[now]
+            self._ring_no[h, oldest] = filed.number[now]
+            deque(map(kept.__setitem__, (h * size + oldest).tolist(),
+                      map(filed.rows.__getitem__, filed.index[now].tolist())), 0)
+
+    def pairs(self, filed: Filed, max_dt_s: float) -> list[Pair]:
+        """Each filed row with the nearest-in-time kept report of every other source name of
+        its aircraft (of two equally near, the earlier) when less than max_dt_s apart; each
+        pair once."""
+        if not len(filed):
+            return []
+        partners = self._ring_partners[filed.ring]
+        row, column = np.nonzero(partners >= 0)
+        other = partners[row, column]
+        t = filed.t[row]
+        ring_t = self._ring_t[other]
+        d = np.abs(ring_t - t[:, None])
+        nearest = np.where(d == d.min(axis=1)[:, None], ring_t, np.inf).argmin(axis=1)
+        q = np.arange(len(other))
+        other_t = ring_t[q, nearest]
+        close = np.abs(other_t - t) < max_dt_s
+        row, other, nearest = row[close], other[close], nearest[close]
+        mine, theirs = filed.number[row], self._ring_no[other, nearest]
+        lo, hi = np.minimum(mine, theirs), np.maximum(mine, theirs)
+        order = np.lexsort((np.arange(len(lo)), hi, lo))
+        once = np.ones(len(order), dtype=bool)
+        once[1:] = (lo[order][1:] != lo[order][:-1]) | (hi[order][1:] != hi[order][:-1])
+        picked = np.sort(order[once])
+        row, other, nearest = row[picked], other[picked], nearest[picked]
+        owners = self._tk_owner[self._ring_track[other]]
+        size = self.reports_per_source
+        kept = cast(list[Observation], self._ring_rows)  # entries in pairs are reports
+        return list(zip(
+            self.ids[owners].tolist(),
+            map(filed.rows.__getitem__, filed.index[row].tolist()),
+            map(kept.__getitem__, (other * size + nearest).tolist()),
+            strict=True,
+        ))
 
     def refresh(self) -> list[Aircraft]:
         """Fuse the aircraft with new reports since the last refresh; return them. Readers call
         it first: the cost is paid once per read tick, not per report."""
-        if not self._dirty and not self._dirty_one:
+        if not self._any_dirty:
             return []
-        ones, several = self._dirty_one, self._dirty  # `_remove` takes an aircraft out of them
-        self._dirty_one, self._dirty = {}, {}
+        self._any_dirty = False
+        dirty = np.flatnonzero(self._dirty[:self._next_slot])
+        self._dirty[dirty] = False
         with collector_paused():
-            return self._refresh(ones, list(several.values()))
+            return self._refresh(dirty)
 
     def forget_silent(self, before_t: float) -> int:
         """Drop aircraft whose newest report is older than before_t; return how many."""
-        old = [a for a in self.aircraft.values() if a.state is not None and a.state.t < before_t]
+        n = self._next_slot
+        old = list(map(self.by_slot.__getitem__, np.flatnonzero(
+            self.present[:n] & (self.heard_t[:n] < before_t) & (self.heard_t[:n] > -np.inf)
+        ).tolist()))
         for a in old:
+            assert a is not None
             self._remove(a)
+        if old:
+            self._heard_as.clear()
         return len(old)
 
-    def _new(self, uav: str) -> Aircraft:
+    def _source_code(self, source: str) -> int:
+        code = self._source_codes.get(source)
+        if code is None:
+            code = self._source_codes[source] = len(self._sources)
+            self._sources.append(source)
+            name = source_name(source)
+            self._name_of.append(self._name_codes.setdefault(name, len(self._name_codes)))
+        return code
+
+    def _slot(self) -> int:
         if self._free:
-            slot = self._free.pop()
-        else:
-            slot = self._next_slot
-            self._next_slot += 1
-            if slot >= self.capacity:
-                self._grow(2 * self.capacity)
+            return self._free.pop()
+        slot = self._next_slot
+        self._next_slot += 1
+        if slot >= self.capacity:
+            self._grow(2 * self.capacity)
+        return slot
+
+    def _new(self, uav: str, code: int) -> Aircraft:
+        slot = self._slot()
         operator = self.identities.operator_of.get(uav)
         a = Aircraft(uav, slot, operator is not None, operator)
         self.aircraft[uav] = a
@@ -367,12 +566,94 @@ class FusedPicture:
         self.heard_t[slot] = -np.inf  # not in any view until its first refresh
         self.ids[slot] = uav
         self.owner[slot] = self._code(operator)
+        self._open_track(slot, slot, code)
+        self._ntracks[slot] = 1
         return a
+
+    def _open_track(self, slot: int, owner: int, code: int) -> None:
+        self._tk_owner[slot], self._tk_code[slot], self._tk_ring[slot] = owner, code, -1
+        self._tk_f[slot, F_T] = -np.inf
+        self._tk_row[slot] = None
+
+    def _new_track(self, a: Aircraft, code: int) -> int:
+        """A further source of the aircraft: a track in a slot of its own."""
+        tracks = self.tracks_of(a)
+        if len(tracks) == 1:
+            self._track_of[a.slot * _TRACK_KEY + int(self._tk_code[a.slot])] = a.slot
+        slot = self._slot()
+        self._open_track(slot, a.slot, code)
+        self._track_of[a.slot * _TRACK_KEY + code] = slot
+        a.tracks = (*tracks, slot)
+        self._ntracks[a.slot] = len(a.tracks)
+        names = {self._name_of[c] for c in self._tk_code[list(a.tracks)].tolist()}
+        if len(names) > 1:
+            self._open_rings(a)
+        return slot
+
+    def _open_rings(self, a: Aircraft) -> None:
+        """The aircraft is heard under several source names: a history ring for each of its
+        tracks (seeded with the newest report), and each ring's partners."""
+        a.several_names = True
+        size = self.reports_per_source
+        for k in a.tracks:
+            if self._tk_ring[k] >= 0:
+                continue
+            h = self._ring_free.pop() if self._ring_free else self._grow_rings()
+            self._tk_ring[k] = h
+            self._ring_track[h] = k
+            self._ring_t[h] = -np.inf
+            self._ring_no[h] = -1
+            row = self._tk_row[k]
+            if row is not None:
+                self._ring_t[h, -1] = row.t
+                self._ring_no[h, -1] = self._report_number
+                self._report_number += 1
+                self._ring_rows[h * size + size - 1] = row
+        rings = [(int(self._tk_ring[k]), self._name_of[int(self._tk_code[k])]) for k in a.tracks]
+        width = len(rings) - 1
+        if width > self._ring_partners.shape[1]:
+            extra = np.full((len(self._ring_partners), width - self._ring_partners.shape[1]), -1,
+                            dtype=np.int64)
+            self._ring_partners = np.concatenate([self._ring_partners, extra], axis=1)
+        for h, name in rings:
+            others = [g for g, other in rings if other != name]
+            self._ring_partners[h] = -1
+            self._ring_partners[h, :len(others)] = others
+
+    def _grow_rings(self) -> int:
+        h = len(self._ring_track)
+        grown = max(64, 2 * h)
+        size = self.reports_per_source
+        self._ring_t = np.concatenate([self._ring_t, np.full((grown - h, size), -np.inf)])
+        self._ring_no = np.concatenate(
+            [self._ring_no, np.full((grown - h, size), -1, dtype=np.int64)])
+        self._ring_partners = np.concatenate(
+            [self._ring_partners,
+             np.full((grown - h, self._ring_partners.shape[1]), -1, dtype=np.int64)])
+        self._ring_track = np.concatenate(
+            [self._ring_track, np.full(grown - h, -1, dtype=np.int64)])
+        self._ring_rows.extend([None] * ((grown - h) * size))
+        self._ring_free.extend(range(grown - 1, h, -1))
+        return h
 
     def _remove(self, a: Aircraft) -> None:
         del self.aircraft[a.uav]
-        self._dirty.pop(a.uav, None)
-        self._dirty_one.pop(a.uav, None)
+        size = self.reports_per_source
+        for k in self.tracks_of(a):
+            self._track_of.pop(a.slot * _TRACK_KEY + int(self._tk_code[k]), None)
+            h = int(self._tk_ring[k])
+            if h >= 0:
+                self._ring_rows[h * size:(h + 1) * size] = [None] * size
+                self._ring_t[h] = -np.inf
+                self._ring_partners[h] = -1
+                self._ring_track[h] = -1
+                self._ring_free.append(h)
+            self._tk_owner[k] = self._tk_code[k] = self._tk_ring[k] = -1
+            self._tk_row[k] = None
+            self._dirty[k] = False
+            if k != a.slot:
+                self._free.append(k)
+        self._ntracks[a.slot] = 0
         self.by_slot[a.slot] = None
         self.present[a.slot] = False
         self._free.append(a.slot)
@@ -393,95 +674,90 @@ class FusedPicture:
         self.present = np.concatenate([self.present, np.zeros(extra, dtype=bool)])
         self.ids = np.concatenate([self.ids, np.full(extra, None, dtype=object)])
         self.by_slot.extend([None] * extra)
+        self._tk_owner = np.concatenate([self._tk_owner, np.full(extra, -1, dtype=np.int32)])
+        self._tk_code = np.concatenate([self._tk_code, np.full(extra, -1, dtype=np.int32)])
+        self._tk_ring = np.concatenate([self._tk_ring, np.full(extra, -1, dtype=np.int32)])
+        self._tk_f = np.concatenate([self._tk_f, np.full((extra, len(_F) + 1), -np.inf)])
+        self._tk_row.extend([None] * extra)
+        self._ntracks = np.concatenate([self._ntracks, np.zeros(extra, dtype=np.int32)])
+        self._dirty = np.concatenate([self._dirty, np.zeros(extra, dtype=bool)])
         self.capacity = capacity
 
     def _rekey(self) -> None:
-        """The registry changed: update ownership, and merge aircraft whose id became an alias."""
+        """The registry changed: update ownership, and merge aircraft whose id became an alias
+        (their kept reports are filed again under the canonical id)."""
         resolve, operator_of = self.identities.resolve, self.identities.operator_of
-        merged: dict[str, Aircraft] = {}
+        refile: list[Observation] = []
+        self._heard_as.clear()
         for uav, a in list(self.aircraft.items()):
-            canonical = resolve(uav)
-            if canonical != uav:
+            if resolve(uav) != uav:
+                refile += chain.from_iterable(self.by_source(a).values())
                 self._remove(a)
-                target = self.aircraft.get(canonical) or self._new(canonical)
-                into = target.by_source()
-                for source, reports in a.by_source().items():
-                    mine = into.setdefault(source, [])
-                    for row in reports:
-                        _insert_late(mine, row, self.reports_per_source)
-                target.report, target.sources = None, into  # back to one report below if one
-                merged[canonical] = target
                 continue
             operator = operator_of.get(uav)
             if operator != a.operator:
                 a.operator, a.registered = operator, operator is not None
                 self.owner[a.slot] = self._code(operator)
-                merged[uav] = a  # registered/kind changed: a new version for the feeds
-        for a in merged.values():
-            sources = a.by_source()
-            a.partners = _partners(sources)
-            a.several_names = bool(a.partners)
-            if not a.several_names:  # the newest report per source is all it keeps
-                for source, reports in sources.items():
-                    sources[source] = reports[-1:]
-            if len(sources) == 1:
-                (reports,) = sources.values()
-                a.report, a.sources = reports[-1], None
-            elif sources:
-                a.report, a.sources = None, sources
-            a.registered = a.uav in operator_of
-            a.operator = operator_of.get(a.uav)
-            self.owner[a.slot] = self._code(a.operator)
-        for a in merged.values():
-            if a.report is not None:
-                self._dirty_one[a.uav] = a.report
-            elif a.sources:
-                self._dirty_one.pop(a.uav, None)
-                self._dirty[a.uav] = a
+                self._dirty[a.slot] = self._any_dirty = True  # a new version for the feeds
+        if refile:
+            refile.sort(key=itemgetter(_T))
+            self._file(refile)
 
     # -- fusion -----------------------------------------------------------------------------
 
-    def _refresh(self, ones: dict[str, Observation], several: list[Aircraft]) -> list[Aircraft]:
-        """Fuse the changed aircraft: `ones` (canonical id -> newest report) have one source,
-        `several` more. An aircraft with one source in the window takes that source's newest
-        report as it is; the others are blended together, vectorised over all of them. Returns
-        the aircraft fused."""
-        singles = list(map(self.aircraft.__getitem__, ones))
-        changed = singles + several
-        rows = list(ones.values())  # the singles' states (under their canonical id)
+    def _refresh(self, dirty: I64) -> list[Aircraft]:
+        """Fuse the aircraft in slots `dirty`. An aircraft with one source in the window takes
+        that source's newest report as it is; the others are blended together, vectorised
+        over all of them. Returns the aircraft fused."""
+        several = self._ntracks[dirty] > 1
+        single_owner, single_track = dirty[~several], dirty[~several]
         blended: list[Aircraft] = []
-        if several:
-            newest = _Columns(_newest_reports(several))
-            used, used_counts = self._used(newest.floats("t"),
-                                           int_column(map(len, map(_SOURCES, several))))
+        if several.any():
+            owners = dirty[several]
+            n = self._next_slot
+            mark = np.zeros(n + 1, dtype=bool)  # the last: free tracks' owner -1
+            mark[owners] = True
+            tracks = np.flatnonzero(mark[self._tk_owner[:n]])
+            tracks = tracks[np.argsort(self._tk_owner[tracks], kind="stable")]
+            counts = np.bincount(self._tk_owner[tracks], minlength=n)[owners].astype(np.int64)
+            used, used_counts = self._used(self._tk_f[tracks, F_T], counts)
+            used = tracks[used]
             one = used_counts == 1  # the other sources are past the window
             if one.any():
                 in_one = np.repeat(one, used_counts)
-                singles += _pick(several, one)
-                rows += map(newest.rows.__getitem__, used[in_one].tolist())
-                used, used_counts = used[~in_one], used_counts[~one]
-                several = _pick(several, ~one)
-            if several:
-                blended = several
-                blend = self._blend(blended, newest, used, used_counts)
-        one_source = self._used_one
-        for a, row in zip(singles, rows, strict=True):
-            a.state = row if row.uav == a.uav else row._replace(uav=a.uav)  # reported by an alias
-            a.used = one_source[row.source]
+                single_owner = np.concatenate([single_owner, owners[one]])
+                single_track = np.concatenate([single_track, used[in_one]])
+                used, used_counts, owners = used[~in_one], used_counts[~one], owners[~one]
+            if owners.size:
+                blended = cast(list[Aircraft], list(map(self.by_slot.__getitem__,
+                                                        owners.tolist())))
+                blend = self._blend(blended, used, used_counts)
+        singles = cast(list[Aircraft], list(map(self.by_slot.__getitem__,
+                                                single_owner.tolist())))
+        rows = cast(list[Observation], list(map(self._tk_row.__getitem__,
+                                                single_track.tolist())))
+        deque(map(setattr, singles, repeat("state"), rows), 0)
+        deque(map(setattr, singles, repeat("used"),
+                  map(self._used_one.__getitem__, map(_SOURCE_OF, rows))), 0)
+        by_alias = list(map(ne, map(_UAVS, rows), map(_UAVS, singles)))
+        if any(by_alias):  # reported by an alias: the state carries the canonical id
+            for a in compress(singles, by_alias):
+                assert a.state is not None
+                a.state = a.state._replace(uav=a.uav)
         n_single = len(singles)
         first = self._version + 1
         self._version += n_single + len(blended)
         if n_single:
-            slots = int_column(map(_SLOT, singles))
-            self.lat[slots] = floats_of(rows, "lat")
-            self.lon[slots] = floats_of(rows, "lon")
-            self.heard_t[slots] = floats_of(rows, "t")
-            self.version[slots] = np.arange(first, first + n_single, dtype=np.int64)
+            f = self._tk_f[single_track]
+            self.lat[single_owner] = f[:, F_LAT]
+            self.lon[single_owner] = f[:, F_LON]
+            self.heard_t[single_owner] = f[:, F_T]
+            self.version[single_owner] = np.arange(first, first + n_single, dtype=np.int64)
         if blended:
-            slots = int_column(map(_SLOT, blended))
+            slots = owners
             self.heard_t[slots], self.lat[slots], self.lon[slots] = blend
             self.version[slots] = np.arange(first + n_single, self._version + 1, dtype=np.int64)
-        return changed
+        return singles + blended
 
     def _used(self, t: F64, counts: I64) -> tuple[I64, I64]:
         """The reports to blend, given the times `t` of each aircraft's newest report per source
@@ -501,18 +777,15 @@ class FusedPicture:
         used = order[(t_newest[g] - t <= self.window_s)[order]]
         return used, np.bincount(g[used], minlength=len(counts)).astype(np.int64)
 
-    def _blend(
-        self, blended: list[Aircraft], newest: _Columns, used: I64, counts: I64
-    ) -> tuple[F64, F64, F64]:
-        """Inverse-variance blend of each aircraft's used reports (`used`: indexes into
-        `newest`, `counts` per aircraft), vectorised over all of them; sets each aircraft's
-        `state` and `used`, returns the fused (t, lat, lon) columns. Each aircraft's reports
-        come newest first; the first gives T and the longitude origin."""
+    def _blend(self, blended: list[Aircraft], used: I64, counts: I64) -> tuple[F64, F64, F64]:
+        """Inverse-variance blend of each aircraft's used tracks (`used`, `counts` per
+        aircraft), vectorised over all of them; sets each aircraft's `state` and `used`,
+        returns the fused (t, lat, lon) columns. Each aircraft's tracks come newest first; the
+        first gives T and the longitude origin."""
         n, size = len(blended), len(used)
         g = np.repeat(np.arange(n), counts)
         starts = _starts(counts)
-        t, lat, lon, alt, speed, track, vspeed, acc_h, acc_v, agl = (
-            newest.floats(name)[used] for name in _BLENDED)
+        t, lat, lon, alt, speed, track, vspeed, agl, acc_h, acc_v, rank = self._tk_f[used].T
         acc_h = np.maximum(np.where(np.isnan(acc_h), self.default_acc_h_m, acc_h), MIN_ACC_M)
         acc_v = np.maximum(np.where(np.isnan(acc_v), self.default_acc_v_m, acc_v), MIN_ACC_M)
         t_fused = t[starts]
@@ -544,30 +817,25 @@ class FusedPicture:
         got_agl = first_agl < size
         first_agl = np.where(got_agl, first_agl, starts)
         agl_f = agl[first_agl] + alt_f - alt_x[first_agl]
-        firsts = used[starts].tolist()  # each aircraft's newest report, as indexes into `newest`
+        # Each aircraft's newest report: its t, source and received_at objects are the state's.
+        newest = cast(list[Observation], list(map(self._tk_row.__getitem__,
+                                                  used[starts].tolist())))
         # status: the most urgent one; without a ranked one, the newest report's.
-        top = np.maximum.reduceat(newest.status_ranks()[used], starts)
+        top = np.maximum.reduceat(rank, starts).astype(np.int64)
         status = list(map(RANK_STATUS.__getitem__, top.tolist()))
-        unranked = np.flatnonzero(top == 0).tolist()
-        if unranked:
-            first_status = newest.fields[OBSERVATION_INDEX["status"]]
-            for k in unranked:
-                status[k] = first_status[firsts[k]]
+        for k in np.flatnonzero(top == 0).tolist():
+            status[k] = newest[k].status
         moving = s_vel > 0
-        # t, source and received_at are the newest report's own objects (no new floats).
-        t_of, source, received_at = (newest.fields[OBSERVATION_INDEX[name]]
-                                     for name in ("t", "source", "received_at"))
         states = _observations(zip(
-            map(_UAVS, blended), map(t_of.__getitem__, firsts), lat_f.tolist(), lon_f.tolist(),
+            map(_UAVS, blended), map(_T_OF, newest), lat_f.tolist(), lon_f.tolist(),
             alt_f.tolist(), _or_none(speed_f, moving), _or_none(track_f, moving),
             _or_none(vs_f, s_vs > 0), _or_none(agl_f, got_agl), status, acc_h_f.tolist(),
-            acc_v_f.tolist(), map(source.__getitem__, firsts),
-            map(received_at.__getitem__, firsts), strict=True,
+            acc_v_f.tolist(), map(_SOURCE_OF, newest), map(_RECEIVED_OF, newest), strict=True,
         ))
-        shared = map(self._used_tuples.__getitem__,
-                     _groups(list(map(source.__getitem__, used.tolist())), starts, counts))
-        for a, state, sources in zip(blended, states, shared, strict=True):
-            a.state, a.used = state, sources
+        sources = list(map(self._sources.__getitem__, self._tk_code[used].tolist()))
+        shared = map(self._used_tuples.__getitem__, _groups(sources, starts, counts))
+        for a, state, used_sources in zip(blended, states, shared, strict=True):
+            a.state, a.used = state, used_sources
         return t_fused, lat_f, lon_f
 
     # -- reading ----------------------------------------------------------------------------
@@ -610,34 +878,6 @@ def distance_m(lat1: F64, lon1: F64, lat2: F64, lon2: F64) -> F64:
          + np.cos(phi1) * np.cos(phi2) * np.sin(np.radians(lon2 - lon1) / 2) ** 2)
     result: F64 = 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
     return result
-
-
-def _t_of(row: Observation) -> float:
-    return row.t
-
-
-class _Columns:
-    """Reports with their fields as columns: one C-level transpose of them all; a numeric
-    column becomes an array on first use."""
-
-    __slots__ = ("_floats", "fields", "rows")
-
-    def __init__(self, rows: list[Observation]) -> None:
-        self.rows = rows
-        self.fields: list[tuple[Any, ...]] = (
-            list(zip(*rows, strict=True)) if rows else [()] * len(Observation._fields))
-        self._floats: dict[str, F64] = {}
-
-    def floats(self, name: str) -> F64:
-        """A numeric field as a column (None: NaN)."""
-        column = self._floats.get(name)
-        if column is None:
-            column = float_column(self.fields[OBSERVATION_INDEX[name]])
-            self._floats[name] = column
-        return column
-
-    def status_ranks(self) -> I64:
-        return int_column(map(STATUS_RANK.get, self.fields[OBSERVATION_INDEX["status"]], repeat(0)))
 
 
 def _starts(counts: I64) -> I64:
@@ -697,56 +937,6 @@ class _OneSource(dict[str, tuple[str, ...]]):
             self.clear()
         self[source] = used = (source,)
         return used
-
-
-def _pick(items: Sequence[Aircraft], mask: Bool) -> list[Aircraft]:
-    return list(map(items.__getitem__, np.flatnonzero(mask).tolist()))
-
-
-def _newest_reports(aircraft: Iterable[Aircraft]) -> list[Observation]:
-    """The newest report of each source of each aircraft, in order."""
-    return list(map(_LAST, chain.from_iterable(map(dict.values, map(_SOURCES, aircraft)))))
-
-
-def _partners(sources: Mapping[str, list[Observation]]) -> Partners:
-    """Per source, the other sources under another source name, with their reports; the
-    shared empty mapping when all carry one name."""
-    names = {source: source_name(source) for source in sources}
-    if len(set(names.values())) < 2:
-        return NO_PARTNERS
-    return {mine: tuple((source, reports) for source, reports in sources.items()
-                        if names[source] != names[mine])
-            for mine in sources}
-
-
-def _insert_late(reports: list[Observation], row: Observation, limit: int) -> None:
-    """Insert row by t (a repeated t from the same source keeps the first); keep the newest
-    `limit`."""
-    i = bisect.bisect_left(reports, row.t, key=_t_of)
-    if i < len(reports) and reports[i].t == row.t:
-        return
-    reports.insert(i, row)
-    if len(reports) > limit:
-        del reports[0]
-
-
-def nearest_report(reports: list[Observation], t: float) -> Observation | None:
-    """The report of a t-sorted list nearest in time to t (of two equally near, the earlier)."""
-    return nearest_of(reports, t) if reports else None
-
-
-def nearest_of(reports: list[Observation], t: float) -> Observation:
-    """`nearest_report` of a list that is not empty."""
-    last = reports[-1]
-    if t >= last.t:  # the usual cases first: t at or past the newest, or just before it
-        return last
-    if len(reports) > 1 and t >= (before := reports[-2]).t:
-        return last if last.t - t < t - before.t else before
-    i = bisect.bisect_left(reports, t, key=_t_of)  # < len(reports) - 1 here
-    if i == 0:
-        return reports[0]
-    before, after = reports[i - 1], reports[i]
-    return after if after.t - t < t - before.t else before
 
 
 def fused_picture(

@@ -147,11 +147,12 @@ async def test_history_is_kept_only_for_aircraft_heard_under_several_names(store
                        obs("TWO", t + k), obs("TWO", t + k + 0.5, source="rx/gw/f3411")])
     fuse(picture, [obs("ONE", t + 3.25), obs("TWO", t + 10.25)])  # late satellite reports
     one, two = picture.aircraft["ONE"], picture.aircraft["TWO"]
-    assert {source: [r.t for r in reports] for source, reports in one.by_source().items()} == {
-        "sat/http/native": [t + 19], "sat/gateway/native": [t + 19.5]}
+    kept = {source: [r.t for r in reports] for source, reports in picture.by_source(one).items()}
+    assert kept == {"sat/http/native": [t + 19], "sat/gateway/native": [t + 19.5]}
     assert one.state is not None and one.state.t == t + 19.5
-    assert [r.t for r in two.by_source()["rx/gw/f3411"]] == [t + k + 0.5 for k in range(4, 20)]
-    assert [r.t for r in two.by_source()["sat/http/native"]] == (
+    kept_two = picture.by_source(two)
+    assert [r.t for r in kept_two["rx/gw/f3411"]] == [t + k + 0.5 for k in range(4, 20)]
+    assert [r.t for r in kept_two["sat/http/native"]] == (
         [t + k for k in range(5, 11)] + [t + 10.25] + [t + k for k in range(11, 20)])
 
 

@@ -173,7 +173,7 @@ def test_cross_check_finds_what_a_direct_search_finds(history: list[tuple[list[O
         expected: dict[tuple[str, int, int], tuple[Observation, Observation]] = {}
         for row in batch:
             a: Aircraft = picture.aircraft[CANONICAL[row.uav]]
-            for source, kept in a.by_source().items():
+            for source, kept in picture.by_source(a).items():
                 if source_name(source) == source_name(row.source):
                     continue
                 other = min(kept, key=lambda r: abs(r.t - row.t))  # the earlier on a tie
