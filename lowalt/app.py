@@ -93,6 +93,9 @@ async def auth_middleware(
                     raise AuthError(f"no access rule for {request.method} {pattern}", 403)
                 access.authorize(principal, rule, match, request.app[api.REGISTRY])
         if request.method in BODY_METHODS and request.body_exists:
+            if request.content.is_eof():  # all of it came with the headers: no wait to bound
+                await request.read()
+                return await handler(request)
             timeout_s = request.app[SETTINGS].http_body_timeout_s
             try:
                 async with asyncio.timeout(timeout_s):

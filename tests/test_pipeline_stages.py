@@ -237,3 +237,40 @@ async def test_groups_commit_at_once_yet_the_first_copy_of_a_key_wins() -> None:
     assert store.most_at_once == 2
     assert store.stored[("A", T0)].lat == 29.7
     assert not pipeline._committing
+
+
+class SignallingRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__([0])
+        self.called = asyncio.Event()
+
+    async def on_committed(
+        self, rows: Sequence[Observation], advanced: Sequence[Observation]
+    ) -> None:
+        await super().on_committed(rows, advanced)
+        self.called.set()
+
+
+async def test_groups_within_the_stage_interval_go_on_together() -> None:
+    """The stages start at most once per stage_interval_s: a group after a quiet spell goes on
+    at once, the groups committed within the interval after it go on together in one call."""
+    pipeline = Pipeline(cast(Store, MemoryStore()), LiveState(), Metrics(), commit_max_obs=100,
+                        max_pending_obs=10_000, stage_interval_s=0.5)
+    recorder = SignallingRecorder()
+    pipeline.stages.append(recorder)
+    committer = asyncio.create_task(pipeline.run())
+    groups = [[row(f"U{g}", T0 + g)] for g in range(4)]
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        await pipeline.submit(groups[0], retry=True)
+        await recorder.called.wait()
+        assert loop.time() - started < 0.4  # the first group did not wait for the interval
+        for group in groups[1:]:  # three groups, each committed on its own
+            assert (await pipeline.submit(group, retry=True)).accepted == 1
+        assert await pipeline.drain(5.0)
+        assert loop.time() - started >= 0.5
+    finally:
+        committer.cancel()
+        await asyncio.gather(committer, return_exceptions=True)
+    assert [part for part, _, _ in recorder.calls] == [groups[0], groups[1] + groups[2] + groups[3]]
