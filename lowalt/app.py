@@ -148,6 +148,7 @@ async def build_runtime(settings: Settings) -> Runtime:
         store, live, metrics, commit_max_obs=settings.commit_max_obs,
         max_pending_obs=settings.max_pending_obs,
         commit_concurrency=settings.commit_groups_at_once,
+        stage_interval_s=settings.stage_interval_s,
     )
     limits = Limits(RateLimits(settings.rate_obs_per_s, settings.rate_burst_obs),
                     ConnectionLimits(settings.conn_max_per_token))

@@ -67,6 +67,7 @@ def test_settings_are_frozen() -> None:
         ({"LOWALT_MAX_FRAME_BYTES": "1.5"}, "max_frame_bytes: expected int"),
         ({"LOWALT_MAX_AGE_S": "nan"}, "max_age_s: expected float"),
         ({"LOWALT_COMMIT_CONCURRENCY": "-1"}, "commit_concurrency: must not be negative"),
+        ({"LOWALT_STAGE_INTERVAL_S": "-0.01"}, "stage_interval_s: must not be negative"),
     ],
 )
 def test_bad_values_are_one_line_errors(env: dict[str, str], message: str) -> None:
