@@ -538,6 +538,7 @@ class AlertManager:
         self._told_values: F64 = grown("_told_values", np.nan, np.float64, _MAX_VALUES)
         self._absent_since: F64 = grown("_absent_since", np.nan, np.float64)
         self._seen: I64 = grown("_seen", -1, np.int64)
+        self._seen_t: F64 = grown("_seen_t", np.nan, np.float64)  # newest t seen in the pass
         self._type: I64 = grown("_type", -1, np.int64)  # index in _TYPE_LIST; -1: a free slot
         self._latest_batch: I64 = grown("_latest_batch", -1, np.int64)
         self._latest_row: I64 = grown("_latest_row", -1, np.int64)
@@ -583,24 +584,71 @@ class AlertManager:
     async def assess(
         self, types: frozenset[str], evaluated: Mapping[str, float],
         present: Sequence[Condition] = (), *, batches: Sequence[ConditionBatch] = (),
+        first_t: Mapping[str, float] | None = None,
     ) -> None:
         """Reconcile the open alerts of `types` for the `evaluated` UAVs with what is `present`
         (as conditions, or as rows of `batches`).
 
         evaluated: uav -> t of the observation or tick just checked; present: every condition of
         those types true now for those UAVs. Pair alerts count as evaluated when either UAV is.
+
+        first_t: given when the pass checked several observations of a UAV (a frame of
+        several reports, groups checked together): uav -> t of its oldest, `evaluated` holding
+        its newest and `present` the conditions of all of them. A condition seen only at
+        earlier ones (in a zone at t, out at t + 1) is absent at the newest: it updates its
+        alert, whose hysteresis then runs from the last time it was seen; one not seen at all
+        in the pass has been absent since the oldest.
         """
         self._pass += 1
         this_pass = self._pass
+        seen, seen_t = self._seen, self._seen_t
         for c in present:
             self._observe(c)
-            self._seen[self._slot_of[c.key]] = this_pass
+            slot = self._slot_of[c.key]
+            if seen[slot] != this_pass or c.t > seen_t[slot]:
+                seen_t[slot] = c.t
+            seen[slot] = this_pass
         for batch in batches:
             self._observe_batch(batch, this_pass)
-        self._resolve_absent(types, evaluated, this_pass)
+        if first_t is not None:
+            self._resolve_stale(types, evaluated, this_pass)
+        self._resolve_absent(types, evaluated, this_pass, first_t or {})
         if len(self._batches) > _KEEP_BATCHES and self._kept_rows > _KEEP_ROWS:
             self._let_go_of_batches()
         await self._wait_for_room()
+
+    def _see(self, slots: I64, t: F64, this_pass: int) -> None:
+        """Mark slots seen in this pass at times t (the newest of the pass is kept)."""
+        before = np.where(self._seen[slots] == this_pass, self._seen_t[slots], -np.inf)
+        self._seen[slots] = this_pass
+        self._seen_t[slots] = np.maximum(before, t)
+
+    def _resolve_stale(
+        self, types: frozenset[str], evaluated: Mapping[str, float], this_pass: int
+    ) -> None:
+        """`assess(first_t=...)`: alerts of `types` seen in this pass only before their
+        UAV's newest evaluation start (or finish) their hysteresis from that sighting."""
+        in_types = np.zeros(len(_TYPE_LIST) + 1, dtype=np.bool_)
+        in_types[[_TYPE_CODE[kind] for kind in types if kind in _TYPE_CODE]] = True
+        used = len(self._by_slot)
+        seen = np.flatnonzero(in_types[self._type[:used]] & (self._seen[:used] == this_pass))
+        by_slot, evaluated_t = self._by_slot, evaluated.get
+        slots, times = [], []
+        for slot, seen_t in zip(seen.tolist(), self._seen_t[seen].tolist(), strict=True):
+            alert = by_slot[slot]
+            assert alert is not None
+            t = max((x for x in (evaluated_t(alert.uav), evaluated_t(alert.other_uav or ""))
+                     if x is not None), default=None)
+            if t is not None and t > seen_t:
+                slots.append(slot)
+                times.append(t)
+        if not slots:
+            return
+        at = np.array(slots, dtype=np.int64)
+        self._absent_since[at] = self._seen_t[at]
+        done = np.flatnonzero(np.array(times) - self._seen_t[at] >= self.clear_s).tolist()
+        for k in sorted(done, key=lambda k: self._alert(slots[k]).key):
+            self._resolve(slots[k], times[k], None)
 
     async def open_or_update(self, c: Condition) -> None:
         """Open an alert for c.key, or update the open one (by the rules of `assess`)."""
@@ -720,8 +768,8 @@ class AlertManager:
         known = slots >= 0
         new_rows = rows[~known]
         rows, slots = rows[known], slots[known]
-        self._seen[slots] = this_pass
         t = batch.t[rows]
+        self._see(slots, t, this_pass)
         dt = t - self._told_t[slots]
         current = dt >= 0.0  # else late data: no news
         rows, slots, t, dt = rows[current], slots[current], t[current], dt[current]
@@ -776,7 +824,7 @@ class AlertManager:
         self._enqueue(events)
         if opened:
             at = np.array(opened, dtype=np.int64)
-            self._seen[at] = this_pass
+            self._see(at, batch.t[new_rows], this_pass)
             self._absent_since[at] = np.nan
             self._latest_batch[at] = -1
             self._told_values[at] = np.nan
@@ -790,7 +838,8 @@ class AlertManager:
         return pointed
 
     def _resolve_absent(
-        self, types: frozenset[str], evaluated: Mapping[str, float], this_pass: int
+        self, types: frozenset[str], evaluated: Mapping[str, float], this_pass: int,
+        first_t: Mapping[str, float],
     ) -> None:
         """Start, or finish, the hysteresis of open alerts of `types` whose UAV (or other UAV)
         was evaluated and whose condition was not seen in this pass."""
@@ -810,8 +859,8 @@ class AlertManager:
             absent = near[in_types[self._type[near]] & (self._seen[near] != this_pass)]
         if not absent.size:
             return
-        by_slot, evaluated_t = self._by_slot, evaluated.get
-        slots, times = [], []
+        by_slot, evaluated_t, oldest_t = self._by_slot, evaluated.get, first_t.get
+        slots, times, starts = [], [], []
         for slot in absent.tolist():
             alert = by_slot[slot]
             assert alert is not None
@@ -820,15 +869,19 @@ class AlertManager:
                 t_other = evaluated_t(alert.other_uav)
                 if t_other is not None and (t is None or t_other > t):
                     t = t_other
+                start = t
+            else:
+                start = oldest_t(alert.uav, t)
             if t is not None:
                 slots.append(slot)
                 times.append(t)
+                starts.append(start)
         if not slots:
             return
         at = np.array(slots, dtype=np.int64)
         t_now = np.array(times, dtype=np.float64)
         since = self._absent_since[at]
-        since = np.where(np.isnan(since), t_now, since)
+        since = np.where(np.isnan(since), np.array(starts, dtype=np.float64), since)
         self._absent_since[at] = since
         done = np.flatnonzero(t_now - since >= self.clear_s).tolist()
         for k in sorted(done, key=lambda k: self._alert(slots[k]).key):

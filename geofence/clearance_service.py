@@ -702,7 +702,9 @@ class ClearanceService:
             if notes is not None:
                 present.extend(await self._conform(cid, volume, notes))
         evaluated = {r.uav: r.t for r in matched}  # sorted: the last one is the latest
-        await self.alerts.assess(CLEARANCE_TYPES, evaluated, present)
+        first = ({r.uav: r.t for r in reversed(matched)} if len(evaluated) < len(matched)
+                 else None)
+        await self.alerts.assess(CLEARANCE_TYPES, evaluated, present, first_t=first)
 
     async def _conform(self, cid: str, volume: Volume, notes: list[_Notable]
                        ) -> list[Condition]:

@@ -459,11 +459,16 @@ class Geofence:
             uav = list(map(OBSERVATION_FIELD["uav"], rows))
         t = list(map(OBSERVATION_FIELD["t"], rows))
         evaluated = dict(zip(uav, t, strict=True))
-        if len(evaluated) < len(rows):  # a UAV twice: its newest t
+        first: dict[str, float] | None = None
+        if len(evaluated) < len(rows):  # a UAV more than once: its newest and its oldest t
+            first = dict(evaluated)
             for u, t_u in zip(uav, t, strict=True):
                 if t_u > evaluated[u]:
                     evaluated[u] = t_u
-        await self.alerts.assess(GEOFENCE_TYPES, evaluated, present, batches=[zone_hits])
+                elif t_u < first[u]:
+                    first[u] = t_u
+        await self.alerts.assess(GEOFENCE_TYPES, evaluated, present, batches=[zone_hits],
+                                 first_t=first)
 
     async def _check_live(self, zones: Sequence[Zone]) -> list[Condition]:
         """Tell airborne UAVs already inside new zones at once (temporary incident zones);

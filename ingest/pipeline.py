@@ -10,10 +10,11 @@ stages take a committed group in slices of at most `stage_slice_obs` rows and ha
 back between stage calls once they have held it for `stage_turn_s`, so a group of thousands of
 rows (or a backlog of groups) holds acks, alert writes and feeds for one slice's work at most.
 Groups that committed while the stages were busy go on together, up to a slice: each stage's
-fixed cost per call is then paid once for all of them. For the same reason the stages may be
-made to start at most once per `stage_interval_s` (off by default, see lowalt/settings.py): at
-high rates of small groups (HTTP with one observation per request) the groups of that interval
-go on together; a group that comes after a quiet spell goes on at once.
+fixed cost per call is then paid once for all of them. For the same reason the stages start at
+most once per `stage_interval_s` (20 ms): at high rates of small groups (HTTP with one
+observation per request) the groups of the interval go on together; a group that comes after a
+quiet spell goes on at once. Stages that raise alerts judge a call holding several reports of a
+UAV at its newest (`AlertManager.assess(first_t=...)`).
 The default slice is a whole default commit group: slices of 1,000 cost 25-40 % more server CPU
 per observation with 10,000 zones loaded (the stages' fixed cost per call), for no alert latency
 gain that could be told from noise on this 2-core machine.
@@ -84,7 +85,7 @@ class Pipeline:
         stage_queue_batches: int = 256,
         stage_slice_obs: int = 5_000,
         stage_turn_s: float = 0.005,
-        stage_interval_s: float = 0.0,
+        stage_interval_s: float = 0.02,
     ) -> None:
         self.store, self.live, self.metrics = store, live, metrics
         self.commit_max_obs = commit_max_obs

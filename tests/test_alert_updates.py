@@ -200,6 +200,38 @@ async def test_late_data_is_ignored(path: str) -> None:
         assert m.open_alerts()[0]["t"] == T0 + 5
 
 
+@pytest.mark.parametrize("path", ["conditions", "batch"])
+async def test_a_pass_of_several_reports_is_judged_at_the_newest(path: str) -> None:
+    """One pass holding a UAV's reports in a zone at t and out at later t (a frame of several
+    reports, or groups checked together): the alert is updated from the earlier ones and its
+    hysteresis runs from the last sighting, judged at the newest report. Without the flag the
+    pass is one instant: the alert stays open."""
+    async def assess(m: AlertManager, rows: list[Condition], newest: float, flag: bool) -> None:
+        first = {"U1": rows[0].t} if flag else None
+        if path == "conditions":
+            await m.assess(ZONE, {"U1": newest}, rows, first_t=first)
+        else:
+            await m.assess(ZONE, {"U1": newest}, batches=[as_batch(rows)], first_t=first)
+
+    async with manager() as (m, store):
+        await assess(m, [zone_hit(T0)], T0, True)
+        # In at T0 + 1 and T0 + 2, out at T0 + 3 and T0 + 10: clear for 8 s >= clear_s.
+        await assess(m, [zone_hit(T0 + 1), zone_hit(T0 + 2)], T0 + 10, True)
+        assert [(e.state, e.t) for e in await _events(m, store)] == [
+            ("open", T0), ("resolved", T0 + 10)]
+    async with manager() as (m, store):
+        await assess(m, [zone_hit(T0)], T0, True)
+        await assess(m, [zone_hit(T0 + 1)], T0 + 2, True)  # out at T0 + 2: 1 s, not yet
+        assert m.open_alerts() != []
+        await m.assess(ZONE, {"U1": T0 + 4})  # out still, 3 s after the last sighting
+        assert [(e.state, e.t) for e in await _events(m, store)] == [
+            ("open", T0), ("resolved", T0 + 4)]
+    async with manager() as (m, store):
+        await assess(m, [zone_hit(T0)], T0, False)
+        await assess(m, [zone_hit(T0 + 1), zone_hit(T0 + 2)], T0 + 10, False)
+        assert [e.state for e in await _events(m, store)] == ["open"]
+
+
 async def test_batch_with_a_key_twice_takes_its_rows_in_order() -> None:
     async with manager() as (m, store):
         rows = [pair(T0), pair(T0, uav="C", other="D"), pair(T0 + 1, cpa_m=10.0),
