@@ -63,10 +63,15 @@ class CrossCheck:
         every other source name (|dt| < MAX_DT_S), each pair once."""
         return self.picture.pairs(filed, MAX_DT_S)
 
-    def cross_check(self, pairs: list[Pair]) -> tuple[dict[str, float], list[Condition]]:
-        """(uav -> evaluation t, the position_mismatch conditions) for the pairs, vectorised."""
+    def cross_check(
+        self, pairs: list[Pair]
+    ) -> tuple[dict[str, float], list[Condition], dict[str, float] | None]:
+        """(uav -> evaluation t, the position_mismatch conditions, and uav -> the first
+        evaluation t when a UAV has several pairs, else None: what `AlertManager.assess`
+        takes) for the pairs, vectorised. Per UAV the conditions are its worst pair's and, when
+        later, its newest mismatching pair's, so the alert knows it still holds at the newest."""
         if not pairs:
-            return {}, []
+            return {}, [], None
         n = len(pairs)
         uavs, firsts, seconds = zip(*pairs, strict=True)
         # Both sides in one pass: the compared fields of every row as columns.
@@ -80,28 +85,36 @@ class CrossCheck:
         # The latest evaluation t per uav: filed in time order, later ones overwrite earlier
         # ones (the alert manager reads it by uav; its order does not matter).
         by_t = np.argsort(t_common, kind="stable").tolist()
-        evaluated = dict(zip(map(uavs.__getitem__, by_t), t_common[by_t].tolist(), strict=True))
+        in_order = list(map(uavs.__getitem__, by_t))
+        evaluated = dict(zip(in_order, t_common[by_t].tolist(), strict=True))
+        first = (dict(zip(reversed(in_order), t_common[by_t[::-1]].tolist(), strict=True))
+                 if len(evaluated) < n else None)
         ratio = dist / threshold
         worst: dict[str, tuple[float, int]] = {}
+        newest: dict[str, int] = {}
         for k in np.flatnonzero(dist > threshold).tolist():
             uav = uavs[k]
             if ratio[k] > worst.get(uav, (0.0, -1))[0]:
                 worst[uav] = (float(ratio[k]), k)
+            if uav not in newest or t_common[k] >= t_common[newest[uav]]:
+                newest[uav] = k
         present = []
-        for uav, (_, k) in worst.items():
-            _, a, b = pairs[k]
-            newer = a if a.t >= b.t else b
-            present.append(Condition(
-                type="position_mismatch", uav=uav, severity="warning", t=float(t_common[k]),
-                lat=newer.lat, lon=newer.lon, alt_m=newer.alt_m,
-                detail={
-                    "sources": sorted((_report(a), _report(b)), key=lambda r: str(r["source"])),
-                    "distance_m": round(float(dist[k]), 1),
-                    "threshold_m": round(float(threshold[k]), 1),
-                    "dt_s": round(abs(a.t - b.t), 3),
-                },
-            ))
-        return evaluated, present
+        for uav, (_, k_worst) in worst.items():
+            for k in sorted({k_worst, newest[uav]}, key=lambda k: float(t_common[k])):
+                _, a, b = pairs[k]
+                newer = a if a.t >= b.t else b
+                present.append(Condition(
+                    type="position_mismatch", uav=uav, severity="warning",
+                    t=float(t_common[k]), lat=newer.lat, lon=newer.lon, alt_m=newer.alt_m,
+                    detail={
+                        "sources": sorted((_report(a), _report(b)),
+                                          key=lambda r: str(r["source"])),
+                        "distance_m": round(float(dist[k]), 1),
+                        "threshold_m": round(float(threshold[k]), 1),
+                        "dt_s": round(abs(a.t - b.t), 3),
+                    },
+                ))
+        return evaluated, present, first
 
 
 class FusionStage:
@@ -118,9 +131,9 @@ class FusionStage:
         self, rows: Sequence[Observation], advanced: Sequence[Observation]
     ) -> None:
         checked = self.picture.add(rows)
-        evaluated, present = self.check.cross_check(self.check.pairs(checked))
+        evaluated, present, first = self.check.cross_check(self.check.pairs(checked))
         if evaluated:
-            await self.alerts.assess(MISMATCH_TYPES, evaluated, present)
+            await self.alerts.assess(MISMATCH_TYPES, evaluated, present, first_t=first)
 
 
 # What the comparison reads of each report, in the order `cross_check` unpacks it.

@@ -160,7 +160,8 @@ class _Alerts:
         self.calls: list[tuple[dict[str, float], list[Condition]]] = []
 
     async def assess(self, types: frozenset[str], evaluated: Mapping[str, float],
-                     present: Sequence[Condition]) -> None:
+                     present: Sequence[Condition],
+                     first_t: Mapping[str, float] | None = None) -> None:
         assert types == CLEARANCE_TYPES
         self.calls.append((dict(evaluated), list(present)))
 
