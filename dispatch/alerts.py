@@ -34,13 +34,14 @@ the group-commit delay, so an emergency is never queued behind a batch of lesser
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import itertools
 import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from types import MappingProxyType
@@ -145,6 +146,17 @@ class Condition(NamedTuple):
     @property
     def key(self) -> AlertKey:
         return (self.type, self.uav, self.zone or self.other_uav or self.clearance or "")
+
+
+def evaluated_times(uavs: Iterable[str], times: Iterable[float]) -> dict[str, list[float]]:
+    """uav -> its evaluation times, ascending: `AlertManager.assess`'s evaluated_at for a pass
+    that checked several observations of some UAVs."""
+    at: dict[str, list[float]] = {}
+    for uav, t in zip(uavs, times, strict=True):
+        at.setdefault(uav, []).append(t)
+    for values in at.values():
+        values.sort()
+    return at
 
 
 def _jsonable(value: Any) -> Any:
@@ -584,7 +596,7 @@ class AlertManager:
     async def assess(
         self, types: frozenset[str], evaluated: Mapping[str, float],
         present: Sequence[Condition] = (), *, batches: Sequence[ConditionBatch] = (),
-        first_t: Mapping[str, float] | None = None,
+        evaluated_at: Mapping[str, Sequence[float]] | None = None,
     ) -> None:
         """Reconcile the open alerts of `types` for the `evaluated` UAVs with what is `present`
         (as conditions, or as rows of `batches`).
@@ -592,12 +604,13 @@ class AlertManager:
         evaluated: uav -> t of the observation or tick just checked; present: every condition of
         those types true now for those UAVs. Pair alerts count as evaluated when either UAV is.
 
-        first_t: given when the pass checked several observations of a UAV (a frame of
-        several reports, groups checked together): uav -> t of its oldest, `evaluated` holding
-        its newest and `present` the conditions of all of them. A condition seen only at
-        earlier ones (in a zone at t, out at t + 1) is absent at the newest: it updates its
-        alert, whose hysteresis then runs from the last time it was seen; one not seen at all
-        in the pass has been absent since the oldest.
+        evaluated_at: given when the pass checked several observations of a UAV (a frame of
+        several reports, groups checked together): uav -> the t of each, ascending (a UAV
+        evaluated once may be left out), `evaluated` holding the newest and `present` the
+        conditions of all of them. A condition seen only at earlier ones (in a zone at t, out
+        at t + 1) is absent at the newest: it updates its alert, whose hysteresis then runs
+        from the first evaluation after its last sighting; one not seen at all in the pass
+        has been absent since the first evaluation of the pass.
         """
         self._pass += 1
         this_pass = self._pass
@@ -610,9 +623,9 @@ class AlertManager:
             seen[slot] = this_pass
         for batch in batches:
             self._observe_batch(batch, this_pass)
-        if first_t is not None:
-            self._resolve_stale(types, evaluated, this_pass)
-        self._resolve_absent(types, evaluated, this_pass, first_t or {})
+        if evaluated_at is not None:
+            self._resolve_stale(types, evaluated, this_pass, evaluated_at)
+        self._resolve_absent(types, evaluated, this_pass, evaluated_at or {})
         if len(self._batches) > _KEEP_BATCHES and self._kept_rows > _KEEP_ROWS:
             self._let_go_of_batches()
         await self._wait_for_room()
@@ -624,16 +637,18 @@ class AlertManager:
         self._seen_t[slots] = np.maximum(before, t)
 
     def _resolve_stale(
-        self, types: frozenset[str], evaluated: Mapping[str, float], this_pass: int
+        self, types: frozenset[str], evaluated: Mapping[str, float], this_pass: int,
+        evaluated_at: Mapping[str, Sequence[float]],
     ) -> None:
-        """`assess(first_t=...)`: alerts of `types` seen in this pass only before their
-        UAV's newest evaluation start (or finish) their hysteresis from that sighting."""
+        """`assess(evaluated_at=...)`: alerts of `types` seen in this pass only before their
+        UAV's newest evaluation start (or finish) their hysteresis from the first evaluation
+        after that sighting."""
         in_types = np.zeros(len(_TYPE_LIST) + 1, dtype=np.bool_)
         in_types[[_TYPE_CODE[kind] for kind in types if kind in _TYPE_CODE]] = True
         used = len(self._by_slot)
         seen = np.flatnonzero(in_types[self._type[:used]] & (self._seen[:used] == this_pass))
         by_slot, evaluated_t = self._by_slot, evaluated.get
-        slots, times = [], []
+        slots, times, starts = [], [], []
         for slot, seen_t in zip(seen.tolist(), self._seen_t[seen].tolist(), strict=True):
             alert = by_slot[slot]
             assert alert is not None
@@ -642,11 +657,15 @@ class AlertManager:
             if t is not None and t > seen_t:
                 slots.append(slot)
                 times.append(t)
+                at_t = evaluated_at.get(alert.uav, ())
+                k = bisect.bisect_right(at_t, seen_t)
+                starts.append(at_t[k] if k < len(at_t) else t)
         if not slots:
             return
         at = np.array(slots, dtype=np.int64)
-        self._absent_since[at] = self._seen_t[at]
-        done = np.flatnonzero(np.array(times) - self._seen_t[at] >= self.clear_s).tolist()
+        since = np.array(starts, dtype=np.float64)
+        self._absent_since[at] = since
+        done = np.flatnonzero(np.array(times) - since >= self.clear_s).tolist()
         for k in sorted(done, key=lambda k: self._alert(slots[k]).key):
             self._resolve(slots[k], times[k], None)
 
@@ -839,7 +858,7 @@ class AlertManager:
 
     def _resolve_absent(
         self, types: frozenset[str], evaluated: Mapping[str, float], this_pass: int,
-        first_t: Mapping[str, float],
+        evaluated_at: Mapping[str, Sequence[float]],
     ) -> None:
         """Start, or finish, the hysteresis of open alerts of `types` whose UAV (or other UAV)
         was evaluated and whose condition was not seen in this pass."""
@@ -859,7 +878,7 @@ class AlertManager:
             absent = near[in_types[self._type[near]] & (self._seen[near] != this_pass)]
         if not absent.size:
             return
-        by_slot, evaluated_t, oldest_t = self._by_slot, evaluated.get, first_t.get
+        by_slot, evaluated_t, all_t = self._by_slot, evaluated.get, evaluated_at.get
         slots, times, starts = [], [], []
         for slot in absent.tolist():
             alert = by_slot[slot]
@@ -871,7 +890,8 @@ class AlertManager:
                     t = t_other
                 start = t
             else:
-                start = oldest_t(alert.uav, t)
+                at_t = all_t(alert.uav)
+                start = at_t[0] if at_t else t
             if t is not None:
                 slots.append(slot)
                 times.append(t)

@@ -44,7 +44,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from dispatch.alerts import AlertManager, Condition
+from dispatch.alerts import AlertManager, Condition, evaluated_times
 from geofence.clearances import (
     RESERVING,
     Heights,
@@ -702,9 +702,9 @@ class ClearanceService:
             if notes is not None:
                 present.extend(await self._conform(cid, volume, notes))
         evaluated = {r.uav: r.t for r in matched}  # sorted: the last one is the latest
-        first = ({r.uav: r.t for r in reversed(matched)} if len(evaluated) < len(matched)
-                 else None)
-        await self.alerts.assess(CLEARANCE_TYPES, evaluated, present, first_t=first)
+        at = (evaluated_times(map(_UAV, matched), map(_T, matched))
+              if len(evaluated) < len(matched) else None)
+        await self.alerts.assess(CLEARANCE_TYPES, evaluated, present, evaluated_at=at)
 
     async def _conform(self, cid: str, volume: Volume, notes: list[_Notable]
                        ) -> list[Condition]:

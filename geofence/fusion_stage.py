@@ -24,7 +24,7 @@ import numpy as np
 from aiohttp import web
 
 from dispatch import traffic
-from dispatch.alerts import AlertManager, Condition
+from dispatch.alerts import AlertManager, Condition, evaluated_times
 from dispatch.service import DISPATCH
 from dispatch.traffic import TRAFFIC, TrafficFeed
 from dispatch.traffic_nats import TRAFFIC_NATS, TrafficNatsPublisher
@@ -65,11 +65,12 @@ class CrossCheck:
 
     def cross_check(
         self, pairs: list[Pair]
-    ) -> tuple[dict[str, float], list[Condition], dict[str, float] | None]:
-        """(uav -> evaluation t, the position_mismatch conditions, and uav -> the first
-        evaluation t when a UAV has several pairs, else None: what `AlertManager.assess`
-        takes) for the pairs, vectorised. Per UAV the conditions are its worst pair's and, when
-        later, its newest mismatching pair's, so the alert knows it still holds at the newest."""
+    ) -> tuple[dict[str, float], list[Condition], dict[str, list[float]] | None]:
+        """(uav -> evaluation t, the position_mismatch conditions, and uav -> every
+        evaluation t ascending when a UAV has several pairs, else None: what
+        `AlertManager.assess` takes) for the pairs, vectorised. Per UAV the conditions are its
+        worst pair's and, when later, its newest mismatching pair's, so the alert knows it
+        still holds at the newest."""
         if not pairs:
             return {}, [], None
         n = len(pairs)
@@ -87,8 +88,8 @@ class CrossCheck:
         by_t = np.argsort(t_common, kind="stable").tolist()
         in_order = list(map(uavs.__getitem__, by_t))
         evaluated = dict(zip(in_order, t_common[by_t].tolist(), strict=True))
-        first = (dict(zip(reversed(in_order), t_common[by_t[::-1]].tolist(), strict=True))
-                 if len(evaluated) < n else None)
+        at = (evaluated_times(in_order, t_common[by_t].tolist()) if len(evaluated) < n
+              else None)
         ratio = dist / threshold
         worst: dict[str, tuple[float, int]] = {}
         newest: dict[str, int] = {}
@@ -114,7 +115,7 @@ class CrossCheck:
                         "dt_s": round(abs(a.t - b.t), 3),
                     },
                 ))
-        return evaluated, present, first
+        return evaluated, present, at
 
 
 class FusionStage:
@@ -131,9 +132,9 @@ class FusionStage:
         self, rows: Sequence[Observation], advanced: Sequence[Observation]
     ) -> None:
         checked = self.picture.add(rows)
-        evaluated, present, first = self.check.cross_check(self.check.pairs(checked))
+        evaluated, present, at = self.check.cross_check(self.check.pairs(checked))
         if evaluated:
-            await self.alerts.assess(MISMATCH_TYPES, evaluated, present, first_t=first)
+            await self.alerts.assess(MISMATCH_TYPES, evaluated, present, evaluated_at=at)
 
 
 # What the comparison reads of each report, in the order `cross_check` unpacks it.

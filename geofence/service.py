@@ -24,7 +24,14 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 import shapely
 
-from dispatch.alerts import SEVERITIES, SEVERITY_RANK, AlertManager, Condition, ConditionBatch
+from dispatch.alerts import (
+    SEVERITIES,
+    SEVERITY_RANK,
+    AlertManager,
+    Condition,
+    ConditionBatch,
+    evaluated_times,
+)
 from geofence.ceiling import over_ceiling
 from geofence.index import ZoneHits, ZoneIndex
 from geofence.zones import (
@@ -459,16 +466,11 @@ class Geofence:
             uav = list(map(OBSERVATION_FIELD["uav"], rows))
         t = list(map(OBSERVATION_FIELD["t"], rows))
         evaluated = dict(zip(uav, t, strict=True))
-        first: dict[str, float] | None = None
-        if len(evaluated) < len(rows):  # a UAV more than once: its newest and its oldest t
-            first = dict(evaluated)
-            for u, t_u in zip(uav, t, strict=True):
-                if t_u > evaluated[u]:
-                    evaluated[u] = t_u
-                elif t_u < first[u]:
-                    first[u] = t_u
+        at = evaluated_times(uav, t) if len(evaluated) < len(rows) else None
+        if at is not None:  # a UAV more than once: its newest t
+            evaluated.update((u, times[-1]) for u, times in at.items())
         await self.alerts.assess(GEOFENCE_TYPES, evaluated, present, batches=[zone_hits],
-                                 first_t=first)
+                                 evaluated_at=at)
 
     async def _check_live(self, zones: Sequence[Zone]) -> list[Condition]:
         """Tell airborne UAVs already inside new zones at once (temporary incident zones);

@@ -202,33 +202,41 @@ async def test_late_data_is_ignored(path: str) -> None:
 
 @pytest.mark.parametrize("path", ["conditions", "batch"])
 async def test_a_pass_of_several_reports_is_judged_at_the_newest(path: str) -> None:
-    """One pass holding a UAV's reports in a zone at t and out at later t (a frame of several
-    reports, or groups checked together): the alert is updated from the earlier ones and its
-    hysteresis runs from the last sighting, judged at the newest report. Without the flag the
-    pass is one instant: the alert stays open."""
-    async def assess(m: AlertManager, rows: list[Condition], newest: float, flag: bool) -> None:
-        first = {"U1": rows[0].t} if flag else None
+    """One pass holding a UAV's reports in a zone at some t and out at later t (a frame of
+    several reports, or groups checked together): the alert is updated from the earlier ones
+    and its hysteresis runs from the first report after the last sighting, judged at the
+    newest. Without evaluated_at the pass is one instant: the alert stays open."""
+    async def assess(m: AlertManager, rows: list[Condition], times: list[float] | None) -> None:
+        at = {"U1": times} if times else None
+        newest = times[-1] if times else rows[-1].t
         if path == "conditions":
-            await m.assess(ZONE, {"U1": newest}, rows, first_t=first)
+            await m.assess(ZONE, {"U1": newest}, rows, evaluated_at=at)
         else:
-            await m.assess(ZONE, {"U1": newest}, batches=[as_batch(rows)], first_t=first)
+            await m.assess(ZONE, {"U1": newest}, batches=[as_batch(rows)], evaluated_at=at)
 
     async with manager() as (m, store):
-        await assess(m, [zone_hit(T0)], T0, True)
-        # In at T0 + 1 and T0 + 2, out at T0 + 3 and T0 + 10: clear for 8 s >= clear_s.
-        await assess(m, [zone_hit(T0 + 1), zone_hit(T0 + 2)], T0 + 10, True)
+        await assess(m, [zone_hit(T0)], None)
+        # In at T0 + 1 and T0 + 2, out at T0 + 3 and T0 + 6: clear for 3 s since T0 + 3.
+        await assess(m, [zone_hit(T0 + 1), zone_hit(T0 + 2)], [T0 + 1, T0 + 2, T0 + 3, T0 + 6])
         assert [(e.state, e.t) for e in await _events(m, store)] == [
-            ("open", T0), ("resolved", T0 + 10)]
+            ("open", T0), ("resolved", T0 + 6)]
     async with manager() as (m, store):
-        await assess(m, [zone_hit(T0)], T0, True)
-        await assess(m, [zone_hit(T0 + 1)], T0 + 2, True)  # out at T0 + 2: 1 s, not yet
+        await assess(m, [zone_hit(T0)], None)
+        # Out at T0 + 3 and T0 + 5.5: 2.5 s since the first report without it, not yet ...
+        await assess(m, [zone_hit(T0 + 1), zone_hit(T0 + 2)], [T0 + 1, T0 + 2, T0 + 3, T0 + 5.5])
         assert m.open_alerts() != []
-        await m.assess(ZONE, {"U1": T0 + 4})  # out still, 3 s after the last sighting
+        await m.assess(ZONE, {"U1": T0 + 6})  # ... and resolved at 3 s
+        assert [(e.state, e.t) for e in await _events(m, store)] == [
+            ("open", T0), ("resolved", T0 + 6)]
+    async with manager() as (m, store):
+        await assess(m, [zone_hit(T0)], None)
+        # Not seen at all in a pass of T0 + 1 ... T0 + 4: absent since T0 + 1.
+        await m.assess(ZONE, {"U1": T0 + 4}, evaluated_at={"U1": [T0 + 1, T0 + 2, T0 + 4]})
         assert [(e.state, e.t) for e in await _events(m, store)] == [
             ("open", T0), ("resolved", T0 + 4)]
     async with manager() as (m, store):
-        await assess(m, [zone_hit(T0)], T0, False)
-        await assess(m, [zone_hit(T0 + 1), zone_hit(T0 + 2)], T0 + 10, False)
+        await assess(m, [zone_hit(T0)], None)
+        await m.assess(ZONE, {"U1": T0 + 10}, [zone_hit(T0 + 1), zone_hit(T0 + 2)])
         assert [e.state for e in await _events(m, store)] == ["open"]
 
 

@@ -161,7 +161,7 @@ class _Alerts:
 
     async def assess(self, types: frozenset[str], evaluated: Mapping[str, float],
                      present: Sequence[Condition],
-                     first_t: Mapping[str, float] | None = None) -> None:
+                     evaluated_at: Mapping[str, Sequence[float]] | None = None) -> None:
         assert types == CLEARANCE_TYPES
         self.calls.append((dict(evaluated), list(present)))
 

@@ -181,14 +181,14 @@ def test_cross_check_finds_what_a_direct_search_finds(history: list[tuple[list[O
                     expected.setdefault(pair_key(a.uav, row, other), (row, other))
         got = {pair_key(uav, x, y) for uav, x, y in pairs}
         assert len(got) == len(pairs) and got == expected.keys()
-        evaluated, present, first = check.cross_check(pairs)
+        evaluated, present, at = check.cross_check(pairs)
         worst: dict[str, float] = {}
         want_t: dict[str, float] = {}
-        want_first: dict[str, float] = {}
+        want_at: dict[str, list[float]] = {}
         for uav, x, y in pairs:
             t = max(x.t, y.t)
             want_t[uav] = max(want_t.get(uav, -math.inf), t)
-            want_first[uav] = min(want_first.get(uav, math.inf), t)
+            want_at.setdefault(uav, []).append(t)
             (lat1, lon1), (lat2, lon2) = (np.array(_moved(r, t)) for r in (x, y))
             dist = float(distance_m(lat1, lon1, lat2, lon2))
             acc = [ACC_H_M if r.acc_h_m is None else r.acc_h_m for r in (x, y)]
@@ -198,7 +198,8 @@ def test_cross_check_finds_what_a_direct_search_finds(history: list[tuple[list[O
             elif dist >= threshold * (1 - 1e-9):
                 worst.setdefault(uav, math.nan)  # on the edge: either is right
         assert evaluated == want_t
-        assert first == (want_first if len(want_t) < len(pairs) else None)
+        assert at == ({u: sorted(ts) for u, ts in want_at.items()} if len(want_t) < len(pairs)
+                      else None)
         found = {c.uav for c in present}
         assert {u for u, r in worst.items() if not math.isnan(r)} <= found <= set(worst)
 
