@@ -14,7 +14,7 @@ fixed cost per call is then paid once for all of them. For the same reason the s
 most once per `stage_interval_s` (20 ms): at high rates of small groups (HTTP with one
 observation per request) the groups of the interval go on together; a group that comes after a
 quiet spell goes on at once. Stages that raise alerts judge a call holding several reports of a
-UAV at its newest (`AlertManager.assess(first_t=...)`).
+UAV at its newest (`AlertManager.assess(evaluated_at=...)`).
 The default slice is a whole default commit group: slices of 1,000 cost 25-40 % more server CPU
 per observation with 10,000 zones loaded (the stages' fixed cost per call), for no alert latency
 gain that could be told from noise on this 2-core machine.
