@@ -663,7 +663,8 @@ class AlertManager:
         if not slots:
             return
         at = np.array(slots, dtype=np.int64)
-        since = np.array(starts, dtype=np.float64)
+        # Seen only as late data (no news), an alert keeps the absence it already had.
+        since = np.fmin(self._absent_since[at], np.array(starts, dtype=np.float64))
         self._absent_since[at] = since
         done = np.flatnonzero(np.array(times) - since >= self.clear_s).tolist()
         for k in sorted(done, key=lambda k: self._alert(slots[k]).key):
