@@ -593,15 +593,18 @@ class ClearanceService:
             if not ids:
                 del self._by_uav[c.uav]
 
-    async def _change(self, cid: str, state: str, stored: Clearance | None = None
-                      ) -> Clearance | None:
-        """Apply a transition if the state machine allows it now; storage first, then memory,
-        then the push. None when it does not apply (any more)."""
+    async def _change(self, cid: str, state: str, stored: Clearance | None = None, *,
+                      only_from: str | None = None) -> Clearance | None:
+        """Apply a transition if the state machine allows it now (and, given `only_from`, the
+        clearance is still in that state: what the caller saw before waiting for the lock);
+        storage first, then memory, then the push. None when it does not apply (any more)."""
         async with self._lock:
             current = self.live.get(cid)
             if current is None and stored is not None:
                 current = await self.store.get(cid)
             if current is None or not can_change(current.state, state):
+                return None
+            if only_from is not None and current.state != only_from:
                 return None
             changed = dataclasses.replace(current, state=state, updated_at=self.clock())
             await self.store.update(changed)
@@ -697,7 +700,9 @@ class ClearanceService:
             if clearance is None or volume is None:
                 continue
             if clearance.state == "granted":
-                await self._change(cid, "active")
+                # Only from granted: a priority request may suspend it while this waits for
+                # the lock, and a report must not turn that into active.
+                await self._change(cid, "active", only_from="granted")
             notes = noted.get(cid)
             if notes is not None:
                 present.extend(await self._conform(cid, volume, notes))
