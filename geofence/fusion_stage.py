@@ -17,7 +17,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -35,10 +34,10 @@ from lowalt.fusion import (
     M_PER_DEG,
     Filed,
     FusedPicture,
-    Pair,
+    Pairs,
     distance_m,
 )
-from lowalt.models import OBSERVATION_INDEX, Observation, float_column
+from lowalt.models import Observation
 from lowalt.settings import Settings
 
 log = logging.getLogger("lowalt.fusion")
@@ -58,13 +57,13 @@ class CrossCheck:
         self.picture = picture
         self.floor_m, self.k, self.default_acc_h_m = floor_m, k, default_acc_h_m
 
-    def pairs(self, filed: Filed) -> list[Pair]:
+    def pairs(self, filed: Filed) -> Pairs:
         """Each filed row (`FusedPicture.add`'s result) with the nearest-in-time report of
         every other source name (|dt| < MAX_DT_S), each pair once."""
         return self.picture.pairs(filed, MAX_DT_S)
 
     def cross_check(
-        self, pairs: list[Pair]
+        self, pairs: Pairs
     ) -> tuple[dict[str, float], list[Condition], dict[str, list[float]] | None]:
         """(uav -> evaluation t, the position_mismatch conditions, and uav -> every
         evaluation t ascending when a UAV has several pairs, else None: what
@@ -74,10 +73,9 @@ class CrossCheck:
         if not pairs:
             return {}, [], None
         n = len(pairs)
-        uavs, firsts, seconds = zip(*pairs, strict=True)
-        # Both sides in one pass: the compared fields of every row as columns.
-        t, lat, lon, speed, track, acc = map(
-            float_column, zip(*map(_COMPARED, firsts + seconds), strict=True))
+        uavs = pairs.uavs
+        # Both sides at once: the compared fields (lowalt.fusion.COMPARED) as columns.
+        t, lat, lon, speed, track, acc = np.concatenate([pairs.a, pairs.b]).T
         t_common = np.maximum(t[:n], t[n:])
         lat, lon = _moved(lat, lon, speed, track, np.concatenate([t_common, t_common]) - t)
         dist = distance_m(lat[:n], lon[:n], lat[n:], lon[n:])
@@ -102,7 +100,7 @@ class CrossCheck:
         present = []
         for uav, (_, k_worst) in worst.items():
             for k in sorted({k_worst, newest[uav]}, key=lambda k: float(t_common[k])):
-                _, a, b = pairs[k]
+                _, a, b = pairs.pair(k)
                 newer = a if a.t >= b.t else b
                 present.append(Condition(
                     type="position_mismatch", uav=uav, severity="warning",
@@ -135,11 +133,6 @@ class FusionStage:
         evaluated, present, at = self.check.cross_check(self.check.pairs(checked))
         if evaluated:
             await self.alerts.assess(MISMATCH_TYPES, evaluated, present, evaluated_at=at)
-
-
-# What the comparison reads of each report, in the order `cross_check` unpacks it.
-_COMPARED = itemgetter(*(OBSERVATION_INDEX[name] for name in (
-    "t", "lat", "lon", "speed_mps", "track_deg", "acc_h_m")))
 
 
 def _moved(lat: F64, lon: F64, speed: F64, track: F64, dt: F64) -> tuple[F64, F64]:

@@ -32,7 +32,7 @@ from geofence.conflicts import (
     ConflictParams,
     detect_conflict_arrays,
 )
-from lowalt.fusion import FusedPicture
+from lowalt.fusion import FusedPicture, StateColumns
 from lowalt.live import LiveState
 from lowalt.models import Observation, floats_of
 from lowalt.settings import Settings
@@ -117,25 +117,31 @@ class TrafficMonitor:
         self.fused = fused
 
     def lost_after_s(self, row: Observation) -> float:
-        limit = self._lost_after_by_source.get(row.source)
+        return self.lost_after_of(row.source)
+
+    def lost_after_of(self, source: str) -> float:
+        """Seconds of silence after which a source's aircraft is lost: its gateway's
+        `lost_after_s` when configured, else the setting."""
+        limit = self._lost_after_by_source.get(source)
         if limit is None:
             if len(self._lost_after_by_source) >= 10_000:
                 self._lost_after_by_source.clear()
-            limit = self._lost_after_by_source[row.source] = self.lost_after_by_gateway.get(
-                gateway_name(row), self.settings.lost_after_s)
+            limit = self._lost_after_by_source[source] = self.lost_after_by_gateway.get(
+                source.split("/", 1)[0], self.settings.lost_after_s)
         return limit
 
     async def tick(self, tick_t: float | None = None) -> TickResult:
-        """One tick. The aircraft are sorted into fresh and silent `TICK_SLICE` at a time, the
-        event loop taking its turn between slices, over a snapshot taken at the start (the
-        rows, or each fused aircraft with its state), and telemetry_lost changes `LOST_SLICE`
-        at a time, so ingest is never held for a whole pass. `seconds` counts the tick's own
-        work (and its wait for the pair search), not the other tasks run between its slices."""
+        """One tick. Without fusion, the rows are sorted into fresh and silent `TICK_SLICE` at
+        a time, the event loop taking its turn between slices, over a snapshot taken at the
+        start; with it, the fused picture's columns are, at once (`FusedPicture.airborne`,
+        `heard`). telemetry_lost changes go `LOST_SLICE` at a time, so ingest is never held for
+        a whole pass. `seconds` counts the tick's own work (and its wait for the pair search),
+        not the other tasks run between its slices."""
         watch = _Stopwatch()
         now = self.clock() if tick_t is None else tick_t
-        fresh: list[Observation] = []
         silent: list[Observation] = []
         if self.fused is None:
+            fresh_rows: list[Observation] = []
             limits, lost_after_s = self._lost_after_by_source, self.lost_after_s
             async for rows in watch.slices(list(self.live.latest.values()), TICK_SLICE):
                 for row in rows:
@@ -144,38 +150,35 @@ class TrafficMonitor:
                     limit = limits.get(row.source)
                     if limit is None:
                         limit = lost_after_s(row)
-                    (fresh if now - row.t <= limit else silent).append(row)
+                    (fresh_rows if now - row.t <= limit else silent).append(row)
+            fresh = StateColumns.from_rows(fresh_rows)
         else:
-            self.fused.refresh()
-            aircraft = [(a, a.state) for a in self.fused.aircraft.values()]
-            async for part in watch.slices(aircraft, TICK_SLICE):
-                for a, state in part:
-                    if state is None or state.status == "ground":
-                        continue
-                    heard = any(now - r.t <= self.lost_after_s(r)
-                                for r in self.fused.newest_reports(a))
-                    (fresh if heard else silent).append(state)
+            picture = self.fused
+            airborne = picture.airborne()
+            heard = picture.heard(airborne.slots, now, self.lost_after_of)
+            fresh = airborne.take(np.flatnonzero(heard))
+            quiet = np.flatnonzero(~heard).tolist()
+            lost, uavs, slots = self.lost, airborne.uavs, airborne.slots
+            silent = [s for s in map(picture.state_of, (int(slots[k]) for k in quiet
+                                                        if uavs[k] not in lost))
+                      if s is not None]
         # The pair search runs on a worker thread (numpy releases the GIL for most of it), so a
         # tick over tens of thousands of aircraft does not stall ingest on the event loop.
         conflicts = await asyncio.to_thread(self._conflicts, fresh, now)
-        evaluated = dict.fromkeys(map(attrgetter("uav"), fresh), now)
+        evaluated = dict.fromkeys(fresh.uavs, now)
         await self.alerts.assess(CONFLICT_TYPES, evaluated, batches=[conflicts])
         await self._telemetry_lost(fresh, silent, now, watch)
         return TickResult(now, len(fresh), len(conflicts), len(self.lost), watch.seconds())
 
-    def _conflicts(self, rows: list[Observation], now: float) -> ConditionBatch:
-        """The conflicting pairs among rows as one condition batch; a pair's `uav` is the one
-        whose id sorts first, its position the condition's."""
-        if len(rows) < 2:
+    def _conflicts(self, fresh: StateColumns, now: float) -> ConditionBatch:
+        """The conflicting pairs among the fresh aircraft as one condition batch; a pair's
+        `uav` is the one whose id sorts first, its position the condition's."""
+        if len(fresh) < 2:
             return ConditionBatch.empty()
-        n = len(rows)
-        lat, lon, alt_m, t, speed_mps, track_deg, vspeed_mps = (  # speeds None: unknown, NaN
-            floats_of(rows, name)
-            for name in ("lat", "lon", "alt_m", "t", "speed_mps", "track_deg", "vspeed_mps"))
-        crewed = np.fromiter(map(attrgetter("crewed"), rows), np.bool_, n)
-        p = detect_conflict_arrays(lat, lon, alt_m, t, speed_mps, track_deg, vspeed_mps, crewed,
-                                   now, self.params)
-        names = np.array(list(map(attrgetter("uav"), rows)), dtype=object)
+        lat, lon, alt_m, crewed = fresh.lat, fresh.lon, fresh.alt_m, fresh.crewed
+        p = detect_conflict_arrays(lat, lon, alt_m, fresh.t, fresh.speed_mps, fresh.track_deg,
+                                   fresh.vspeed_mps, crewed, now, self.params)
+        names = np.array(fresh.uavs, dtype=object)
         swap = names[p.i] > names[p.j]
         first, second = np.where(swap, p.j, p.i), np.where(swap, p.i, p.j)
         uav, other = names[first].tolist(), names[second].tolist()
@@ -222,17 +225,18 @@ class TrafficMonitor:
         )
 
     async def _telemetry_lost(
-        self, fresh: list[Observation], silent: list[Observation], now: float, watch: _Stopwatch
+        self, fresh: StateColumns, silent: list[Observation], now: float, watch: _Stopwatch
     ) -> None:
         """Resolve telemetry_lost for the fresh, open it for the newly silent; the event loop
         takes a turn after every `LOST_SLICE` alerts (a sky going quiet at once opens
         thousands)."""
-        for row in fresh:
-            if row.uav in self.lost:
-                self.lost.discard(row.uav)
-                await self.alerts.resolve(("telemetry_lost", row.uav, ""), now,
-                                          {"silent_s": round(now - row.t, 1)})
-                await watch.step(LOST_SLICE)
+        back = [k for k, uav in enumerate(fresh.uavs) if uav in self.lost] if self.lost else []
+        for k in back:
+            uav = fresh.uavs[k]
+            self.lost.discard(uav)
+            await self.alerts.resolve(("telemetry_lost", uav, ""), now,
+                                      {"silent_s": round(now - float(fresh.t[k]), 1)})
+            await watch.step(LOST_SLICE)
         for row in silent:
             if row.uav not in self.lost:
                 self.lost.add(row.uav)

@@ -128,7 +128,7 @@ async def get_flights(request: web.Request) -> web.Response:
         rows = request.app[LIVE].in_bbox(*box)
     else:  # the fused state, one flight per canonical aircraft
         aircraft = fused.in_bbox(*box)
-        rows = [a.state for a in aircraft if a.state is not None]
+        rows = [state for state in fused.states_of(aircraft) if state is not None]
         blended = {a.uav for a in aircraft if len(a.used) > 1}
     registry = request.app[REGISTRY]
     rows = visible(registry, principal, rows)

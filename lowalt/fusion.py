@@ -19,10 +19,14 @@ stops fades out smoothly as it ages.
 
 Fusion is lazy: `add` (every committed batch) only files reports; `refresh` (each reader, before
 it reads: the feed's flush, the monitor's tick, the API) fuses the aircraft that changed since.
-Readers: `aircraft` (canonical id -> `Aircraft`, whose `state` is an Observation with the
-canonical id), and per-slot column arrays (`lat`, `lon`, `heard_t`, `version`, `epoch`, `owner`,
-`present`, `ids`) that the traffic feed filters with numpy. Each aircraft holds one slot while it
-exists; `epoch` changes when a slot is given to another aircraft, `version` on every fused update.
+A refresh writes columns only: the fused state of an aircraft heard by one source is its newest
+report (a reference), a blend's fields go to a row of numbers; no state object is made until
+one is read. Readers: `aircraft` (canonical id -> `Aircraft`, whose `state` is an Observation
+with the canonical id, made on demand), `states_of` (many at once), `airborne` and `heard` (the
+monitor's columns), and per-slot column arrays (`lat`, `lon`, `heard_t`, `version`, `epoch`,
+`owner`, `present`, `ids`) that the traffic feed filters with numpy. Each aircraft holds one
+slot while it exists; `epoch` changes when a slot is given to another aircraft, `version` on
+every fused update.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from __future__ import annotations
 import math
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
 from operator import attrgetter, itemgetter, ne
 from typing import Any, Protocol, cast
@@ -41,7 +45,14 @@ import numpy.typing as npt
 from aiohttp import web
 
 from lowalt.gcpolicy import collector_paused
-from lowalt.models import OBSERVATION_INDEX, Observation, float_column, int_column
+from lowalt.models import (
+    OBSERVATION_INDEX,
+    Observation,
+    crewed_source,
+    float_column,
+    floats_of,
+    int_column,
+)
 from lowalt.settings import Settings
 from lowalt.storage import UavRecord
 
@@ -60,8 +71,6 @@ STATUS_RANK: dict[str | None, int] = {
 }
 RANK_STATUS: dict[int, str | None] = {rank: status for status, rank in STATUS_RANK.items()}
 MIN_ACC_M = 1.0  # a reported accuracy of 0 would take all the weight
-_SLOT, _UAVS = attrgetter("slot"), attrgetter("uav")
-_T_OF, _SOURCE_OF, _RECEIVED_OF = attrgetter("t"), attrgetter("source"), attrgetter("received_at")
 
 
 def source_name(source: str) -> str:
@@ -139,23 +148,33 @@ class Identities:
 @dataclass(slots=True, eq=False)
 class Aircraft:
     """One aircraft of the fused picture. What it was heard saying is kept by the picture, per
-    source (`FusedPicture.newest_reports`, `FusedPicture.by_source`)."""
+    source (`FusedPicture.newest_reports`, `FusedPicture.by_source`); its fused state in the
+    picture's columns, read as an Observation (`state`) on demand."""
 
     uav: str  # canonical id
     slot: int  # its slot in the picture's columns; also the track of its first source
     registered: bool
     operator: str | None
-    state: Observation | None = None  # fused; uav = canonical, source = newest source's
-    used: tuple[str, ...] = ()  # the sources blended into `state`, newest first
+    picture: FusedPicture = field(repr=False)
     # Heard by several sources: the slots of their tracks, its own slot first; else ().
     tracks: tuple[int, ...] = ()
     several_names: bool = False  # heard under more than one source name: cross-checked
 
     @property
+    def state(self) -> Observation | None:
+        """The fused state as of the last refresh (None before the first): uav = the canonical
+        id, t, source and received_at = the newest blended report's."""
+        return self.picture.state_of(self.slot)
+
+    @property
+    def used(self) -> tuple[str, ...]:
+        """The sources blended into `state`, newest first."""
+        return self.picture.used_of(self.slot)
+
+    @property
     def kind(self) -> str:
         """"crewed" for an unregistered aircraft heard by ADS-B (SBS), else "uav"."""
-        crewed = not self.registered and self.state is not None and self.state.crewed
-        return "crewed" if crewed else "uav"
+        return _kind(self.registered, self.state)
 
     def as_json(self) -> dict[str, Any]:
         """The traffic feed's state message (API.md section 7, docs/API.md)."""
@@ -165,10 +184,14 @@ class Aircraft:
             "uav": self.uav, "t": s.t, "lat": round(s.lat, 7), "lon": round(s.lon, 7),
             "alt_m": round(s.alt_m, 2), "agl_m": _round(s.agl_m),
             "speed_mps": _round(s.speed_mps), "track_deg": _round(s.track_deg),
-            "vspeed_mps": _round(s.vspeed_mps), "kind": self.kind, "sources": list(self.used),
-            "status": s.status, "registered": self.registered,
+            "vspeed_mps": _round(s.vspeed_mps), "kind": _kind(self.registered, s),
+            "sources": list(self.used), "status": s.status, "registered": self.registered,
             "acc_h_m": _round(s.acc_h_m, 1), "acc_v_m": _round(s.acc_v_m, 1),
         }
+
+
+def _kind(registered: bool, state: Observation | None) -> str:
+    return "crewed" if not registered and state is not None and state.crewed else "uav"
 
 
 def _owners(by_uav: Mapping[str, UavRecord]) -> dict[str, str]:
@@ -212,14 +235,42 @@ class Filed:
     t: F64
     ring: I64
     number: I64
+    compared: F64  # per row, the fields the cross-check compares (`COMPARED`)
 
     def __len__(self) -> int:
         return len(self.index)
 
 
 _NONE = np.zeros(0, dtype=np.int64)
-NOTHING_FILED = Filed((), _NONE, np.zeros(0), _NONE, _NONE)
 Pair = tuple[str, Observation, Observation]  # canonical id, a report, another source's report
+
+
+@dataclass(slots=True, frozen=True)
+class Pairs:
+    """Pairs of reports of one aircraft by two of its source names (`FusedPicture.pairs`), in
+    columns: per pair the aircraft's canonical id and each report's compared fields (`COMPARED`:
+    `a` of the filed report, `b` of the kept one); the reports themselves on demand (`pair`),
+    so a check reads no report object unless it must tell about it."""
+
+    uavs: list[str]
+    a: F64
+    b: F64
+    _rows: Sequence[Observation]
+    _row_index: list[int]
+    _kept: Sequence[Observation | None]
+    _kept_index: list[int]
+
+    def __len__(self) -> int:
+        return len(self.uavs)
+
+    def pair(self, k: int) -> Pair:
+        kept = self._kept[self._kept_index[k]]
+        assert kept is not None  # entries in pairs are reports
+        return self.uavs[k], self._rows[self._row_index[k]], kept
+
+    def __iter__(self) -> Iterator[Pair]:
+        return map(self.pair, range(len(self)))
+
 
 # The columns of a track's newest report, in Observation's field order (status excepted; its
 # rank is the last column); and the positions of its fields in an Observation.
@@ -229,7 +280,54 @@ F_T, F_LAT, F_LON, F_ALT, F_SPEED, F_TRACK, F_VSPEED, F_AGL, F_ACC_H, F_ACC_V, F
 _F_INDEX = tuple(OBSERVATION_INDEX[name] for name in _F)
 _UAV, _T, _STATUS, _SOURCE = (OBSERVATION_INDEX[name]
                               for name in ("uav", "t", "status", "source"))
+# The columns of a blended state beside lat and lon (`FusedPicture._st_f`).
+_ST = ("alt_m", "speed_mps", "track_deg", "vspeed_mps", "agl_m", "acc_h_m", "acc_v_m", "rank")
+_ST_INDEX = np.arange(len(_ST))
+_SLOT, _UAV_OF, _CREWED_OF = attrgetter("slot"), attrgetter("uav"), attrgetter("crewed")
+_T_OF, _SOURCE_OF = attrgetter("t"), attrgetter("source")
+_RECEIVED_OF = attrgetter("received_at")
 _TRACK_KEY = 1 << 24  # (aircraft slot, source code) -> one int: slot * _TRACK_KEY + code
+# What the cross-check compares of two reports, as columns of `Pairs.a` / `Pairs.b`; the
+# history rings keep them (t apart) beside each kept report.
+COMPARED = ("t", "lat", "lon", "speed_mps", "track_deg", "acc_h_m")
+_COMPARED_F = np.array([F_T, F_LAT, F_LON, F_SPEED, F_TRACK, F_ACC_H])
+NOTHING_FILED = Filed((), _NONE, np.zeros(0), _NONE, _NONE, np.zeros((0, len(COMPARED))))
+NO_PAIRS = Pairs([], np.zeros((0, len(COMPARED))), np.zeros((0, len(COMPARED))), (), [], (), [])
+
+
+@dataclass(slots=True, frozen=True)
+class StateColumns:
+    """States of many aircraft as columns (unknown values NaN), for readers that compute over
+    all of them: `FusedPicture.airborne`, or `from_rows`."""
+
+    uavs: list[str]
+    t: F64
+    lat: F64
+    lon: F64
+    alt_m: F64
+    speed_mps: F64
+    track_deg: F64
+    vspeed_mps: F64
+    crewed: Bool
+    slots: I64  # the picture's slots (from_rows: row positions)
+
+    def __len__(self) -> int:
+        return len(self.uavs)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Observation]) -> StateColumns:
+        t, lat, lon, alt_m, speed_mps, track_deg, vspeed_mps = (floats_of(rows, name) for name in (
+            "t", "lat", "lon", "alt_m", "speed_mps", "track_deg", "vspeed_mps"))
+        return cls(list(map(_UAV_OF, rows)), t, lat, lon, alt_m, speed_mps, track_deg,
+                   vspeed_mps, np.fromiter(map(_CREWED_OF, rows), np.bool_, len(rows)),
+                   np.arange(len(rows)))
+
+    def take(self, idx: I64) -> StateColumns:
+        return StateColumns(
+            list(map(self.uavs.__getitem__, idx.tolist())), self.t[idx], self.lat[idx],
+            self.lon[idx], self.alt_m[idx], self.speed_mps[idx], self.track_deg[idx],
+            self.vspeed_mps[idx], self.crewed[idx], self.slots[idx],
+        )
 
 
 class FusedPicture:
@@ -271,6 +369,8 @@ class FusedPicture:
         self._source_codes: dict[str, int] = {}
         self._name_of: list[int] = []  # source code -> source-name code
         self._name_codes: dict[str, int] = {}
+        self._crewed: Bool = np.zeros(0, dtype=bool)  # source code -> ADS-B (crewed) source
+        self._limits: tuple[Callable[[str], float], F64] | None = None  # `heard`'s, cached
         # Tracks of aircraft with several, by slot * _TRACK_KEY + source code.
         self._track_of: dict[int, int] = {}
         # Alias -> its aircraft, once heard; emptied when an aircraft is removed or the registry
@@ -297,10 +397,20 @@ class FusedPicture:
         self._tk_row: list[Observation | None] = []
         self._ntracks = np.zeros(0, dtype=np.int32)  # per aircraft slot
         self._dirty: Bool = np.zeros(0, dtype=bool)  # per aircraft slot: to fuse at refresh
+        self._tk_one: Obj = np.zeros(0, dtype=object)  # (its source,): `used` of it alone
+        # ... and the aircraft's fused state as of the last refresh (`state_of`): the report
+        # that is the state, or for a blend the newest blended report (None: none yet);
+        # whether blended, and then its fields (as `_tk_f`, NaN for None); the sources used.
+        self._st_row: Obj = np.zeros(0, dtype=object)
+        self._st_track = np.zeros(0, dtype=np.int32)  # the track of `_st_row`, -1: none
+        self._st_blend: Bool = np.zeros(0, dtype=bool)
+        self._st_f: F64 = np.zeros((0, len(_ST)))
+        self._st_used: Obj = np.zeros(0, dtype=object)
         # History rings: per ring, reports_per_source entries (t -inf: empty), and per ring
         # the rings of the same aircraft under other source names (-1 padded).
         self._ring_t: F64 = np.zeros((0, reports_per_source))
         self._ring_no: I64 = np.zeros((0, reports_per_source), dtype=np.int64)
+        self._ring_f: F64 = np.zeros((0, reports_per_source, len(COMPARED) - 1))  # t apart
         self._ring_rows: list[Observation | None] = []
         self._ring_partners: I64 = np.zeros((0, 1), dtype=np.int64)
         self._ring_track: I64 = np.zeros(0, dtype=np.int64)
@@ -383,11 +493,12 @@ class FusedPicture:
         np.not_equal(k_sorted[1:], k_sorted[:-1], out=last[:-1])
         newest = order[last]
         newer = newest[t[newest] > self._tk_f[k[newest], F_T]]
+        block = np.empty((n, len(_F) + 1))
+        block[:, F_T] = t
+        for column, values in enumerate(map(fields.__getitem__, _F_INDEX[1:]), 1):
+            block[:, column] = float_column(values)
         if newer.size:
             kn = k[newer]
-            block = np.empty((n, len(_F) + 1))
-            for column, values in enumerate(map(fields.__getitem__, _F_INDEX)):
-                block[:, column] = float_column(values)
             block[:, F_RANK] = int_column(map(STATUS_RANK.get, fields[_STATUS], repeat(0)))
             self._tk_f[kn] = block[newer]
             deque(map(self._tk_row.__setitem__, kn.tolist(),
@@ -399,7 +510,7 @@ class FusedPicture:
         if not in_rings.size:
             return NOTHING_FILED
         filed = Filed(rows, in_rings, t[in_rings], ring[in_rings].astype(np.int64),
-                      number[in_rings])
+                      number[in_rings], block[np.ix_(in_rings, _COMPARED_F)])
         self._into_rings(filed)
         return filed
 
@@ -476,15 +587,16 @@ class FusedPicture:
             h, oldest, now = h[goes], oldest[goes], now[goes]
             self._ring_t[h, oldest] = filed.t[now]
             self._ring_no[h, oldest] = filed.number[now]
+            self._ring_f[h, oldest] = filed.compared[now, 1:]
             deque(map(kept.__setitem__, (h * size + oldest).tolist(),
                       map(filed.rows.__getitem__, filed.index[now].tolist())), 0)
 
-    def pairs(self, filed: Filed, max_dt_s: float) -> list[Pair]:
+    def pairs(self, filed: Filed, max_dt_s: float) -> Pairs:
         """Each filed row with the nearest-in-time kept report of every other source name of
         its aircraft (of two equally near, the earlier) when less than max_dt_s apart; each
-        pair once."""
+        pair once, in columns."""
         if not len(filed):
-            return []
+            return NO_PAIRS
         partners = self._ring_partners[filed.ring]
         row, column = np.nonzero(partners >= 0)
         other = partners[row, column]
@@ -504,14 +616,12 @@ class FusedPicture:
         picked = np.sort(order[once])
         row, other, nearest = row[picked], other[picked], nearest[picked]
         owners = self._tk_owner[self._ring_track[other]]
-        size = self.reports_per_source
-        kept = cast(list[Observation], self._ring_rows)  # entries in pairs are reports
-        return list(zip(
-            self.ids[owners].tolist(),
-            map(filed.rows.__getitem__, filed.index[row].tolist()),
-            map(kept.__getitem__, (other * size + nearest).tolist()),
-            strict=True,
-        ))
+        b = np.empty((len(row), len(COMPARED)))
+        b[:, 0] = self._ring_t[other, nearest]
+        b[:, 1:] = self._ring_f[other, nearest]
+        return Pairs(self.ids[owners].tolist(), filed.compared[row], b, filed.rows,
+                     filed.index[row].tolist(), self._ring_rows,
+                     (other * self.reports_per_source + nearest).tolist())
 
     def refresh(self) -> list[Aircraft]:
         """Fuse the aircraft with new reports since the last refresh; return them. Readers call
@@ -542,6 +652,7 @@ class FusedPicture:
         if code is None:
             code = self._source_codes[source] = len(self._sources)
             self._sources.append(source)
+            self._crewed = np.append(self._crewed, crewed_source(source))
             name = source_name(source)
             self._name_of.append(self._name_codes.setdefault(name, len(self._name_codes)))
         return code
@@ -558,7 +669,10 @@ class FusedPicture:
     def _new(self, uav: str, code: int) -> Aircraft:
         slot = self._slot()
         operator = self.identities.operator_of.get(uav)
-        a = Aircraft(uav, slot, operator is not None, operator)
+        a = Aircraft(uav, slot, operator is not None, operator, self)
+        self._st_row[slot] = None  # no state until its first refresh
+        self._st_track[slot] = -1
+        self._st_used[slot] = None
         self.aircraft[uav] = a
         self.by_slot[slot] = a
         self.epoch[slot] += 1
@@ -574,6 +688,7 @@ class FusedPicture:
         self._tk_owner[slot], self._tk_code[slot], self._tk_ring[slot] = owner, code, -1
         self._tk_f[slot, F_T] = -np.inf
         self._tk_row[slot] = None
+        self._tk_one[slot] = self._used_one[self._sources[code]]
 
     def _new_track(self, a: Aircraft, code: int) -> int:
         """A further source of the aircraft: a track in a slot of its own."""
@@ -607,6 +722,7 @@ class FusedPicture:
             if row is not None:
                 self._ring_t[h, -1] = row.t
                 self._ring_no[h, -1] = self._report_number
+                self._ring_f[h, -1] = self._tk_f[k, _COMPARED_F[1:]]
                 self._report_number += 1
                 self._ring_rows[h * size + size - 1] = row
         rings = [(int(self._tk_ring[k]), self._name_of[int(self._tk_code[k])]) for k in a.tracks]
@@ -627,6 +743,8 @@ class FusedPicture:
         self._ring_t = np.concatenate([self._ring_t, np.full((grown - h, size), -np.inf)])
         self._ring_no = np.concatenate(
             [self._ring_no, np.full((grown - h, size), -1, dtype=np.int64)])
+        self._ring_f = np.concatenate(
+            [self._ring_f, np.zeros((grown - h, size, self._ring_f.shape[2]))])
         self._ring_partners = np.concatenate(
             [self._ring_partners,
              np.full((grown - h, self._ring_partners.shape[1]), -1, dtype=np.int64)])
@@ -681,6 +799,12 @@ class FusedPicture:
         self._tk_row.extend([None] * extra)
         self._ntracks = np.concatenate([self._ntracks, np.zeros(extra, dtype=np.int32)])
         self._dirty = np.concatenate([self._dirty, np.zeros(extra, dtype=bool)])
+        self._tk_one = np.concatenate([self._tk_one, np.full(extra, None, dtype=object)])
+        self._st_row = np.concatenate([self._st_row, np.full(extra, None, dtype=object)])
+        self._st_track = np.concatenate([self._st_track, np.full(extra, -1, dtype=np.int32)])
+        self._st_blend = np.concatenate([self._st_blend, np.zeros(extra, dtype=bool)])
+        self._st_f = np.concatenate([self._st_f, np.full((extra, len(_ST)), np.nan)])
+        self._st_used = np.concatenate([self._st_used, np.full(extra, None, dtype=object)])
         self.capacity = capacity
 
     def _rekey(self) -> None:
@@ -731,23 +855,15 @@ class FusedPicture:
             if owners.size:
                 blended = cast(list[Aircraft], list(map(self.by_slot.__getitem__,
                                                         owners.tolist())))
-                blend = self._blend(blended, used, used_counts)
-        singles = cast(list[Aircraft], list(map(self.by_slot.__getitem__,
-                                                single_owner.tolist())))
-        rows = cast(list[Observation], list(map(self._tk_row.__getitem__,
-                                                single_track.tolist())))
-        deque(map(setattr, singles, repeat("state"), rows), 0)
-        deque(map(setattr, singles, repeat("used"),
-                  map(self._used_one.__getitem__, map(_SOURCE_OF, rows))), 0)
-        by_alias = list(map(ne, map(_UAVS, rows), map(_UAVS, singles)))
-        if any(by_alias):  # reported by an alias: the state carries the canonical id
-            for a in compress(singles, by_alias):
-                assert a.state is not None
-                a.state = a.state._replace(uav=a.uav)
-        n_single = len(singles)
+                blend = self._blend(owners, used, used_counts)
+        n_single = len(single_owner)
         first = self._version + 1
         self._version += n_single + len(blended)
         if n_single:
+            self._st_row[single_owner] = self._rows_of(single_track)
+            self._st_track[single_owner] = single_track
+            self._st_blend[single_owner] = False
+            self._st_used[single_owner] = self._tk_one[single_track]
             f = self._tk_f[single_track]
             self.lat[single_owner] = f[:, F_LAT]
             self.lon[single_owner] = f[:, F_LON]
@@ -757,7 +873,98 @@ class FusedPicture:
             slots = owners
             self.heard_t[slots], self.lat[slots], self.lon[slots] = blend
             self.version[slots] = np.arange(first + n_single, self._version + 1, dtype=np.int64)
-        return singles + blended
+        return cast(list[Aircraft], list(map(self.by_slot.__getitem__,
+                                             single_owner.tolist()))) + blended
+
+    # -- reading the fused state ------------------------------------------------------------
+
+    def state_of(self, slot: int) -> Observation | None:
+        """The fused state of the aircraft in `slot` (`Aircraft.state`), made from the columns."""
+        row: Observation | None = self._st_row[slot]
+        if row is None:
+            return None
+        uav = self.ids[slot]
+        if not self._st_blend[slot]:
+            return row if row.uav == uav else row._replace(uav=uav)
+        alt, speed, track, vspeed, agl, acc_h, acc_v, rank = self._st_f[slot].tolist()
+        return Observation(
+            uav, row.t, float(self.lat[slot]), float(self.lon[slot]), alt, _none_if_nan(speed),
+            _none_if_nan(track), _none_if_nan(vspeed), _none_if_nan(agl),
+            RANK_STATUS[int(rank)] or row.status, acc_h, acc_v, row.source, row.received_at,
+        )
+
+    def states_of(self, aircraft: Sequence[Aircraft]) -> list[Observation | None]:
+        """The fused states of many aircraft at once (each as `Aircraft.state`), built in bulk:
+        what a reader of every aircraft (the monitor's tick) takes instead of `state` one by
+        one."""
+        slots = int_column(map(_SLOT, aircraft))
+        states: list[Observation | None] = self._st_row[slots].tolist()
+        blend = np.flatnonzero(self._st_blend[slots])
+        if blend.size:
+            at = slots[blend]
+            newest = cast(list[Observation], list(map(states.__getitem__, blend.tolist())))
+            alt, speed, track, vspeed, agl, acc_h, acc_v, rank = self._st_f[at].T
+            status = [RANK_STATUS[r] or row.status
+                      for r, row in zip(rank.astype(np.int64).tolist(), newest, strict=True)]
+            made = map(tuple.__new__, repeat(Observation), zip(
+                self.ids[at].tolist(), map(_T_OF, newest), self.lat[at].tolist(),
+                self.lon[at].tolist(), alt.tolist(), _nan_none(speed), _nan_none(track),
+                _nan_none(vspeed), _nan_none(agl), status, acc_h.tolist(), acc_v.tolist(),
+                map(_SOURCE_OF, newest), map(_RECEIVED_OF, newest), strict=True))
+            deque(map(states.__setitem__, blend.tolist(), made), 0)
+        # A state reported under an alias carries the canonical id.
+        ids = self.ids[slots].tolist()
+        uavs = map(getattr, states, repeat("uav"), repeat(None))
+        for k in compress(range(len(states)), map(ne, uavs, ids)):
+            state = states[k]
+            if state is not None:
+                states[k] = state._replace(uav=ids[k])
+        return states
+
+    def airborne(self) -> StateColumns:
+        """The fused states (after a refresh) of every aircraft not on the ground, as columns
+        (the monitor's tick reads these, and no state object)."""
+        self.refresh()
+        n = self._next_slot
+        slots = np.flatnonzero(self.present[:n] & (self._st_track[:n] >= 0))
+        track = self._st_track[slots]
+        blend = self._st_blend[slots][:, None]
+        own = self._tk_f[track]  # a single source's state is its newest report
+        mixed = self._st_f[slots]
+        alt, speed, course, vspeed = np.where(
+            blend, mixed[:, _ST_INDEX[:4]], own[:, [F_ALT, F_SPEED, F_TRACK, F_VSPEED]]).T
+        rank = np.where(blend[:, 0], mixed[:, _ST.index("rank")], own[:, F_RANK])
+        up = np.flatnonzero(rank != STATUS_RANK["ground"])
+        slots = slots[up]
+        return StateColumns(
+            self.ids[slots].tolist(), self.heard_t[slots], self.lat[slots], self.lon[slots],
+            alt[up], speed[up], course[up], vspeed[up], self._crewed[self._tk_code[track[up]]],
+            slots,
+        )
+
+    def heard(self, slots: I64, now: float, lost_after_of: Callable[[str], float]) -> Bool:
+        """Per aircraft slot: whether any of its sources reported within that source's
+        lost_after_of(source) seconds before now."""
+        if self._limits is None or self._limits[0] != lost_after_of or len(
+                self._limits[1]) != len(self._sources):
+            self._limits = lost_after_of, np.array(
+                [lost_after_of(source) for source in self._sources], dtype=np.float64)
+        limits = self._limits[1]
+        n = self._next_slot
+        owner, code = self._tk_owner[:n], self._tk_code[:n]
+        live = np.flatnonzero(owner >= 0)
+        recent = live[now - self._tk_f[live, F_T] <= limits[code[live]]]
+        heard = np.zeros(n, dtype=bool)
+        heard[owner[recent]] = True
+        return heard[slots]
+
+    def _rows_of(self, tracks: I64) -> Obj:
+        """The newest reports of tracks, as an object column."""
+        return np.fromiter(map(self._tk_row.__getitem__, tracks.tolist()), object, len(tracks))
+
+    def used_of(self, slot: int) -> tuple[str, ...]:
+        used: tuple[str, ...] | None = self._st_used[slot]
+        return () if used is None else used
 
     def _used(self, t: F64, counts: I64) -> tuple[I64, I64]:
         """The reports to blend, given the times `t` of each aircraft's newest report per source
@@ -777,12 +984,12 @@ class FusedPicture:
         used = order[(t_newest[g] - t <= self.window_s)[order]]
         return used, np.bincount(g[used], minlength=len(counts)).astype(np.int64)
 
-    def _blend(self, blended: list[Aircraft], used: I64, counts: I64) -> tuple[F64, F64, F64]:
-        """Inverse-variance blend of each aircraft's used tracks (`used`, `counts` per
-        aircraft), vectorised over all of them; sets each aircraft's `state` and `used`,
+    def _blend(self, slots: I64, used: I64, counts: I64) -> tuple[F64, F64, F64]:
+        """Inverse-variance blend of the used tracks (`used`, `counts` per aircraft) of the
+        aircraft in `slots`, vectorised over all of them; sets their fused state columns and
         returns the fused (t, lat, lon) columns. Each aircraft's tracks come newest first; the
         first gives T and the longitude origin."""
-        n, size = len(blended), len(used)
+        n, size = len(slots), len(used)
         g = np.repeat(np.arange(n), counts)
         starts = _starts(counts)
         t, lat, lon, alt, speed, track, vspeed, agl, acc_h, acc_v, rank = self._tk_f[used].T
@@ -817,25 +1024,21 @@ class FusedPicture:
         got_agl = first_agl < size
         first_agl = np.where(got_agl, first_agl, starts)
         agl_f = agl[first_agl] + alt_f - alt_x[first_agl]
-        # Each aircraft's newest report: its t, source and received_at objects are the state's.
-        newest = cast(list[Observation], list(map(self._tk_row.__getitem__,
-                                                  used[starts].tolist())))
-        # status: the most urgent one; without a ranked one, the newest report's.
-        top = np.maximum.reduceat(rank, starts).astype(np.int64)
-        status = list(map(RANK_STATUS.__getitem__, top.tolist()))
-        for k in np.flatnonzero(top == 0).tolist():
-            status[k] = newest[k].status
+        # The state: these columns, the newest report's t, source and received_at (`state_of`).
         moving = s_vel > 0
-        states = _observations(zip(
-            map(_UAVS, blended), map(_T_OF, newest), lat_f.tolist(), lon_f.tolist(),
-            alt_f.tolist(), _or_none(speed_f, moving), _or_none(track_f, moving),
-            _or_none(vs_f, s_vs > 0), _or_none(agl_f, got_agl), status, acc_h_f.tolist(),
-            acc_v_f.tolist(), map(_SOURCE_OF, newest), map(_RECEIVED_OF, newest), strict=True,
-        ))
+        nan = np.nan
+        # status: the most urgent one; without a ranked one (0), the newest report's.
+        self._st_f[slots] = np.column_stack([
+            alt_f, np.where(moving, speed_f, nan), np.where(moving, track_f, nan),
+            np.where(s_vs > 0, vs_f, nan), np.where(got_agl, agl_f, nan), acc_h_f, acc_v_f,
+            np.maximum.reduceat(rank, starts),
+        ])
+        self._st_row[slots] = self._rows_of(used[starts])
+        self._st_track[slots] = used[starts]
+        self._st_blend[slots] = True
         sources = list(map(self._sources.__getitem__, self._tk_code[used].tolist()))
-        shared = map(self._used_tuples.__getitem__, _groups(sources, starts, counts))
-        for a, state, used_sources in zip(blended, states, shared, strict=True):
-            a.state, a.used = state, used_sources
+        self._st_used[slots] = np.fromiter(
+            map(self._used_tuples.__getitem__, _groups(sources, starts, counts)), object, n)
         return t_fused, lat_f, lon_f
 
     # -- reading ----------------------------------------------------------------------------
@@ -896,22 +1099,18 @@ def _groups(items: list[str], starts: I64, counts: I64) -> Iterator[tuple[str, .
     return map(tuple, map(items.__getitem__, map(slice, starts.tolist(), ends)))
 
 
-def _or_none(values: F64, keep: Bool) -> list[float | None]:
-    """values as Python floats, None where not keep."""
-    result: list[float | None]
-    if keep.all():
-        result = values.tolist()
-    else:
-        out = values.astype(object)
-        out[~keep] = None
-        result = out.tolist()
-    return result
+def _nan_none(values: F64) -> list[float | None]:
+    """values as Python floats, NaN as None."""
+    missing = np.isnan(values)
+    if not missing.any():
+        return cast(list[float | None], values.tolist())
+    out = values.astype(object)
+    out[missing] = None
+    return cast(list[float | None], out.tolist())
 
 
-def _observations(fields: Iterable[tuple[Any, ...]]) -> list[Observation]:
-    """Observations from tuples of all their fields, as `Observation._make` builds them but
-    without a Python-level call per row."""
-    return cast(list[Observation], list(map(tuple.__new__, repeat(Observation), fields)))
+def _none_if_nan(value: float) -> float | None:
+    return None if value != value else value
 
 
 # `Aircraft.used` tuples are shared, one per combination of sources: a refresh then leaves no

@@ -16,6 +16,7 @@ from geofence.conflicts import ConflictParams, detect_conflicts
 from geofence.index import ZoneIndex
 from geofence.monitor import TrafficMonitor
 from geofence.service import Geofence, ZoneStore
+from lowalt.fusion import StateColumns
 from lowalt.live import LiveState
 from lowalt.models import Observation
 from lowalt.settings import load_settings
@@ -59,7 +60,7 @@ def test_monitor_batch_matches_its_conditions_and_the_detector() -> None:
     data = city_traffic(3_000, hub_side_m=2_000.0)
     rows = live_rows(data)
     monitor = TrafficMonitor(LiveState(), cast(AlertManager, None), load_settings({}, {}))
-    batch = monitor._conflicts(rows, float(data["tick_t"]))
+    batch = monitor._conflicts(StateColumns.from_rows(rows), float(data["tick_t"]))
     assert_rows_match(batch)
     pairs = detect_conflicts(**data, params=ConflictParams())
     assert sorted((c.uav, c.other_uav, c.type) for c in batch.conditions()) == sorted(
@@ -88,7 +89,7 @@ def test_monitor_batch_keeps_no_aircraft_state() -> None:
     data = city_traffic(10_000)  # city-wide: a few pairs among many aircraft
     rows = live_rows(data)
     monitor = TrafficMonitor(LiveState(), cast(AlertManager, None), load_settings({}, {}))
-    batch = monitor._conflicts(rows, float(data["tick_t"]))
+    batch = monitor._conflicts(StateColumns.from_rows(rows), float(data["tick_t"]))
     assert 0 < len(batch) < len(rows)
     held = _reachable(batch, 6)
     assert not [obj for obj in held if isinstance(obj, Observation)]

@@ -135,6 +135,8 @@ def assert_fused_as_recomputed(picture: FusedPicture, newest: dict[str, dict[str
         assert all(same(x, y) for x, y in zip(a.state, state, strict=True)), (a.state, state)
         assert (picture.lat[a.slot], picture.lon[a.slot], picture.heard_t[a.slot]) == (
             a.state.lat, a.state.lon, a.state.t)
+    everyone = list(picture.aircraft.values())
+    assert picture.states_of(everyone) == [a.state for a in everyone]  # in bulk, the same
 
 
 @PROPERTY
