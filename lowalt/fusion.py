@@ -227,18 +227,17 @@ def _round(value: float | None, digits: int = 2) -> float | None:
 @dataclass(slots=True, frozen=True)
 class Filed:
     """What `FusedPicture.add` filed of one batch for the cross-check: the batch's rows of
-    aircraft heard under several source names (`index` into `rows`), with their times, their
+    aircraft heard under several source names (an object column), with their times, their
     history rings and their report numbers."""
 
-    rows: Sequence[Observation]
-    index: I64
+    rows: Obj
     t: F64
     ring: I64
     number: I64
     compared: F64  # per row, the fields the cross-check compares (`COMPARED`)
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.rows)
 
 
 _NONE = np.zeros(0, dtype=np.int64)
@@ -255,9 +254,8 @@ class Pairs:
     uavs: list[str]
     a: F64
     b: F64
-    _rows: Sequence[Observation]
-    _row_index: list[int]
-    _kept: Sequence[Observation | None]
+    _rows: Obj  # per pair, the filed report
+    _kept: Obj
     _kept_index: list[int]
 
     def __len__(self) -> int:
@@ -266,7 +264,8 @@ class Pairs:
     def pair(self, k: int) -> Pair:
         kept = self._kept[self._kept_index[k]]
         assert kept is not None  # entries in pairs are reports
-        return self.uavs[k], self._rows[self._row_index[k]], kept
+        row: Observation = self._rows[k]
+        return self.uavs[k], row, kept
 
     def __iter__(self) -> Iterator[Pair]:
         return map(self.pair, range(len(self)))
@@ -286,13 +285,16 @@ _ST_INDEX = np.arange(len(_ST))
 _SLOT, _UAV_OF, _CREWED_OF = attrgetter("slot"), attrgetter("uav"), attrgetter("crewed")
 _T_OF, _SOURCE_OF = attrgetter("t"), attrgetter("source")
 _RECEIVED_OF = attrgetter("received_at")
+_KEY_SOURCES, _KEY_BITS = 3, 20  # `_used_sources`: source combinations as one integer
 _TRACK_KEY = 1 << 24  # (aircraft slot, source code) -> one int: slot * _TRACK_KEY + code
 # What the cross-check compares of two reports, as columns of `Pairs.a` / `Pairs.b`; the
 # history rings keep them (t apart) beside each kept report.
 COMPARED = ("t", "lat", "lon", "speed_mps", "track_deg", "acc_h_m")
 _COMPARED_F = np.array([F_T, F_LAT, F_LON, F_SPEED, F_TRACK, F_ACC_H])
-NOTHING_FILED = Filed((), _NONE, np.zeros(0), _NONE, _NONE, np.zeros((0, len(COMPARED))))
-NO_PAIRS = Pairs([], np.zeros((0, len(COMPARED))), np.zeros((0, len(COMPARED))), (), [], (), [])
+_NO_ROWS: Obj = np.zeros(0, dtype=object)
+NOTHING_FILED = Filed(_NO_ROWS, np.zeros(0), _NONE, _NONE, np.zeros((0, len(COMPARED))))
+NO_PAIRS = Pairs([], np.zeros((0, len(COMPARED))), np.zeros((0, len(COMPARED))), _NO_ROWS,
+                 _NO_ROWS, [])
 
 
 @dataclass(slots=True, frozen=True)
@@ -394,15 +396,14 @@ class FusedPicture:
         self._tk_code = np.zeros(0, dtype=np.int32)  # source code, -1 free
         self._tk_ring = np.zeros(0, dtype=np.int32)  # history ring, -1 none
         self._tk_f: F64 = np.zeros((0, len(_F) + 1))  # newest report's fields, t -inf: none
-        self._tk_row: list[Observation | None] = []
+        self._tk_row: Obj = np.zeros(0, dtype=object)  # newest report, None: none
         self._ntracks = np.zeros(0, dtype=np.int32)  # per aircraft slot
         self._dirty: Bool = np.zeros(0, dtype=bool)  # per aircraft slot: to fuse at refresh
         self._tk_one: Obj = np.zeros(0, dtype=object)  # (its source,): `used` of it alone
-        # ... and the aircraft's fused state as of the last refresh (`state_of`): the report
-        # that is the state, or for a blend the newest blended report (None: none yet);
-        # whether blended, and then its fields (as `_tk_f`, NaN for None); the sources used.
-        self._st_row: Obj = np.zeros(0, dtype=object)
-        self._st_track = np.zeros(0, dtype=np.int32)  # the track of `_st_row`, -1: none
+        # ... and the aircraft's fused state (`state_of`): the track whose newest report is
+        # the state, or for a blend the track of the newest blended report (-1: none yet);
+        # whether blended, and then its fields (`_ST`, NaN for None); the sources used.
+        self._st_track = np.zeros(0, dtype=np.int32)
         self._st_blend: Bool = np.zeros(0, dtype=bool)
         self._st_f: F64 = np.zeros((0, len(_ST)))
         self._st_used: Obj = np.zeros(0, dtype=object)
@@ -411,7 +412,7 @@ class FusedPicture:
         self._ring_t: F64 = np.zeros((0, reports_per_source))
         self._ring_no: I64 = np.zeros((0, reports_per_source), dtype=np.int64)
         self._ring_f: F64 = np.zeros((0, reports_per_source, len(COMPARED) - 1))  # t apart
-        self._ring_rows: list[Observation | None] = []
+        self._ring_rows: Obj = np.zeros(0, dtype=object)
         self._ring_partners: I64 = np.zeros((0, 1), dtype=np.int64)
         self._ring_track: I64 = np.zeros(0, dtype=np.int64)
         self._ring_free: list[int] = []
@@ -449,10 +450,10 @@ class FusedPicture:
         for k in self.tracks_of(a):
             h = int(self._tk_ring[k])
             if h >= 0:
-                order = np.argsort(self._ring_t[h], kind="stable").tolist()
+                order = np.argsort(self._ring_t[h], kind="stable")
                 ring = self._ring_rows[h * self.reports_per_source:
                                        (h + 1) * self.reports_per_source]
-                reports = [r for r in map(ring.__getitem__, order) if r is not None]
+                reports = [r for r in ring[order].tolist() if r is not None]
             else:
                 row = self._tk_row[k]
                 reports = [] if row is None else [row]
@@ -485,13 +486,18 @@ class FusedPicture:
         t = float_column(fields[_T])
         number = np.arange(self._report_number, self._report_number + n, dtype=np.int64)
         self._report_number += n
+        objects = np.fromiter(rows, object, n)
         # The newest row of each track in the batch (the first of equal t), if newer than the
         # track's: its new newest report.
-        order = np.lexsort((-np.arange(n), t, k))
-        k_sorted = k[order]
-        last = np.ones(n, dtype=bool)
-        np.not_equal(k_sorted[1:], k_sorted[:-1], out=last[:-1])
-        newest = order[last]
+        k_sorted = np.sort(k)
+        if (k_sorted[1:] == k_sorted[:-1]).any():  # a track more than once in the batch
+            order = np.lexsort((-np.arange(n), t, k))
+            k_sorted = k[order]
+            last = np.ones(n, dtype=bool)
+            np.not_equal(k_sorted[1:], k_sorted[:-1], out=last[:-1])
+            newest = order[last]
+        else:
+            newest = np.arange(n)
         newer = newest[t[newest] > self._tk_f[k[newest], F_T]]
         block = np.empty((n, len(_F) + 1))
         block[:, F_T] = t
@@ -501,15 +507,14 @@ class FusedPicture:
             kn = k[newer]
             block[:, F_RANK] = int_column(map(STATUS_RANK.get, fields[_STATUS], repeat(0)))
             self._tk_f[kn] = block[newer]
-            deque(map(self._tk_row.__setitem__, kn.tolist(),
-                      map(rows.__getitem__, newer.tolist())), 0)
+            self._tk_row[kn] = objects[newer]
             self._dirty[self._tk_owner[kn]] = True
             self._any_dirty = True
         ring = self._tk_ring[k]
         in_rings = np.flatnonzero(ring >= 0)
         if not in_rings.size:
             return NOTHING_FILED
-        filed = Filed(rows, in_rings, t[in_rings], ring[in_rings].astype(np.int64),
+        filed = Filed(objects[in_rings], t[in_rings], ring[in_rings].astype(np.int64),
                       number[in_rings], block[np.ix_(in_rings, _COMPARED_F)])
         self._into_rings(filed)
         return filed
@@ -572,14 +577,20 @@ class FusedPicture:
         ring = filed.ring
         order = np.argsort(ring, kind="stable")
         sorted_ring = ring[order]
-        starts = np.flatnonzero(np.r_[True, sorted_ring[1:] != sorted_ring[:-1]])
-        rank = np.empty(len(order), dtype=np.int64)  # the row's place among its ring's rows
-        rank[order] = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts,
-                                                                              len(order)]))
+        again = sorted_ring[1:] == sorted_ring[:-1]
+        if again.any():  # a ring takes several rows: one round per row, in batch order
+            first = np.ones(len(order), dtype=bool)
+            first[1:] = ~again
+            starts = np.flatnonzero(first)
+            rank = np.empty(len(order), dtype=np.int64)  # the row's place among its ring's
+            rank[order] = np.arange(len(order)) - np.repeat(starts, np.diff(starts, append=len(
+                order)))
+            rounds = [np.flatnonzero(rank == r) for r in range(int(rank.max()) + 1)]
+        else:  # the usual case: each ring takes one row
+            rounds = [np.arange(len(order))]
         size = self.reports_per_source
         kept = self._ring_rows
-        for r in range(int(rank.max()) + 1):
-            now = np.flatnonzero(rank == r)
+        for now in rounds:
             h, t = ring[now], filed.t[now]
             ring_t = self._ring_t[h]
             oldest = ring_t.argmin(axis=1)
@@ -588,8 +599,7 @@ class FusedPicture:
             self._ring_t[h, oldest] = filed.t[now]
             self._ring_no[h, oldest] = filed.number[now]
             self._ring_f[h, oldest] = filed.compared[now, 1:]
-            deque(map(kept.__setitem__, (h * size + oldest).tolist(),
-                      map(filed.rows.__getitem__, filed.index[now].tolist())), 0)
+            kept[h * size + oldest] = filed.rows[now]
 
     def pairs(self, filed: Filed, max_dt_s: float) -> Pairs:
         """Each filed row with the nearest-in-time kept report of every other source name of
@@ -619,15 +629,16 @@ class FusedPicture:
         b = np.empty((len(row), len(COMPARED)))
         b[:, 0] = self._ring_t[other, nearest]
         b[:, 1:] = self._ring_f[other, nearest]
-        return Pairs(self.ids[owners].tolist(), filed.compared[row], b, filed.rows,
-                     filed.index[row].tolist(), self._ring_rows,
+        return Pairs(self.ids[owners].tolist(), filed.compared[row], b, filed.rows[row],
+                     self._ring_rows,
                      (other * self.reports_per_source + nearest).tolist())
 
-    def refresh(self) -> list[Aircraft]:
-        """Fuse the aircraft with new reports since the last refresh; return them. Readers call
-        it first: the cost is paid once per read tick, not per report."""
+    def refresh(self) -> I64:
+        """Fuse the aircraft with new reports since the last refresh; return their slots.
+        Every read of states does it first (the feed's flush, the monitor's tick, `state`): the
+        cost is paid once per read, not per report."""
         if not self._any_dirty:
-            return []
+            return _NONE
         self._any_dirty = False
         dirty = np.flatnonzero(self._dirty[:self._next_slot])
         self._dirty[dirty] = False
@@ -670,8 +681,7 @@ class FusedPicture:
         slot = self._slot()
         operator = self.identities.operator_of.get(uav)
         a = Aircraft(uav, slot, operator is not None, operator, self)
-        self._st_row[slot] = None  # no state until its first refresh
-        self._st_track[slot] = -1
+        self._st_track[slot] = -1  # no state until its first refresh
         self._st_used[slot] = None
         self.aircraft[uav] = a
         self.by_slot[slot] = a
@@ -750,7 +760,8 @@ class FusedPicture:
              np.full((grown - h, self._ring_partners.shape[1]), -1, dtype=np.int64)])
         self._ring_track = np.concatenate(
             [self._ring_track, np.full(grown - h, -1, dtype=np.int64)])
-        self._ring_rows.extend([None] * ((grown - h) * size))
+        self._ring_rows = np.concatenate(
+            [self._ring_rows, np.full((grown - h) * size, None, dtype=object)])
         self._ring_free.extend(range(grown - 1, h, -1))
         return h
 
@@ -761,7 +772,7 @@ class FusedPicture:
             self._track_of.pop(a.slot * _TRACK_KEY + int(self._tk_code[k]), None)
             h = int(self._tk_ring[k])
             if h >= 0:
-                self._ring_rows[h * size:(h + 1) * size] = [None] * size
+                self._ring_rows[h * size:(h + 1) * size] = None
                 self._ring_t[h] = -np.inf
                 self._ring_partners[h] = -1
                 self._ring_track[h] = -1
@@ -796,11 +807,10 @@ class FusedPicture:
         self._tk_code = np.concatenate([self._tk_code, np.full(extra, -1, dtype=np.int32)])
         self._tk_ring = np.concatenate([self._tk_ring, np.full(extra, -1, dtype=np.int32)])
         self._tk_f = np.concatenate([self._tk_f, np.full((extra, len(_F) + 1), -np.inf)])
-        self._tk_row.extend([None] * extra)
+        self._tk_row = np.concatenate([self._tk_row, np.full(extra, None, dtype=object)])
         self._ntracks = np.concatenate([self._ntracks, np.zeros(extra, dtype=np.int32)])
         self._dirty = np.concatenate([self._dirty, np.zeros(extra, dtype=bool)])
         self._tk_one = np.concatenate([self._tk_one, np.full(extra, None, dtype=object)])
-        self._st_row = np.concatenate([self._st_row, np.full(extra, None, dtype=object)])
         self._st_track = np.concatenate([self._st_track, np.full(extra, -1, dtype=np.int32)])
         self._st_blend = np.concatenate([self._st_blend, np.zeros(extra, dtype=bool)])
         self._st_f = np.concatenate([self._st_f, np.full((extra, len(_ST)), np.nan)])
@@ -829,13 +839,13 @@ class FusedPicture:
 
     # -- fusion -----------------------------------------------------------------------------
 
-    def _refresh(self, dirty: I64) -> list[Aircraft]:
+    def _refresh(self, dirty: I64) -> I64:
         """Fuse the aircraft in slots `dirty`. An aircraft with one source in the window takes
         that source's newest report as it is; the others are blended together, vectorised
-        over all of them. Returns the aircraft fused."""
+        over all of them. Returns `dirty`."""
         several = self._ntracks[dirty] > 1
         single_owner, single_track = dirty[~several], dirty[~several]
-        blended: list[Aircraft] = []
+        n_blend = 0
         if several.any():
             owners = dirty[several]
             n = self._next_slot
@@ -853,14 +863,12 @@ class FusedPicture:
                 single_track = np.concatenate([single_track, used[in_one]])
                 used, used_counts, owners = used[~in_one], used_counts[~one], owners[~one]
             if owners.size:
-                blended = cast(list[Aircraft], list(map(self.by_slot.__getitem__,
-                                                        owners.tolist())))
+                n_blend = owners.size
                 blend = self._blend(owners, used, used_counts)
         n_single = len(single_owner)
         first = self._version + 1
-        self._version += n_single + len(blended)
+        self._version += n_single + n_blend
         if n_single:
-            self._st_row[single_owner] = self._rows_of(single_track)
             self._st_track[single_owner] = single_track
             self._st_blend[single_owner] = False
             self._st_used[single_owner] = self._tk_one[single_track]
@@ -869,20 +877,23 @@ class FusedPicture:
             self.lon[single_owner] = f[:, F_LON]
             self.heard_t[single_owner] = f[:, F_T]
             self.version[single_owner] = np.arange(first, first + n_single, dtype=np.int64)
-        if blended:
+        if n_blend:
             slots = owners
             self.heard_t[slots], self.lat[slots], self.lon[slots] = blend
             self.version[slots] = np.arange(first + n_single, self._version + 1, dtype=np.int64)
-        return cast(list[Aircraft], list(map(self.by_slot.__getitem__,
-                                             single_owner.tolist()))) + blended
+        return dirty
 
     # -- reading the fused state ------------------------------------------------------------
 
     def state_of(self, slot: int) -> Observation | None:
-        """The fused state of the aircraft in `slot` (`Aircraft.state`), made from the columns."""
-        row: Observation | None = self._st_row[slot]
-        if row is None:
+        """The fused state of the aircraft in `slot` (`Aircraft.state`), made from the columns
+        (refreshed first)."""
+        if self._any_dirty:
+            self.refresh()
+        k = int(self._st_track[slot])
+        if k < 0:
             return None
+        row: Observation = self._tk_row[k]
         uav = self.ids[slot]
         if not self._st_blend[slot]:
             return row if row.uav == uav else row._replace(uav=uav)
@@ -897,8 +908,12 @@ class FusedPicture:
         """The fused states of many aircraft at once (each as `Aircraft.state`), built in bulk:
         what a reader of every aircraft (the monitor's tick) takes instead of `state` one by
         one."""
+        self.refresh()
         slots = int_column(map(_SLOT, aircraft))
-        states: list[Observation | None] = self._st_row[slots].tolist()
+        tracks = self._st_track[slots]
+        states: list[Observation | None] = self._tk_row[tracks].tolist()
+        for k in np.flatnonzero(tracks < 0).tolist():  # no state yet (-1 picked the last)
+            states[k] = None
         blend = np.flatnonzero(self._st_blend[slots])
         if blend.size:
             at = slots[blend]
@@ -957,10 +972,6 @@ class FusedPicture:
         heard = np.zeros(n, dtype=bool)
         heard[owner[recent]] = True
         return heard[slots]
-
-    def _rows_of(self, tracks: I64) -> Obj:
-        """The newest reports of tracks, as an object column."""
-        return np.fromiter(map(self._tk_row.__getitem__, tracks.tolist()), object, len(tracks))
 
     def used_of(self, slot: int) -> tuple[str, ...]:
         used: tuple[str, ...] | None = self._st_used[slot]
@@ -1033,13 +1044,35 @@ class FusedPicture:
             np.where(s_vs > 0, vs_f, nan), np.where(got_agl, agl_f, nan), acc_h_f, acc_v_f,
             np.maximum.reduceat(rank, starts),
         ])
-        self._st_row[slots] = self._rows_of(used[starts])
         self._st_track[slots] = used[starts]
         self._st_blend[slots] = True
-        sources = list(map(self._sources.__getitem__, self._tk_code[used].tolist()))
-        self._st_used[slots] = np.fromiter(
-            map(self._used_tuples.__getitem__, _groups(sources, starts, counts)), object, n)
+        self._st_used[slots] = self._used_sources(self._tk_code[used].astype(np.int64), g,
+                                                  starts, counts)
         return t_fused, lat_f, lon_f
+
+    def _used_sources(self, codes: I64, g: I64, starts: I64, counts: I64) -> Obj:
+        """Per aircraft, the shared tuple of its used sources: `codes` (source codes, `counts`
+        per aircraft `g` from `starts`, in order). Up to three sources of up to 2^20 codes are
+        one integer key per aircraft, and a tuple is looked up per distinct key, not per
+        aircraft; beyond that, per aircraft."""
+        n = len(counts)
+        if int(counts.max()) > _KEY_SOURCES or len(self._sources) >= 1 << _KEY_BITS:
+            sources = list(map(self._sources.__getitem__, codes.tolist()))
+            return np.fromiter(map(self._used_tuples.__getitem__,
+                                   _groups(sources, starts, counts)), object, n)
+        place = np.zeros((n, _KEY_SOURCES), dtype=np.int64)  # code + 1 per place, 0: none
+        place[g, np.arange(len(codes)) - starts[g]] = codes + 1
+        key = place[:, 0]
+        for j in range(1, _KEY_SOURCES):
+            key = (key << _KEY_BITS) | place[:, j]
+        distinct, which = np.unique(key, return_inverse=True)
+        mask = (1 << _KEY_BITS) - 1
+        table = np.fromiter((self._used_tuples[tuple(
+            self._sources[code - 1] for code in (
+                (k >> (_KEY_BITS * (_KEY_SOURCES - 1 - j))) & mask for j in range(_KEY_SOURCES))
+            if code)] for k in distinct.tolist()), object, len(distinct))
+        used: Obj = table[which]
+        return used
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -139,24 +139,26 @@ async def test_blend_weights_accuracy_and_recency(store: Store) -> None:
     assert picture.aircraft["FADE"].used == ("rx/gw/f3411",)
 
 
-async def test_a_state_is_as_of_the_last_refresh_and_a_reused_slot_starts_empty(
+async def test_a_state_read_is_current_and_a_reused_slot_shows_its_new_aircraft(
         store: Store) -> None:
     picture = FusedPicture(Identities(Registry(store)))
     t = 1_764_000_000.0
-    fuse(picture, [obs("ONE", t), obs("TWO", t), obs("TWO", t, LAT + 1e-4, source="rx/gw/f3411")])
+    picture.add([obs("ONE", t), obs("TWO", t),
+                 obs("TWO", t, LAT + 1e-4, source="rx/gw/f3411")])
     one, two = picture.aircraft["ONE"], picture.aircraft["TWO"]
-    before = (one.state, two.state, two.used)
-    assert before[0] is not None and before[1] is not None and before[1].uav == "TWO"
+    before = two.state  # read before any refresh: the read fuses
+    assert one.state is not None and before is not None and before.uav == "TWO"
+    version = int(picture.version[two.slot])
     picture.add([obs("ONE", t + 1, LAT + 1e-3), obs("TWO", t + 1, LAT + 1e-3)])
-    assert (one.state, two.state, two.used) == before  # filed, not fused yet
-    picture.refresh()
     assert one.state is not None and one.state.t == t + 1 and one.state.lat == LAT + 1e-3
-    assert two.state is not None and two.state.t == t + 1 and two.state != before[1]
+    assert two.state is not None and two.state.t == t + 1 and two.state != before
+    assert int(picture.version[two.slot]) > version
+    assert picture.states_of([one, two]) == [one.state, two.state]
     assert picture.forget_silent(t + 2) == 2
     picture.add([obs("NEW", t + 3)])  # takes a freed slot
     new = picture.aircraft["NEW"]
-    assert new.slot in (one.slot, two.slot) and new.state is None and new.used == ()
-    picture.refresh()
+    assert new.slot in (one.slot, two.slot)
+    assert picture.states_of([new]) == [new.state]
     assert new.state is not None and new.state.uav == "NEW" and new.used == ("sat/http/native",)
 
 

@@ -153,7 +153,7 @@ def test_incremental_refresh_matches_a_full_recompute(history: list[tuple[list[O
             if row.source not in mine or row.t > mine[row.source].t:
                 mine[row.source] = row
         if refresh:
-            changed = {a.uav for a in picture.refresh()}
+            changed = set(picture.ids[picture.refresh()].tolist())
             assert_fused_as_recomputed(picture, newest)
             now = {uav: int(picture.version[a.slot]) for uav, a in picture.aircraft.items()}
             assert {uav for uav, v in now.items() if v != versions.get(uav)} == changed
