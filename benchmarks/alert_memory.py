@@ -35,6 +35,10 @@ class DroppingStore:
 
 
 class NobodyKnown:
+    def __init__(self) -> None:
+        self.by_uav: dict[str, object] = {}
+        self.alias_to_uav: dict[str, str] = {}
+
     def is_known(self, uav: str) -> bool:
         return False
 

@@ -7,6 +7,8 @@ once. Reports arrive in commit-sized batches (500 rows).
 Parts, all in `run()`:
 - fusion: `FusedPicture.add` plus the cross-check's pairing and vectorised comparison, per
   observation (the fusion check stage's work, without the alert manager);
+- monitor: whole `TrafficMonitor.tick`s over the fused picture (the server's path), the picture
+  fed one second of reports before each tick;
 - fan-out: one second of the feed for 20 clients at rate_hz=1: every aircraft updated, then each
   view flushed once; (a) all 20 clients with the same view (one shared diff), (b) 20 different
   views (20 diffs). CPU per second of traffic, and bytes queued;
@@ -41,19 +43,25 @@ import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 
+from benchmarks.bench_conflicts import _MemoryAlertStore
 from benchmarks.harness import cpu_s as process_cpu_s
 from benchmarks.harness import database, log, percentile, server
+from dispatch.alerts import AlertManager, Broadcaster
+from dispatch.store import AlertStore
 from dispatch.traffic import TrafficFeed
 from geofence.fusion_stage import CrossCheck
+from geofence.monitor import TrafficMonitor
 from ingest.client import GatewayClient
 from lowalt.fusion import M_PER_DEG, FusedPicture, Identities
 from lowalt.gcpolicy import tune_as_server
+from lowalt.live import LiveState
 from lowalt.metrics import Metrics
 from lowalt.models import Observation, Principal
+from lowalt.settings import load_settings
 from lowalt.storage import UavRecord
 
 CENTRE_LAT, CENTRE_LON = 29.65, 106.55
@@ -132,6 +140,34 @@ def bench_fusion(n: int, seconds: int = 5) -> dict[str, Any]:
         "observations_per_s": round(observations / (add_s + check_s + refresh_s)),
         "false_mismatches": mismatches,
     }
+
+
+async def bench_monitor(n: int, ticks: int = 10) -> dict[str, Any]:
+    """Whole monitor ticks over the fused picture, as the server runs them: every second each
+    aircraft reports (twice for the 40 % heard twice, in 500-row batches, untimed), then one
+    tick (its refresh, columns, pair search, alert assessment). Median and slowest tick."""
+    registry, spots = fleet(n)
+    picture = FusedPicture(Identities(registry))
+    manager = AlertManager(cast(AlertStore, _MemoryAlertStore()), Broadcaster(),
+                           commit_delay_s=0.0)
+    await manager.start()
+    monitor = TrafficMonitor(LiveState(), manager, load_settings({}, {}), fused=picture)
+    t0 = 1_764_000_000.0
+    times = []
+    try:
+        for s in range(ticks + 2):
+            rows = second_of_reports(spots, t0 + s)
+            for start in range(0, len(rows), BATCH):
+                picture.add(rows[start:start + BATCH])
+            result = await monitor.tick(t0 + s + 1.0)
+            await manager.flush()
+            if s >= 2:  # the first two: every alert opens
+                times.append(result.seconds)
+    finally:
+        await manager.close()
+    return {"aircraft": n, "ticks": ticks, "tick_ms": round(statistics.median(times) * 1e3, 2),
+            "tick_ms_max": round(max(times) * 1e3, 2), "fresh": result.aircraft,
+            "conflicts": result.conflicts}
 
 
 async def bench_fanout(n: int, clients: int, seconds: int = 5) -> dict[str, Any]:
@@ -311,6 +347,7 @@ def run(n: int = 5000, clients: int = 20, e2e_s: float = 0.0) -> dict[str, Any]:
     """Fusion per observation, feed fan-out per second, and (e2e_s > 0) the end-to-end run."""
     log(f"traffic: fusion and fan-out, {n:,} aircraft, {clients} clients")
     result: dict[str, Any] = {"fusion": bench_fusion(n),
+                              "monitor": asyncio.run(bench_monitor(n)),
                               "fanout": asyncio.run(bench_fanout(n, clients)),
                               "feed_delay": asyncio.run(bench_feed_delay(n))}
     if e2e_s > 0:

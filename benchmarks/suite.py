@@ -370,6 +370,13 @@ def _rows(r: dict[str, Any]) -> list[Row]:
         rows.append(("traffic", f"fusion, {f['aircraft']:,} aircraft, us/observation",
                      _fmt(f["fusion_us_per_obs"], 2), "<= 2 (#12)",
                      _verdict(f["fusion_us_per_obs"] <= 2)))
+        mo = tr.get("monitor")
+        if mo:
+            rows.append(("traffic", f"monitor tick over the fused picture, {mo['aircraft']:,} "
+                         "aircraft: median (slowest), ms",
+                         f"{_fmt(mo['tick_ms'], 1)} ({_fmt(mo['tick_ms_max'], 1)})",
+                         "<= 50 at 10,000 (#5)" if mo["aircraft"] >= 10_000 else "",
+                         _verdict(mo["tick_ms"] <= 50) if mo["aircraft"] >= 10_000 else ""))
         fo = tr["fanout"]
         rows.append(("traffic", f"feed flush, {fo['clients']} clients, same / distinct views, "
                      "ms per s", f"{_fmt(fo['same_view']['flush_ms_per_s'], 1)} / "
