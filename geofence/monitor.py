@@ -49,10 +49,6 @@ LOST_SLICE = 250  # telemetry_lost alerts opened or resolved per turn of the eve
 _UAV, _T = attrgetter("uav"), attrgetter("t")
 
 
-def gateway_name(row: Observation) -> str:
-    return row.source.split("/", 1)[0]
-
-
 @dataclass
 class TickResult:
     tick_t: float

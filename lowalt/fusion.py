@@ -162,8 +162,8 @@ class Aircraft:
 
     @property
     def state(self) -> Observation | None:
-        """The fused state as of the last refresh (None before the first): uav = the canonical
-        id, t, source and received_at = the newest blended report's."""
+        """The fused state (reading it refreshes the picture first): uav = the canonical id,
+        t, source and received_at = the newest blended report's."""
         return self.picture.state_of(self.slot)
 
     @property
