@@ -378,6 +378,9 @@ class FusedPicture:
         # Alias -> its aircraft, once heard; emptied when an aircraft is removed or the registry
         # changes, so it never names an aircraft that is gone.
         self._heard_as: dict[str, Aircraft] = {}
+        # (reported id, source) -> its track, once filed: one lookup per row finds it. Entries
+        # of removed aircraft go with them; all go when the registry changes.
+        self._track_by: dict[tuple[str, str], int] = {}
         self._any_dirty = False
         self._report_number = 0
         self.capacity = 0
@@ -520,9 +523,22 @@ class FusedPicture:
         return filed
 
     def _track_ids(self, uavs: Sequence[str], sources: Sequence[str]) -> I64:
-        """Each row's track (slot), given its reported id and source; creates the aircraft
-        and tracks not seen before. One C-level lookup per row by the reported id; an alias
-        goes on to `_heard_as` (the aircraft of aliases heard before) or the registry."""
+        """Each row's track (slot), given its reported id and source: one C-level lookup per
+        row by (id, source); the pairs not filed before go the longer way (`_find_tracks`)."""
+        keys = list(zip(uavs, sources, strict=True))
+        k = int_column(map(self._track_by.get, keys, repeat(-1)))
+        miss = np.flatnonzero(k < 0)
+        if miss.size:
+            at = miss.tolist()
+            k[miss] = self._find_tracks(list(map(uavs.__getitem__, at)),
+                                        list(map(sources.__getitem__, at)))
+            self._track_by.update(zip(map(keys.__getitem__, at), k[miss].tolist(), strict=True))
+        return k
+
+    def _find_tracks(self, uavs: Sequence[str], sources: Sequence[str]) -> I64:
+        """Each row's track, given its reported id and source; creates the aircraft and tracks
+        not seen before. A C-level lookup per row by the reported id; an alias goes on to
+        `_heard_as` (the aircraft of aliases heard before) or the registry."""
         slots = int_column(map(getattr, map(self.aircraft.get, uavs), repeat("slot"),
                                repeat(-1)))
         unseen = np.flatnonzero(slots < 0)
@@ -656,6 +672,8 @@ class FusedPicture:
             self._remove(a)
         if old:
             self._heard_as.clear()
+            owner = self._tk_owner
+            self._track_by = {key: k for key, k in self._track_by.items() if owner[k] >= 0}
         return len(old)
 
     def _source_code(self, source: str) -> int:
@@ -823,6 +841,7 @@ class FusedPicture:
         resolve, operator_of = self.identities.resolve, self.identities.operator_of
         refile: list[Observation] = []
         self._heard_as.clear()
+        self._track_by.clear()
         for uav, a in list(self.aircraft.items()):
             if resolve(uav) != uav:
                 refile += chain.from_iterable(self.by_source(a).values())

@@ -155,11 +155,19 @@ async def test_a_state_read_is_current_and_a_reused_slot_shows_its_new_aircraft(
     assert int(picture.version[two.slot]) > version
     assert picture.states_of([one, two]) == [one.state, two.state]
     assert picture.forget_silent(t + 2) == 2
+    freed = {one.slot, two.slot}
     picture.add([obs("NEW", t + 3)])  # takes a freed slot
     new = picture.aircraft["NEW"]
-    assert new.slot in (one.slot, two.slot)
+    assert new.slot in freed
     assert picture.states_of([new]) == [new.state]
     assert new.state is not None and new.state.uav == "NEW" and new.used == ("sat/http/native",)
+    # Heard again by the same source after it was forgotten: an aircraft of its own again,
+    # not filed into the track its slot had (now another aircraft's).
+    picture.add([obs("ONE", t + 4, LAT + 2e-3), obs("TWO", t + 4, LAT + 3e-3)])
+    again, new = picture.aircraft["ONE"], picture.aircraft["NEW"]
+    assert again.state is not None and again.state.lat == LAT + 2e-3
+    assert new.state is not None and new.state.uav == "NEW" and new.state.t == t + 3
+    assert len({again.slot, new.slot, picture.aircraft["TWO"].slot}) == 3
 
 
 async def test_history_is_kept_only_for_aircraft_heard_under_several_names(store: Store) -> None:
