@@ -41,7 +41,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from types import MappingProxyType
@@ -985,6 +985,10 @@ class AlertManager:
     def is_open(self, key: AlertKey) -> bool:
         """Whether an alert is open for key."""
         return key in self._slot_of
+
+    def are_open(self, keys: Iterable[AlertKey]) -> Iterator[bool]:
+        """`is_open` of each key, by a C-level lookup each (for checks over whole batches)."""
+        return map(self._slot_of.__contains__, keys)
 
     def _alert(self, slot: int) -> _OpenAlert:
         alert = self._by_slot[slot]

@@ -9,7 +9,7 @@ crewed aircraft (ADS-B), not UAVs, and are not checked.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from itertools import compress
+from itertools import compress, repeat
 from operator import attrgetter, not_
 from types import MappingProxyType
 from typing import Any
@@ -37,26 +37,21 @@ class UnregisteredCheck:
         self.registry, self.manager = registry, manager
         # Per source, the one read-only detail its alerts share (not a dict per UAV).
         self._details: dict[str, Mapping[str, Any]] = {}
-        # The UAVs whose alert is open (read from the manager on the first batch: a restart
-        # loads open alerts), so a batch of known UAVs is passed over by C-level lookups.
-        self._open: set[str] | None = None
 
     async def on_committed(
         self, rows: Sequence[Observation], advanced: Sequence[Observation]
     ) -> None:
-        if self._open is None:
-            self._open = {a["uav"] for a in self.manager.open_alerts() if a["type"] == ALERT}
-        uavs = list(map(_UAV, rows))
         # The rows that may change an alert: a UAV the registry does not know (by id or
-        # alias), or one whose alert is open.
-        by_uav, aliases, is_open_uav = (self.registry.by_uav.__contains__,
-                                        self.registry.alias_to_uav.__contains__,
-                                        self._open.__contains__)
+        # alias), or one whose alert is open; found by C-level lookups, not a step per row.
+        uavs = list(map(_UAV, rows))
+        by_uav, aliases = (self.registry.by_uav.__contains__,
+                           self.registry.alias_to_uav.__contains__)
         look = list(compress(range(len(uavs)), map(not_, map(by_uav, uavs))))
         if look:
             look = list(compress(look, map(not_, map(aliases, map(uavs.__getitem__, look)))))
-        if self._open:
-            look = sorted(set(look).union(compress(range(len(uavs)), map(is_open_uav, uavs))))
+        opened = compress(range(len(uavs)), self.manager.are_open(
+            zip(repeat(ALERT), uavs, repeat(""))))
+        look = sorted(set(look).union(opened))
         newest: dict[str, Observation] = {}
         for row in map(rows.__getitem__, look):
             if not row.crewed:
@@ -69,13 +64,11 @@ class UnregisteredCheck:
             if is_known(uav):
                 if is_open(key):
                     await self.manager.resolve(key, row.t, {"registered": True})
-                self._open.discard(uav)
             elif not is_open(key):
                 await self.manager.open_or_update(Condition(
                     ALERT, uav, "warning", row.t, row.lat, row.lon, row.alt_m,
                     detail=self._detail(row.source),
                 ))
-                self._open.add(uav)
 
     def _detail(self, source: str) -> Mapping[str, Any]:
         detail = self._details.get(source)
