@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
@@ -378,9 +378,10 @@ class FusedPicture:
         # Alias -> its aircraft, once heard; emptied when an aircraft is removed or the registry
         # changes, so it never names an aircraft that is gone.
         self._heard_as: dict[str, Aircraft] = {}
-        # (reported id, source) -> its track, once filed: one lookup per row finds it. Entries
-        # of removed aircraft go with them; all go when the registry changes.
-        self._track_by: dict[tuple[str, str], int] = {}
+        # Per source, reported id -> its track, once filed: one lookup per row finds it (a
+        # table per source, so no key object per entry). Entries of removed aircraft go with
+        # them; all go when the registry changes.
+        self._track_by: defaultdict[str, dict[str, int]] = defaultdict(dict)
         self._any_dirty = False
         self._report_number = 0
         self.capacity = 0
@@ -525,14 +526,17 @@ class FusedPicture:
     def _track_ids(self, uavs: Sequence[str], sources: Sequence[str]) -> I64:
         """Each row's track (slot), given its reported id and source: one C-level lookup per
         row by (id, source); the pairs not filed before go the longer way (`_find_tracks`)."""
-        keys = list(zip(uavs, sources, strict=True))
-        k = int_column(map(self._track_by.get, keys, repeat(-1)))
+        tables = map(self._track_by.__getitem__, sources)
+        k = int_column(map(dict.get, tables, uavs, repeat(-1)))
         miss = np.flatnonzero(k < 0)
         if miss.size:
             at = miss.tolist()
-            k[miss] = self._find_tracks(list(map(uavs.__getitem__, at)),
-                                        list(map(sources.__getitem__, at)))
-            self._track_by.update(zip(map(keys.__getitem__, at), k[miss].tolist(), strict=True))
+            missed_uavs = list(map(uavs.__getitem__, at))
+            missed_sources = list(map(sources.__getitem__, at))
+            k[miss] = self._find_tracks(missed_uavs, missed_sources)
+            for uav, source, track in zip(missed_uavs, missed_sources, k[miss].tolist(),
+                                          strict=True):
+                self._track_by[source][uav] = track
         return k
 
     def _find_tracks(self, uavs: Sequence[str], sources: Sequence[str]) -> I64:
@@ -673,7 +677,12 @@ class FusedPicture:
         if old:
             self._heard_as.clear()
             owner = self._tk_owner
-            self._track_by = {key: k for key, k in self._track_by.items() if owner[k] >= 0}
+            for source, tracks in list(self._track_by.items()):
+                kept = {uav: k for uav, k in tracks.items() if owner[k] >= 0}
+                if kept:
+                    self._track_by[source] = kept
+                else:
+                    del self._track_by[source]
         return len(old)
 
     def _source_code(self, source: str) -> int:
