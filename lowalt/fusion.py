@@ -148,7 +148,7 @@ class Identities:
 @dataclass(slots=True, eq=False)
 class Aircraft:
     """One aircraft of the fused picture. What it was heard saying is kept by the picture, per
-    source (`FusedPicture.newest_reports`, `FusedPicture.by_source`); its fused state in the
+    source (`FusedPicture.by_source`, the track columns); its fused state in the
     picture's columns, read as an Observation (`state`) on demand."""
 
     uav: str  # canonical id
@@ -438,14 +438,6 @@ class FusedPicture:
 
     def tracks_of(self, a: Aircraft) -> tuple[int, ...]:
         return a.tracks or (a.slot,)
-
-    def newest_reports(self, a: Aircraft) -> list[Observation]:
-        """The newest report of each source of the aircraft."""
-        rows = self._tk_row
-        if not a.tracks:  # one source (most)
-            row = rows[a.slot]
-            return [] if row is None else [row]
-        return [r for r in map(rows.__getitem__, a.tracks) if r is not None]
 
     def by_source(self, a: Aircraft) -> dict[str, list[Observation]]:
         """Per source, the reports kept (t-sorted): the history ring of an aircraft heard under
