@@ -153,7 +153,8 @@ class _Alerts:
     present: Sequence[Condition] = ()
 
     async def assess(self, types: frozenset[str], evaluated: Mapping[str, float],
-                     present: Sequence[Condition]) -> None:
+                     present: Sequence[Condition], *,
+                     evaluated_at: Mapping[str, Sequence[float]] | None = None) -> None:
         self.present = present
 
 

@@ -3,6 +3,7 @@ a bbox query finds exactly the live positions inside the box, however UAVs moved
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -54,9 +55,8 @@ def test_bbox_finds_exactly_the_newest_positions_inside(
     # No cell is left behind empty, and every UAV is in exactly its own cell.
     assert all(live._cells.values())
     assert sum(len(m) for m in live._cells.values()) == len(newest)
-    for uav, members in live._cell_of.items():
-        assert uav in members and live._cells[members.cell] is members
-        assert members.cell == live._cell(newest[uav].lon, newest[uav].lat)
+    for uav, obs in newest.items():
+        assert uav in live._cells[live._cell(obs.lon, obs.lat)]
 
 
 def test_a_batch_keeps_each_uavs_newest_and_returns_it_once() -> None:
@@ -66,3 +66,44 @@ def test_a_batch_keeps_each_uavs_newest_and_returns_it_once() -> None:
     assert live.in_bbox(106.55, 29.55, 106.65, 29.65) == [a2]
     assert live.update([a1]) == []
     assert live.in_bbox(106.45, 29.45, 106.55, 29.55) == [b1]
+
+
+batch_step = st.tuples(st.sampled_from(UAVS), st.integers(0, 12).map(float), coordinate,
+                       coordinate)
+
+
+@pytest.mark.parametrize("vector_min_rows", [1, 1_000_000], ids=["columns", "row by row"])
+@settings(max_examples=200, deadline=None)
+@given(batches=st.lists(st.lists(batch_step, max_size=25), max_size=8),
+       boxes=st.lists(box, min_size=1, max_size=3))
+def test_batches_apply_as_their_rows_one_at_a_time(
+        vector_min_rows: int, batches: list[list[tuple[str, float, float, float]]],
+        boxes: list[tuple[float, float, float, float]]) -> None:
+    """A batch (several rows of one UAV, equal t, late rows) leaves the picture each row would
+    leave applied one at a time, and returns each UAV that moved once, at its newest row (the
+    first of equal t), in the order of those rows; with the batch applied in columns or row by
+    row."""
+    live = LiveState(cell_deg=0.01, vector_min_rows=vector_min_rows)
+    newest: dict[str, Observation] = {}
+    for batch in batches:
+        rows = [row(uav, t, lat, lon) for uav, t, lat, lon in batch]
+        before = dict(newest)
+        for obs in rows:  # the model: one row at a time, replaced only by a newer t
+            if obs.uav not in newest or newest[obs.uav].t < obs.t:
+                newest[obs.uav] = obs
+        moved = {uav: obs for uav, obs in newest.items() if before.get(uav) is not obs}
+        expected = sorted(moved.values(), key=lambda o: next(
+            k for k, r in enumerate(rows) if r is o))
+        advanced = live.update(rows)
+        assert [id(o) for o in advanced] == [id(o) for o in expected]
+        assert live.latest == newest
+        assert all(live.latest[uav] is obs for uav, obs in newest.items())
+    for min_lon, min_lat, max_lon, max_lat in boxes:
+        inside = sorted((o for o in newest.values()
+                         if min_lon <= o.lon <= max_lon and min_lat <= o.lat <= max_lat),
+                        key=lambda o: o.uav)
+        assert live.in_bbox(min_lon, min_lat, max_lon, max_lat) == inside
+    assert all(live._cells.values())
+    assert sum(len(m) for m in live._cells.values()) == len(newest)
+    for uav, obs in newest.items():
+        assert uav in live._cells[live._cell(obs.lon, obs.lat)]
