@@ -24,18 +24,28 @@ def row(uav: str, t: float, lat: float = 29.7, **kw: object) -> Observation:
     return Observation(**base)  # type: ignore[arg-type]
 
 
-async def test_insert_reports_new_rows_and_duplicates(store: Store) -> None:
+@pytest.mark.parametrize("pad", [0, 1500])  # both PostgreSQL write paths
+async def test_insert_reports_new_rows_and_duplicates(store: Store, pad: int) -> None:
+    """Which rows were new, told row by row (padded past UNNEST_MAX_ROWS: the COPY path, where
+    a group with duplicates asks which keys it inserted)."""
+    def padded(rows: list[Observation], at: float) -> list[Observation]:
+        return rows + [row(f"P{k}", at) for k in range(pad)]
+
     first = [row("A", T0), row("A", T0 + 1), row("B", T0)]
-    assert await store.insert_observations(first) == [True, True, True]
+    assert await store.insert_observations(padded(first, T0)) == [True] * (3 + pad)
     again = [row("A", T0 + 1, lat=1.0), row("A", T0 + 2), row("B", T0)]
-    assert await store.insert_observations(again) == [False, True, False]
+    assert await store.insert_observations(padded(again, T0 + 1)) == [False, True, False] + [
+        True] * pad
     track = await store.track("A", T0 - 10, T0 + 10, 100)
     assert [r.t for r in track] == [T0, T0 + 1, T0 + 2]
     assert track[1].lat == 29.7  # the first copy stays; a duplicate never overwrites
     # Twice within one call: stored once, the first row reported new, the second a duplicate.
     twice = [row("D", T0), row("D", T0, lat=2.0), row("D", T0 + 1)]
-    assert await store.insert_observations(twice) == [True, False, True]
+    assert await store.insert_observations(padded(twice, T0 + 2)) == [True, False, True] + [
+        True] * pad
     assert [r.t for r in await store.track("D", T0 - 10, T0 + 10, 100)] == [T0, T0 + 1]
+    # Only duplicates: none new.
+    assert await store.insert_observations(padded(again, T0 + 1)) == [False] * (3 + pad)
 
 
 @pytest.mark.parametrize("size", [500, 3000])  # both PostgreSQL write paths
