@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from itertools import compress, repeat
-from operator import attrgetter, not_
+from operator import attrgetter, eq, or_
 from types import MappingProxyType
 from typing import Any
 
@@ -42,16 +42,14 @@ class UnregisteredCheck:
         self, rows: Sequence[Observation], advanced: Sequence[Observation]
     ) -> None:
         # The rows that may change an alert: a UAV the registry does not know (by id or
-        # alias), or one whose alert is open; found by C-level lookups, not a step per row.
+        # alias) with no alert open, or a known one with its alert open; found by C-level
+        # lookups, not a step per row (at steady state, none).
         uavs = list(map(_UAV, rows))
         by_uav, aliases = (self.registry.by_uav.__contains__,
                            self.registry.alias_to_uav.__contains__)
-        look = list(compress(range(len(uavs)), map(not_, map(by_uav, uavs))))
-        if look:
-            look = list(compress(look, map(not_, map(aliases, map(uavs.__getitem__, look)))))
-        opened = compress(range(len(uavs)), self.manager.are_open(
-            zip(repeat(ALERT), uavs, repeat(""))))
-        look = sorted(set(look).union(opened))
+        known = map(or_, map(by_uav, uavs), map(aliases, uavs))
+        opened = self.manager.are_open(zip(repeat(ALERT), uavs, repeat("")))
+        look = list(compress(range(len(uavs)), map(eq, known, opened)))
         newest: dict[str, Observation] = {}
         for row in map(rows.__getitem__, look):
             if not row.crewed:
