@@ -34,7 +34,7 @@ from geofence.conflicts import (
 )
 from lowalt.fusion import FusedPicture, StateColumns
 from lowalt.live import LiveState
-from lowalt.models import Observation, floats_of
+from lowalt.models import Observation, floats_of, values_of
 from lowalt.settings import Settings
 
 log = logging.getLogger("lowalt.monitor")
@@ -275,7 +275,7 @@ class MotionCheck:
         against the newest report before this batch); every row becomes its UAV's previous.
         Columns are read with C-level getters: no Python work per row but the dict lookups."""
         previous = self.previous
-        uavs = list(map(_UAV, rows))
+        uavs = values_of(rows, "uav")
         before = list(map(previous.get, uavs))
         previous.update(zip(uavs, rows, strict=True))
         after: Sequence[Observation] = rows

@@ -43,7 +43,14 @@ from geofence.zones import (
 )
 from lowalt.errors import ValidationError
 from lowalt.live import LiveState
-from lowalt.models import OBSERVATION_FIELD, Observation, Principal, crewed_source, floats_of
+from lowalt.models import (
+    OBSERVATION_FIELD,
+    Observation,
+    Principal,
+    crewed_source,
+    floats_of,
+    values_of,
+)
 from lowalt.settings import Settings
 from lowalt.storage import Store
 from lowalt.storage.sqlite import add_missing_columns
@@ -371,11 +378,11 @@ class Geofence:
 
     def _checked(
         self, rows: Sequence[Observation], index: ZoneIndex, at_t: float | None = None
-    ) -> tuple[ConditionBatch, list[Condition], list[str]]:
+    ) -> tuple[ConditionBatch, list[Condition], Sequence[str]]:
         """`checked`, and the UAVs of the rows checked (those not crewed), in order."""
         rows = _uncrewed(rows)
         n = len(rows)
-        uav = list(map(OBSERVATION_FIELD["uav"], rows))
+        uav = values_of(rows, "uav")
         lon, lat, alt_m, row_t, sent_agl = (floats_of(rows, name)  # agl None: NaN
                                             for name in ("lon", "lat", "alt_m", "t", "agl_m"))
         amsl_m = alt_m - self.settings.geoid_undulation_m
@@ -396,7 +403,7 @@ class Geofence:
         return zone_hits, found, uav
 
     def _zone_hits(
-        self, rows: Sequence[Observation], index: ZoneIndex, uav: list[str], lon: F64, lat: F64,
+        self, rows: Sequence[Observation], index: ZoneIndex, uav: Sequence[str], lon: F64, lat: F64,
         agl_m: F64, amsl_m: F64, alt_m: F64, t: F64, row_t: F64,
     ) -> ConditionBatch:
         """The rows' zone breaches and approaches as a batch: severities, keys and the values
@@ -463,7 +470,7 @@ class Geofence:
     ) -> None:
         zone_hits, present, uav = self._checked(rows, self.index)
         if len(uav) < len(rows):  # crewed rows are not checked, yet count as evaluated
-            uav = list(map(OBSERVATION_FIELD["uav"], rows))
+            uav = values_of(rows, "uav")
         t = list(map(OBSERVATION_FIELD["t"], rows))
         evaluated = dict(zip(uav, t, strict=True))
         at = evaluated_times(uav, t) if len(evaluated) < len(rows) else None

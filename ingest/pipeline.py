@@ -39,7 +39,7 @@ from typing import Protocol
 from lowalt.errors import StorageUnavailable
 from lowalt.live import LiveState
 from lowalt.metrics import Metrics
-from lowalt.models import BatchResult, Observation
+from lowalt.models import BatchResult, Observation, Rows
 from lowalt.storage import Store
 
 log = logging.getLogger("lowalt.pipeline")
@@ -333,6 +333,7 @@ class Pipeline:
             if not sub.future.done():
                 sub.future.set_result(BatchResult(accepted[n], duplicates[n], tuple(fresh[n])))
         if new_rows:
+            new_rows = Rows(new_rows)
             advanced = self.live.update(new_rows)
             if self.stages:
                 await self._stage_queue.put((new_rows, advanced))
@@ -368,6 +369,10 @@ class Pipeline:
                     newest.update((row.uav, row) for row in more_advanced)
                 advanced = list(newest.values())
             for part, part_advanced in _slices(rows, advanced, self.stage_slice_obs):
+                # Columns built once, shared by the stages (those LiveState built come along).
+                part = part if type(part) is Rows else Rows(part)
+                part_advanced = part_advanced if type(part_advanced) is Rows else Rows(
+                    part_advanced)
                 for stage in self.stages:
                     try:
                         await stage.on_committed(part, part_advanced)

@@ -49,9 +49,9 @@ from lowalt.models import (
     OBSERVATION_INDEX,
     Observation,
     crewed_source,
-    float_column,
     floats_of,
     int_column,
+    values_of,
 )
 from lowalt.settings import Settings
 from lowalt.storage import UavRecord
@@ -272,13 +272,11 @@ class Pairs:
 
 
 # The columns of a track's newest report, in Observation's field order (status excepted; its
-# rank is the last column); and the positions of its fields in an Observation.
+# rank is the last column).
 _F = ("t", "lat", "lon", "alt_m", "speed_mps", "track_deg", "vspeed_mps", "agl_m", "acc_h_m",
       "acc_v_m")
 F_T, F_LAT, F_LON, F_ALT, F_SPEED, F_TRACK, F_VSPEED, F_AGL, F_ACC_H, F_ACC_V, F_RANK = range(11)
-_F_INDEX = tuple(OBSERVATION_INDEX[name] for name in _F)
-_UAV, _T, _STATUS, _SOURCE = (OBSERVATION_INDEX[name]
-                              for name in ("uav", "t", "status", "source"))
+_T = OBSERVATION_INDEX["t"]
 # The columns of a blended state beside lat and lon (`FusedPicture._st_f`).
 _ST = ("alt_m", "speed_mps", "track_deg", "vspeed_mps", "agl_m", "acc_h_m", "acc_v_m", "rank")
 _ST_INDEX = np.arange(len(_ST))
@@ -477,9 +475,8 @@ class FusedPicture:
 
     def _file(self, rows: Sequence[Observation]) -> Filed:
         n = len(rows)
-        fields = list(zip(*rows, strict=True))
-        k = self._track_ids(fields[_UAV], fields[_SOURCE])
-        t = float_column(fields[_T])
+        k = self._track_ids(values_of(rows, "uav"), values_of(rows, "source"))
+        t = floats_of(rows, "t")
         number = np.arange(self._report_number, self._report_number + n, dtype=np.int64)
         self._report_number += n
         objects = np.fromiter(rows, object, n)
@@ -497,11 +494,12 @@ class FusedPicture:
         newer = newest[t[newest] > self._tk_f[k[newest], F_T]]
         block = np.empty((n, len(_F) + 1))
         block[:, F_T] = t
-        for column, values in enumerate(map(fields.__getitem__, _F_INDEX[1:]), 1):
-            block[:, column] = float_column(values)
+        for column, name in enumerate(_F[1:], 1):
+            block[:, column] = floats_of(rows, name)
         if newer.size:
             kn = k[newer]
-            block[:, F_RANK] = int_column(map(STATUS_RANK.get, fields[_STATUS], repeat(0)))
+            block[:, F_RANK] = int_column(map(STATUS_RANK.get, values_of(rows, "status"),
+                                              repeat(0)))
             self._tk_f[kn] = block[newer]
             self._tk_row[kn] = objects[newer]
             self._dirty[self._tk_owner[kn]] = True

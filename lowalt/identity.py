@@ -21,7 +21,7 @@ from dispatch.service import DISPATCH
 from lowalt import admin, audit
 from lowalt.auth import Registry
 from lowalt.limits import LIMITS
-from lowalt.models import Observation
+from lowalt.models import Observation, values_of
 
 ALERT = "unregistered_uav"
 _UAV = attrgetter("uav")
@@ -44,7 +44,7 @@ class UnregisteredCheck:
         # The rows that may change an alert: a UAV the registry does not know (by id or
         # alias) with no alert open, or a known one with its alert open; found by C-level
         # lookups, not a step per row (at steady state, none).
-        uavs = list(map(_UAV, rows))
+        uavs = values_of(rows, "uav")
         by_uav, aliases = (self.registry.by_uav.__contains__,
                            self.registry.alias_to_uav.__contains__)
         known = map(or_, map(by_uav, uavs), map(aliases, uavs))

@@ -21,12 +21,11 @@ from itertools import repeat
 import numpy as np
 import numpy.typing as npt
 
-from lowalt.models import OBSERVATION_FIELD, Observation, float_column
+from lowalt.models import OBSERVATION_FIELD, Observation, Rows, float_column, floats_of, values_of
 
 Cell = tuple[int, int]
 F64 = npt.NDArray[np.float64]
-_UAV, _T = OBSERVATION_FIELD["uav"], OBSERVATION_FIELD["t"]
-_LAT, _LON = OBSERVATION_FIELD["lat"], OBSERVATION_FIELD["lon"]
+_T = OBSERVATION_FIELD["t"]
 _NAN = math.nan
 # The live observation of a UAV not seen yet: older than any, in no cell (NaN position).
 _NEVER = Observation("", -math.inf, _NAN, _NAN, _NAN, None, None, None, None, None, None, None,
@@ -73,9 +72,9 @@ class LiveState:
 
     def _update_columns(self, rows: Sequence[Observation]) -> list[Observation]:
         latest = self.latest
-        uavs = list(map(_UAV, rows))
+        uavs = values_of(rows, "uav")
         current = list(map(latest.get, uavs, repeat(_NEVER)))
-        t = float_column(map(_T, rows))
+        t = floats_of(rows, "t")
         newer = np.flatnonzero(t > float_column(map(_T, current)))
         if not newer.size:
             return []
@@ -87,11 +86,12 @@ class LiveState:
                               strict=True))
             at = sorted(newest.values())
             chosen_uavs = list(map(uavs.__getitem__, at))
-        advanced = list(map(rows.__getitem__, at))
+        advanced = Rows(map(rows.__getitem__, at))
+        advanced.given("t", t[at])
         before = list(map(current.__getitem__, at))
         latest.update(zip(chosen_uavs, advanced, strict=True))
         new_x, new_y = self._cells_of(advanced)
-        old_x, old_y = self._cells_of(before)  # NaN-based for a UAV not seen before
+        old_x, old_y = self._cells_of(before)  # NaN for a UAV not seen before
         moved = np.flatnonzero((new_x != old_x) | (new_y != old_y))
         if moved.size:
             seen = np.isfinite(old_x[moved]).tolist()
@@ -104,8 +104,7 @@ class LiveState:
     def _cells_of(self, rows: Sequence[Observation]) -> tuple[F64, F64]:
         """The rows' cells as two float columns of whole numbers (NaN: no position)."""
         size = self.cell_deg
-        return (np.floor(float_column(map(_LON, rows)) / size),
-                np.floor(float_column(map(_LAT, rows)) / size))
+        return np.floor(floats_of(rows, "lon") / size), np.floor(floats_of(rows, "lat") / size)
 
     def _move(self, uav: str, old: Cell | None, cell: Cell) -> None:
         """Move uav from cell old (None: in none) to cell."""
