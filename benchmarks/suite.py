@@ -370,6 +370,11 @@ def _rows(r: dict[str, Any]) -> list[Row]:
         rows.append(("traffic", f"fusion, {f['aircraft']:,} aircraft, us/observation",
                      _fmt(f["fusion_us_per_obs"], 2), "<= 2 (#12)",
                      _verdict(f["fusion_us_per_obs"] <= 2)))
+        fs = tr.get("fusion_shared")
+        if fs:
+            rows.append(("traffic", "fusion as the server runs it (columns that other stages "
+                         "also read built once for all), us/observation",
+                         _fmt(fs["fusion_us_per_obs"], 2), "", ""))
         mo = tr.get("monitor")
         if mo:
             rows.append(("traffic", f"monitor tick over the fused picture, {mo['aircraft']:,} "

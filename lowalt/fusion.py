@@ -48,6 +48,7 @@ from lowalt.gcpolicy import collector_paused
 from lowalt.models import (
     OBSERVATION_INDEX,
     Observation,
+    Rows,
     crewed_source,
     floats_of,
     int_column,
@@ -475,6 +476,8 @@ class FusedPicture:
 
     def _file(self, rows: Sequence[Observation]) -> Filed:
         n = len(rows)
+        if type(rows) is not Rows:  # transposed once: cheaper than a pass per column
+            rows = Rows(rows)
         k = self._track_ids(values_of(rows, "uav"), values_of(rows, "source"))
         t = floats_of(rows, "t")
         number = np.arange(self._report_number, self._report_number + n, dtype=np.int64)

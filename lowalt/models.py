@@ -51,29 +51,37 @@ OBSERVATION_FIELD = {name: itemgetter(k) for k, name in enumerate(OBSERVATION_CO
 
 class Rows(list[Observation]):
     """The rows of one check-stage call: a list whose columns (`floats_of`, `values_of`) are
-    built once and shared by every stage that reads them, read-only. Reading a column from the
+    built once and shared by every stage that reads them, read-only. Reading fields from the
     rows' objects costs a pointer chase per row (the dearest part of a stage's column work on
-    the server's heap), so it is paid once per column, not once per stage. Not to be changed
-    once a column has been read."""
+    the server's heap), so the rows are transposed once, at the first column asked for, and
+    each float column is built once. Not to be changed once a column has been read."""
 
-    __slots__ = ("_columns",)
+    __slots__ = ("_columns", "_fields")
 
     def __init__(self, rows: Iterable[Observation] = ()) -> None:
         super().__init__(rows)
-        self._columns: dict[str, Any] = {}
+        self._columns: dict[str, npt.NDArray[np.float64]] = {}
+        self._fields: list[tuple[Any, ...]] | None = None
 
     def given(self, name: str, column: npt.NDArray[np.float64]) -> None:
         """Hand over a float column already built (by whoever made these rows)."""
         column.flags.writeable = False
         self._columns[name] = column
 
+    def field(self, name: str) -> tuple[Any, ...]:
+        """One field of every row, in row order."""
+        if self._fields is None:
+            self._fields = (list(zip(*self, strict=True)) if self
+                            else [()] * len(OBSERVATION_COLUMNS))
+        return self._fields[OBSERVATION_INDEX[name]]
+
 
 def floats_of(rows: Sequence[Observation], name: str) -> npt.NDArray[np.float64]:
     """One numeric field of rows as a column (None: NaN); shared, read-only, for `Rows`."""
     if type(rows) is Rows:
-        column: npt.NDArray[np.float64] | None = rows._columns.get(name)
+        column = rows._columns.get(name)
         if column is None:
-            column = float_column(map(OBSERVATION_FIELD[name], rows))
+            column = float_column(rows.field(name))
             rows.given(name, column)
         return column
     return float_column(map(OBSERVATION_FIELD[name], rows))
@@ -82,11 +90,7 @@ def floats_of(rows: Sequence[Observation], name: str) -> npt.NDArray[np.float64]
 def values_of(rows: Sequence[Observation], name: str) -> tuple[Any, ...]:
     """One field of rows as a tuple (built once for `Rows`)."""
     if type(rows) is Rows:
-        key = "values:" + name
-        values: tuple[Any, ...] | None = rows._columns.get(key)
-        if values is None:
-            values = rows._columns[key] = tuple(map(OBSERVATION_FIELD[name], rows))
-        return values
+        return rows.field(name)
     return tuple(map(OBSERVATION_FIELD[name], rows))
 
 
