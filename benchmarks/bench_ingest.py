@@ -370,8 +370,8 @@ async def naive_inserts(database_url: str, seconds: float) -> dict[str, Any]:
         pg = await asyncpg.connect(database_url)
         while time.monotonic() - started < seconds:
             await pg.execute(
-                "INSERT INTO observations (uav, t, lat, lon, alt_m, source, received_at, geom) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, ST_SetSRID(ST_MakePoint($4, $3), 4326)) "
+                "INSERT INTO observations (uav, t, lat, lon, alt_m, source, received_at) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7) "  # geom: computed by PostgreSQL
                 "ON CONFLICT DO NOTHING", f"N{n % 100}", t0 + n, 29.6, 106.5, 80.0, "naive", 0.0,
             )
             n += 1

@@ -278,9 +278,11 @@ class Pipeline:
                         seen.add(key)
                         unique.append(row)
                         owners.append(n)
+        unique = Rows(unique)  # its columns serve the live picture and the stages too
         started = time.monotonic()
         try:
-            inserted = await self.store.insert_observations(unique)
+            inserted = await self.store.insert_observations(
+                unique, unseen=self.live.all_newer(unique))
         except StorageUnavailable as exc:
             self.metrics.inc("lowalt_commit_failures_total")
             if self.available:
@@ -312,7 +314,7 @@ class Pipeline:
         if all(inserted) and not any(duplicates):  # every row of every submission is new
             accepted = [len(sub.rows) for sub in group]
             fresh += (sub.rows for sub in group)
-            new_rows = unique
+            new_rows: list[Observation] = unique
         else:
             accepted = [0] * len(group)
             kept: list[list[Observation]] = [[] for _ in group]
@@ -333,7 +335,7 @@ class Pipeline:
             if not sub.future.done():
                 sub.future.set_result(BatchResult(accepted[n], duplicates[n], tuple(fresh[n])))
         if new_rows:
-            new_rows = Rows(new_rows)
+            new_rows = new_rows if type(new_rows) is Rows else Rows(new_rows)
             advanced = self.live.update(new_rows)
             if self.stages:
                 await self._stage_queue.put((new_rows, advanced))

@@ -70,6 +70,15 @@ class LiveState:
                 self._move(row.uav, old, cell)
         return list(advanced.values())
 
+    def all_newer(self, rows: Sequence[Observation]) -> bool:
+        """Whether every row is newer than its UAV's live observation. Such a row is not
+        stored yet, as long as every stored row went through `update` or was loaded at start
+        (those older than the acceptance window excepted, which validation refuses)."""
+        if not rows:
+            return True
+        current = map(self.latest.get, values_of(rows, "uav"), repeat(_NEVER))
+        return bool((floats_of(rows, "t") > float_column(map(_T, current))).all())
+
     def _update_columns(self, rows: Sequence[Observation]) -> list[Observation]:
         latest = self.latest
         uavs = values_of(rows, "uav")

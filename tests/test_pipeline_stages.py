@@ -21,7 +21,8 @@ T0 = 1_700_000_000.0
 class MemoryStore:
     """What the committer uses of a Store: every row is new."""
 
-    async def insert_observations(self, rows: Sequence[Observation]) -> list[bool]:
+    async def insert_observations(self, rows: Sequence[Observation], *,
+                                  unseen: bool = False) -> list[bool]:
         return [True] * len(rows)
 
 
@@ -153,16 +154,21 @@ async def test_groups_committed_while_the_stages_were_busy_go_on_together() -> N
 
 
 class KeyStore:
-    """A store that remembers keys: a key seen before is a duplicate."""
+    """A store that remembers keys: a key seen before is a duplicate. Keeps what the pipeline
+    said of each group (`unseen`), and fails a group said unseen that holds a stored key."""
 
     def __init__(self) -> None:
         self.keys: set[tuple[str, float]] = set()
+        self.unseen: list[bool] = []
 
-    async def insert_observations(self, rows: Sequence[Observation]) -> list[bool]:
+    async def insert_observations(self, rows: Sequence[Observation], *,
+                                  unseen: bool = False) -> list[bool]:
+        self.unseen.append(unseen)
         new = []
         for r in rows:
             new.append((r.uav, r.t) not in self.keys)
             self.keys.add((r.uav, r.t))
+        assert all(new) or not unseen, "a group said unseen held a stored key"
         return new
 
 
@@ -187,6 +193,12 @@ async def test_each_submission_is_told_its_own_new_rows_and_duplicates() -> None
         assert [(r.accepted, r.duplicates, r.inserted) for r in second] == [
             (2, 1, (c[0], c[2])), (1, 1, (d[1],))]
         assert pipeline.live.latest["C"] == c[2]
+        # The first group was newer than the live picture everywhere (the store may write it
+        # the short way); the second held A at T0 + 1, not newer than A's live T0 + 2.
+        assert store.unseen == [True, False]
+        e = [row("A", T0 + 3), row("E", T0)]
+        assert (await pipeline.submit(e, retry=True)).accepted == 2
+        assert store.unseen == [True, False, True]
     finally:
         committer.cancel()
         await asyncio.gather(committer, return_exceptions=True)
@@ -201,13 +213,14 @@ class SlowStore(KeyStore):
         self.calls = self.running = self.most_at_once = 0
         self.stored: dict[tuple[str, float], Observation] = {}
 
-    async def insert_observations(self, rows: Sequence[Observation]) -> list[bool]:
+    async def insert_observations(self, rows: Sequence[Observation], *,
+                                  unseen: bool = False) -> list[bool]:
         self.calls += 1
         self.running += 1
         self.most_at_once = max(self.most_at_once, self.running)
         try:
             await asyncio.sleep(0.2 if self.calls == 1 else 0.0)
-            new = await super().insert_observations(rows)
+            new = await super().insert_observations(rows, unseen=unseen)
             for r, is_new in zip(rows, new, strict=True):
                 if is_new:
                     self.stored[(r.uav, r.t)] = r

@@ -6,12 +6,15 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from lowalt.auth import Registry
 from lowalt.models import Observation
 from lowalt.storage import Store, UavRecord
+from lowalt.storage.postgres import PostgresStore
 from lowalt.storage.sqlite import SqliteStore
+from tests.conftest import truncate_postgres
 
 T0 = 1_764_000_000.0
 
@@ -24,28 +27,61 @@ def row(uav: str, t: float, lat: float = 29.7, **kw: object) -> Observation:
     return Observation(**base)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("pad", [0, 1500])  # both PostgreSQL write paths
-async def test_insert_reports_new_rows_and_duplicates(store: Store, pad: int) -> None:
-    """Which rows were new, told row by row (padded past UNNEST_MAX_ROWS: the COPY path, where
-    a group with duplicates asks which keys it inserted)."""
+@pytest.mark.parametrize(("pad", "unseen"), [(0, False), (1500, False), (1500, True)],
+                         ids=["arrays", "copy", "copy straight in, then checked"])
+async def test_insert_reports_new_rows_and_duplicates(store: Store, pad: int,
+                                                      unseen: bool) -> None:
+    """Which rows were new, told row by row, on each PostgreSQL write path (padded past
+    UNNEST_MAX_ROWS: COPY). With `unseen` the caller wrongly believes no row is stored: the
+    COPY straight into the history meets a stored key, and the group goes the checked way."""
     def padded(rows: list[Observation], at: float) -> list[Observation]:
         return rows + [row(f"P{k}", at) for k in range(pad)]
 
     first = [row("A", T0), row("A", T0 + 1), row("B", T0)]
-    assert await store.insert_observations(padded(first, T0)) == [True] * (3 + pad)
+    assert await store.insert_observations(padded(first, T0), unseen=unseen) == [True] * (
+        3 + pad)
     again = [row("A", T0 + 1, lat=1.0), row("A", T0 + 2), row("B", T0)]
-    assert await store.insert_observations(padded(again, T0 + 1)) == [False, True, False] + [
-        True] * pad
+    assert await store.insert_observations(padded(again, T0 + 1), unseen=unseen) == [
+        False, True, False] + [True] * pad
     track = await store.track("A", T0 - 10, T0 + 10, 100)
     assert [r.t for r in track] == [T0, T0 + 1, T0 + 2]
     assert track[1].lat == 29.7  # the first copy stays; a duplicate never overwrites
     # Twice within one call: stored once, the first row reported new, the second a duplicate.
     twice = [row("D", T0), row("D", T0, lat=2.0), row("D", T0 + 1)]
-    assert await store.insert_observations(padded(twice, T0 + 2)) == [True, False, True] + [
-        True] * pad
+    assert await store.insert_observations(padded(twice, T0 + 2), unseen=unseen) == [
+        True, False, True] + [True] * pad
     assert [r.t for r in await store.track("D", T0 - 10, T0 + 10, 100)] == [T0, T0 + 1]
     # Only duplicates: none new.
-    assert await store.insert_observations(padded(again, T0 + 1)) == [False] * (3 + pad)
+    assert await store.insert_observations(padded(again, T0 + 1), unseen=unseen) == [
+        False] * (3 + pad)
+    assert len(await store.track_many([f"P{k}" for k in range(pad)], T0, T0 + 2, 10**6)) == (
+        3 * pad)
+
+
+@pytest.mark.parametrize("unseen", [False, True])
+@pytest.mark.parametrize("size", [3, 1500])  # arrays, COPY
+async def test_postgis_point_of_every_stored_row(pg_url: str, size: int,
+                                                 unseen: bool) -> None:
+    """Every stored observation has its PostGIS point (computed by the database from lon and
+    lat, migration 0008), whichever way it was written."""
+    await truncate_postgres(pg_url)
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        rows = [row(f"G{k}", T0 + k, lat=29.5 + k * 1e-4, lon=106.25 - k * 1e-4)
+                for k in range(size)]
+        assert await store.insert_observations(rows, unseen=unseen) == [True] * size
+        conn = await asyncpg.connect(pg_url)
+        try:
+            found = await conn.fetch(
+                "SELECT uav, ST_X(geom) AS x, ST_Y(geom) AS y, ST_SRID(geom) AS srid "
+                "FROM observations")
+        finally:
+            await conn.close()
+    finally:
+        await store.close()
+    assert sorted((r["uav"], r["x"], r["y"], r["srid"]) for r in found) == sorted(
+        (r.uav, r.lon, r.lat, 4326) for r in rows)
 
 
 @pytest.mark.parametrize("size", [500, 3000])  # both PostgreSQL write paths

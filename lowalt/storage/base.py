@@ -59,8 +59,14 @@ class Store(abc.ABC):
         """Return when storage answers; raise StorageUnavailable otherwise."""
 
     @abc.abstractmethod
-    async def insert_observations(self, rows: Sequence[Observation]) -> list[bool]:
-        """Commit rows (distinct (uav, t) keys) in one transaction; True where a row was new."""
+    async def insert_observations(
+        self, rows: Sequence[Observation], *, unseen: bool = False
+    ) -> list[bool]:
+        """Commit rows (distinct (uav, t) keys) in one transaction; True where a row was new.
+
+        unseen: the caller believes no row is stored yet (each is newer than its UAV's live
+        observation); a store may then write them the short way, and must still tell every
+        duplicate if the belief was wrong."""
 
     @abc.abstractmethod
     async def track(

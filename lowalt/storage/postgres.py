@@ -1,12 +1,18 @@
 """PostgreSQL + PostGIS storage through an asyncpg pool.
 
-Observations are written with binary COPY into a per-connection temporary staging table, then
-one `INSERT ... SELECT ... ON CONFLICT (uav, t) DO NOTHING RETURNING uav, t` moves them into the
-history in the same transaction: the returned keys say which rows were new, the rest were
-duplicates. Groups under `UNNEST_MAX_ROWS` (HTTP with one observation per request makes many
-small groups) go instead as one statement whose parameters are column arrays, `INSERT ... SELECT
-FROM unnest($1::text[], ...)`: one round trip instead of five (begin, COPY, move, commit), twice
-the small-group rate on this machine, while COPY stays ahead from about a thousand rows.
+A group the pipeline knows to be new (`unseen`: each row newer than its UAV's live observation,
+so not stored yet) goes with one binary COPY straight into the history, committed by itself:
+about half of PostgreSQL's work per row of the checked way below (docs/BENCHMARKS.md). Should a
+key be there after all (a UAV dropped from the live picture, another writer), the COPY fails
+whole on the primary key and the group goes the checked way. That way: binary COPY into a
+per-connection temporary staging table, then one `INSERT ... SELECT ... ON CONFLICT (uav, t) DO
+NOTHING RETURNING uav, t` moves them into the history in the same transaction: the returned keys
+say which rows were new, the rest were duplicates. Groups under `UNNEST_MAX_ROWS` (HTTP with one
+observation per request makes many small groups) go instead as one statement whose parameters
+are column arrays, `INSERT ... SELECT FROM unnest($1::text[], ...)`: one round trip instead of
+five (begin, COPY, move, commit), twice the small-group rate on this machine, while COPY stays
+ahead from about a thousand rows. `geom` is computed by PostgreSQL (a generated column,
+migration 0008).
 The history has its (uav, t) primary key and a BRIN index on t (retention); no GiST
 index, since spatial questions are answered by the in-memory live picture (../shared/MEASURED.md).
 The schema itself comes from the Alembic migrations in migrations/.
@@ -35,8 +41,8 @@ CREATE TEMPORARY TABLE IF NOT EXISTS obs_staging (
 ) ON COMMIT DELETE ROWS
 """
 _MOVE = f"""
-INSERT INTO observations ({_COLUMNS}, geom)
-SELECT {_COLUMNS}, ST_SetSRID(ST_MakePoint(lon, lat), 4326) FROM obs_staging
+INSERT INTO observations ({_COLUMNS})
+SELECT {_COLUMNS} FROM obs_staging
 ORDER BY uav, t
 ON CONFLICT (uav, t) DO NOTHING
 RETURNING uav, t
@@ -44,8 +50,8 @@ RETURNING uav, t
 UNNEST_MAX_ROWS = 1000
 _ARRAY_TYPES = {"uav": "text", "status": "text", "source": "text"}  # the rest are float8
 _INSERT_ARRAYS = f"""
-INSERT INTO observations ({_COLUMNS}, geom)
-SELECT {_COLUMNS}, ST_SetSRID(ST_MakePoint(lon, lat), 4326)
+INSERT INTO observations ({_COLUMNS})
+SELECT {_COLUMNS}
 FROM unnest({", ".join(f"${n}::{_ARRAY_TYPES.get(c, 'float8')}[]"
                        for n, c in enumerate(OBSERVATION_COLUMNS, 1))}) AS u({_COLUMNS})
 ORDER BY uav, t
@@ -121,10 +127,21 @@ class PostgresStore(Store):
     async def ping(self) -> None:
         await self._fetch("SELECT 1")
 
-    async def insert_observations(self, rows: Sequence[Observation]) -> list[bool]:
+    async def insert_observations(
+        self, rows: Sequence[Observation], *, unseen: bool = False
+    ) -> list[bool]:
         if not rows:
             return []
         try:
+            if unseen and len(rows) >= UNNEST_MAX_ROWS:
+                async with self._pool_or_raise().acquire() as conn:
+                    try:
+                        await conn.copy_records_to_table(
+                            "observations", records=rows, columns=OBSERVATION_COLUMNS
+                        )
+                        return [True] * len(rows)
+                    except asyncpg.UniqueViolationError:
+                        pass  # nothing went in: the checked way tells which rows are new
             if len(rows) < UNNEST_MAX_ROWS:
                 async with self._pool_or_raise().acquire() as conn:
                     columns = zip(*rows, strict=True)

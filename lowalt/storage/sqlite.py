@@ -197,7 +197,9 @@ class SqliteStore(Store):
     async def ping(self) -> None:
         await self._run(self._reader, lambda: self._r().execute("SELECT 1").fetchone())
 
-    async def insert_observations(self, rows: Sequence[Observation]) -> list[bool]:
+    async def insert_observations(
+        self, rows: Sequence[Observation], *, unseen: bool = False
+    ) -> list[bool]:
         def write() -> list[bool]:
             conn = self._w()
             conn.execute("BEGIN IMMEDIATE")
