@@ -1,6 +1,7 @@
 """PostgreSQL + PostGIS storage through an asyncpg pool.
 
-A group the pipeline knows to be new (`unseen`: each row newer than its UAV's live observation,
+COPY data is built with numpy for a whole group (lowalt/storage/pgcopy.py). A group the pipeline
+knows to be new (`unseen`: each row newer than its UAV's live observation,
 so not stored yet) goes with one binary COPY straight into the history, committed by itself:
 about half of PostgreSQL's work per row of the checked way below (docs/BENCHMARKS.md). Should a
 key be there after all (a UAV dropped from the live picture, another writer), the COPY fails
@@ -31,6 +32,7 @@ import asyncpg
 from lowalt.errors import StorageUnavailable
 from lowalt.models import OBSERVATION_COLUMNS, Observation
 from lowalt.storage.base import Store, TokenRecord, UavRecord, uav_record
+from lowalt.storage.pgcopy import copy_data
 
 _COLUMNS = ", ".join(OBSERVATION_COLUMNS)
 _STAGING = """
@@ -133,25 +135,23 @@ class PostgresStore(Store):
         if not rows:
             return []
         try:
-            if unseen and len(rows) >= UNNEST_MAX_ROWS:
-                async with self._pool_or_raise().acquire() as conn:
-                    try:
-                        await conn.copy_records_to_table(
-                            "observations", records=rows, columns=OBSERVATION_COLUMNS
-                        )
-                        return [True] * len(rows)
-                    except asyncpg.UniqueViolationError:
-                        pass  # nothing went in: the checked way tells which rows are new
             if len(rows) < UNNEST_MAX_ROWS:
                 async with self._pool_or_raise().acquire() as conn:
-                    columns = zip(*rows, strict=True)
-                    returned = await conn.fetch(_INSERT_ARRAYS, *columns)
+                    returned = await conn.fetch(_INSERT_ARRAYS, *zip(*rows, strict=True))
             else:
-                async with self._pool_or_raise().acquire() as conn, conn.transaction():
-                    await conn.copy_records_to_table(
-                        "obs_staging", records=rows, columns=OBSERVATION_COLUMNS
-                    )
-                    returned = await conn.fetch(_MOVE)
+                columns, data = copy_data(rows)
+                async with self._pool_or_raise().acquire() as conn:
+                    if unseen:
+                        try:
+                            await conn.copy_to_table("observations", source=data,
+                                                     columns=columns, format="binary")
+                            return [True] * len(rows)
+                        except asyncpg.UniqueViolationError:
+                            pass  # nothing went in: the checked way tells which rows are new
+                    async with conn.transaction():
+                        await conn.copy_to_table("obs_staging", source=data, columns=columns,
+                                                 format="binary")
+                        returned = await conn.fetch(_MOVE)
         except UNAVAILABLE as exc:
             raise StorageUnavailable(f"postgres: {exc}") from exc
         if len(returned) == len(rows):  # every row went in (so no key was there twice)
