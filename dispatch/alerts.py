@@ -39,11 +39,13 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
+from itertools import compress, repeat
+from operator import attrgetter, is_not
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -471,6 +473,9 @@ class _OpenAlert:
         self.detail_told: Mapping[str, Any] | None = None if c.type in MATERIAL else c.detail
 
 
+_ALERT_UAV, _ALERT_OTHER = attrgetter("uav"), attrgetter("other_uav")
+
+
 class AlertManager:
     """Keeps the open alerts and turns conditions into events; see the module docstring.
 
@@ -869,7 +874,8 @@ class AlertManager:
         absent = np.flatnonzero(in_types[self._type[:used]] & (self._seen[:used] != this_pass))
         # From the evaluated UAVs' keys when they hold fewer than there are absent alerts; keys
         # per UAV estimated at most twice the open alerts per UAV holding any (a pair alert is
-        # filed under both its UAVs).
+        # filed under both its UAVs). (Taking every absent alert by C-level steps instead is
+        # dearer on the server's heap: a cache miss per alert object.)
         held_per_uav = 2.0 * len(self._slot_of) / max(1, len(self._keys_of_uav))
         if absent.size > len(evaluated) * held_per_uav:
             slot_of, keys_of_uav = self._slot_of, self._keys_of_uav
@@ -879,34 +885,36 @@ class AlertManager:
             absent = near[in_types[self._type[near]] & (self._seen[near] != this_pass)]
         if not absent.size:
             return
-        by_slot, evaluated_t, all_t = self._by_slot, evaluated.get, evaluated_at.get
-        slots, times, starts = [], [], []
-        for slot in absent.tolist():
-            alert = by_slot[slot]
-            assert alert is not None
-            t = evaluated_t(alert.uav)
-            if alert.other_uav is not None:
-                t_other = evaluated_t(alert.other_uav)
-                if t_other is not None and (t is None or t_other > t):
-                    t = t_other
-                start = t
-            else:
-                at_t = all_t(alert.uav)
-                start = at_t[0] if at_t else t
-            if t is not None:
-                slots.append(slot)
-                times.append(t)
-                starts.append(start)
-        if not slots:
+        # Each absent alert's time of evaluation: its UAV's, or for a pair the later of its two
+        # UAVs' (NaN: neither evaluated in this pass), by C-level lookups.
+        alerts = list(map(self._by_slot.__getitem__, absent.tolist()))
+        nan = math.nan
+        uavs = list(map(_ALERT_UAV, alerts))
+        t_now = np.fromiter(map(evaluated.get, uavs, repeat(nan)), np.float64, len(alerts))
+        others = list(map(_ALERT_OTHER, alerts))
+        pair = np.fromiter(map(is_not, others, repeat(None)), np.bool_, len(alerts))
+        if pair.any():
+            t_other = np.fromiter(map(evaluated.get, compress(others, pair), repeat(nan)),
+                                  np.float64)
+            t_now[pair] = np.fmax(t_now[pair], t_other)
+        keep = np.flatnonzero(~np.isnan(t_now))
+        if not keep.size:
             return
-        at = np.array(slots, dtype=np.int64)
-        t_now = np.array(times, dtype=np.float64)
+        at, t_now, pair = absent[keep], t_now[keep], pair[keep]
+        # The hysteresis starts at the pass's first evaluation of the UAV (a pair's: its t).
+        starts = t_now.copy()
+        if evaluated_at:  # UAVs evaluated several times: a Python step for those only
+            firsts = list(map(evaluated_at.get, map(uavs.__getitem__, keep.tolist())))
+            for k in compress(range(len(firsts)), firsts):
+                if not pair[k]:
+                    starts[k] = firsts[k][0]  # type: ignore[index]
         since = self._absent_since[at]
-        since = np.where(np.isnan(since), np.array(starts, dtype=np.float64), since)
+        since = np.where(np.isnan(since), starts, since)
         self._absent_since[at] = since
         done = np.flatnonzero(t_now - since >= self.clear_s).tolist()
+        slots, times_now = at.tolist(), t_now.tolist()
         for k in sorted(done, key=lambda k: self._alert(slots[k]).key):
-            self._resolve(slots[k], times[k], None)
+            self._resolve(slots[k], times_now[k], None)
 
     def _resolve(self, slot: int, t: float, detail: Mapping[str, Any] | None) -> None:
         alert = self._alert(slot)

@@ -112,6 +112,21 @@ async def test_scope_of_assess(store: Store) -> None:
         await m.open_or_update(cond(type="nonsense"))
 
 
+async def test_a_pair_alert_is_absent_from_the_later_of_its_uavs_evaluations(
+        store: Store) -> None:
+    """A pair alert not seen is judged at the later of its two UAVs' evaluation times: its
+    hysteresis starts there, and a later pass that evaluates one UAV only runs on from it."""
+    async with running_manager(store, clear_s=5.0) as m:
+        await m.open_or_update(cond("A", t=T0, type="separation_loss", other_uav="B"))
+        await m.assess(PAIR, {"A": T0 + 1, "B": T0 + 5}, [])  # absent from T0 + 5, not T0 + 1
+        await m.assess(PAIR, {"A": T0 + 7}, [])  # 2 s absent: kept
+        assert [a["uav"] for a in m.open_alerts()] == ["A"]
+        await m.assess(PAIR, {"B": T0 + 10}, [])  # 5 s: resolved, at B's time
+        assert m.open_alerts() == []
+        events = await all_events(m)
+    assert [(e.state, e.t) for e in events] == [("open", T0), ("resolved", T0 + 10)]
+
+
 async def test_one_open_alert_per_key(store: Store) -> None:
     async with running_manager(store) as m:
         async def report(uav: str, zone: str) -> None:
