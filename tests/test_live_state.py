@@ -46,13 +46,19 @@ def test_bbox_finds_exactly_the_newest_positions_inside(
         else:
             assert advanced == []  # late or repeated: the UAV does not move back
     assert live.latest == newest
+    assert_picture(live, newest, boxes)
+
+
+def assert_picture(live: LiveState, newest: dict[str, Observation],
+                   boxes: list[tuple[float, float, float, float]]) -> None:
+    """Each box finds exactly the newest positions inside it; no cell is left behind empty,
+    and every UAV is in exactly its own cell."""
     for min_lon, min_lat, max_lon, max_lat in boxes:
         expected = sorted(
             (o for o in newest.values()
              if min_lon <= o.lon <= max_lon and min_lat <= o.lat <= max_lat),
             key=lambda o: o.uav)
         assert live.in_bbox(min_lon, min_lat, max_lon, max_lat) == expected
-    # No cell is left behind empty, and every UAV is in exactly its own cell.
     assert all(live._cells.values())
     assert sum(len(m) for m in live._cells.values()) == len(newest)
     for uav, obs in newest.items():
@@ -98,12 +104,4 @@ def test_batches_apply_as_their_rows_one_at_a_time(
         assert [id(o) for o in advanced] == [id(o) for o in expected]
         assert live.latest == newest
         assert all(live.latest[uav] is obs for uav, obs in newest.items())
-    for min_lon, min_lat, max_lon, max_lat in boxes:
-        inside = sorted((o for o in newest.values()
-                         if min_lon <= o.lon <= max_lon and min_lat <= o.lat <= max_lat),
-                        key=lambda o: o.uav)
-        assert live.in_bbox(min_lon, min_lat, max_lon, max_lat) == inside
-    assert all(live._cells.values())
-    assert sum(len(m) for m in live._cells.values()) == len(newest)
-    for uav, obs in newest.items():
-        assert uav in live._cells[live._cell(obs.lon, obs.lat)]
+    assert_picture(live, newest, boxes)
