@@ -100,6 +100,8 @@ def test_batches_apply_as_their_rows_one_at_a_time(
         moved = {uav: obs for uav, obs in newest.items() if before.get(uav) is not obs}
         expected = sorted(moved.values(), key=lambda o: next(
             k for k, r in enumerate(rows) if r is o))
+        assert live.all_newer(rows) == all(
+            r.uav not in before or before[r.uav].t < r.t for r in rows)
         advanced = live.update(rows)
         assert [id(o) for o in advanced] == [id(o) for o in expected]
         assert live.latest == newest
