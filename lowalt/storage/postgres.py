@@ -1,11 +1,11 @@
 """PostgreSQL + PostGIS storage through an asyncpg pool.
 
 COPY data is built with numpy for a whole group (lowalt/storage/pgcopy.py). A group the pipeline
-knows to be new (`unseen`: each row newer than its UAV's live observation,
-so not stored yet) goes with one binary COPY straight into the history, committed by itself:
-about half of PostgreSQL's work per row of the checked way below (docs/BENCHMARKS.md). Should a
-key be there after all (a UAV dropped from the live picture, another writer), the COPY fails
-whole on the primary key and the group goes the checked way. That way: binary COPY into a
+knows to be new (`unseen`: each row newer than its UAV's live observation, so not stored yet)
+goes with one binary COPY straight into the history, committed by itself: about half of
+PostgreSQL's work per row of the checked way below (docs/BENCHMARKS.md). Should a key be there
+after all (a UAV dropped from the live picture, another writer), the COPY fails whole on the
+primary key and the group goes the checked way. That way: binary COPY into a
 per-connection temporary staging table, then one `INSERT ... SELECT ... ON CONFLICT (uav, t) DO
 NOTHING RETURNING uav, t` moves them into the history in the same transaction: the returned keys
 say which rows were new, the rest were duplicates. Groups under `UNNEST_MAX_ROWS` (HTTP with one
