@@ -44,7 +44,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import compress, repeat
 from operator import attrgetter, is_not
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -890,12 +889,13 @@ class AlertManager:
         alerts = list(map(self._by_slot.__getitem__, absent.tolist()))
         nan = math.nan
         uavs = list(map(_ALERT_UAV, alerts))
-        t_now = np.fromiter(map(evaluated.get, uavs, repeat(nan)), np.float64, len(alerts))
+        t_now = np.fromiter(map(evaluated.get, uavs, itertools.repeat(nan)), np.float64,
+                            len(alerts))
         others = list(map(_ALERT_OTHER, alerts))
-        pair = np.fromiter(map(is_not, others, repeat(None)), np.bool_, len(alerts))
+        pair = np.fromiter(map(is_not, others, itertools.repeat(None)), np.bool_, len(alerts))
         if pair.any():
-            t_other = np.fromiter(map(evaluated.get, compress(others, pair), repeat(nan)),
-                                  np.float64)
+            t_other = np.fromiter(map(evaluated.get, itertools.compress(others, pair),
+                                      itertools.repeat(nan)), np.float64)
             t_now[pair] = np.fmax(t_now[pair], t_other)
         keep = np.flatnonzero(~np.isnan(t_now))
         if not keep.size:
@@ -905,7 +905,7 @@ class AlertManager:
         starts = t_now.copy()
         if evaluated_at:  # UAVs evaluated several times: a Python step for those only
             firsts = list(map(evaluated_at.get, map(uavs.__getitem__, keep.tolist())))
-            for k in compress(range(len(firsts)), firsts):
+            for k in itertools.compress(range(len(firsts)), firsts):
                 if not pair[k]:
                     starts[k] = firsts[k][0]  # type: ignore[index]
         since = self._absent_since[at]

@@ -471,7 +471,7 @@ class Geofence:
         zone_hits, present, uav = self._checked(rows, self.index)
         if len(uav) < len(rows):  # crewed rows are not checked, yet count as evaluated
             uav = values_of(rows, "uav")
-        t = list(map(OBSERVATION_FIELD["t"], rows))
+        t = values_of(rows, "t")
         evaluated = dict(zip(uav, t, strict=True))
         at = evaluated_times(uav, t) if len(evaluated) < len(rows) else None
         if at is not None:  # a UAV more than once: its newest t

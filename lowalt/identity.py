@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from itertools import compress, repeat
-from operator import attrgetter, eq, or_
+from operator import eq, or_
 from types import MappingProxyType
 from typing import Any
 
@@ -24,7 +24,6 @@ from lowalt.limits import LIMITS
 from lowalt.models import Observation, values_of
 
 ALERT = "unregistered_uav"
-_UAV = attrgetter("uav")
 MAX_SHARED_DETAILS = 4096  # sources are few (gateway names x transports x formats)
 
 
