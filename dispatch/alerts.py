@@ -39,14 +39,13 @@ import contextlib
 import itertools
 import json
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter, is_not
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -406,54 +405,53 @@ def _detail_values(c: Condition) -> F64:
     return out
 
 
-_FEW_KEYS = 8
-# What `AlertManager._keys_of_uav` holds per UAV: its one open key as it is (an unregistered UAV
-# always has one: no tuple around it), a tuple of a few, a set past `_FEW_KEYS`.
-HeldKeys = AlertKey | tuple[AlertKey, ...] | set[AlertKey]
-KeysOfUav = dict[str, HeldKeys]
+_FEW_SLOTS = 8
+# What `AlertManager._slots_of_uav` holds per UAV: its one open alert's slot as it is (an
+# unregistered UAV always has one; the very int object `_slot_of` holds, so no memory of its
+# own), a tuple of a few, a set past `_FEW_SLOTS`.
+HeldSlots = int | tuple[int, ...] | set[int]
+SlotsOfUav = dict[str, HeldSlots]
 
 
-def held_keys(held: HeldKeys | None) -> tuple[AlertKey, ...] | set[AlertKey]:
-    """The keys of one `KeysOfUav` entry (none for None)."""
+def held_slots(held: HeldSlots | None) -> tuple[int, ...] | set[int]:
+    """The slots of one `SlotsOfUav` entry (none for None)."""
     if held is None:
         return ()
-    if isinstance(held, set):
-        return held
-    if held and isinstance(held[0], str):  # one key, held as it is
+    if isinstance(held, int):  # one slot, held as it is
         return (held,)
     return held
 
 
-def _held(keys: Sequence[AlertKey]) -> HeldKeys:
-    if len(keys) == 1:
-        return keys[0]
-    return tuple(keys) if len(keys) <= _FEW_KEYS else set(keys)
+def _held(slots: Sequence[int]) -> HeldSlots:
+    if len(slots) == 1:
+        return slots[0]
+    return tuple(slots) if len(slots) <= _FEW_SLOTS else set(slots)
 
 
-def _file(keys_of_uav: KeysOfUav, uav: str, new: list[AlertKey]) -> None:
-    """File new open keys under uav (see `AlertManager._keys_of_uav`); keys not yet filed."""
-    keys = held_keys(keys_of_uav.get(uav))
-    if isinstance(keys, set):
-        keys.update(new)
+def _file(slots_of_uav: SlotsOfUav, uav: str, new: list[int]) -> None:
+    """File new open alerts' slots under uav (see `AlertManager._slots_of_uav`)."""
+    slots = held_slots(slots_of_uav.get(uav))
+    if isinstance(slots, set):
+        slots.update(new)
     else:
-        keys_of_uav[uav] = _held((*keys, *(key for key in new if key not in keys)))
+        slots_of_uav[uav] = _held((*slots, *(slot for slot in new if slot not in slots)))
 
 
-def _unfile(keys_of_uav: KeysOfUav, uav: str, key: AlertKey) -> None:
-    """Take key from under uav; a uav left with none goes."""
-    if uav not in keys_of_uav:
+def _unfile(slots_of_uav: SlotsOfUav, uav: str, slot: int) -> None:
+    """Take slot from under uav; a uav left with none goes."""
+    if uav not in slots_of_uav:
         return
-    keys = held_keys(keys_of_uav[uav])
-    if isinstance(keys, set):
-        keys.discard(key)
-        rest: HeldKeys | None = keys or None
+    slots = held_slots(slots_of_uav[uav])
+    if isinstance(slots, set):
+        slots.discard(slot)
+        rest: HeldSlots | None = slots or None
     else:
-        left = tuple(k for k in keys if k != key)
+        left = tuple(s for s in slots if s != slot)
         rest = _held(left) if left else None
     if rest is not None:
-        keys_of_uav[uav] = rest
+        slots_of_uav[uav] = rest
     else:
-        del keys_of_uav[uav]
+        del slots_of_uav[uav]
 
 
 class _OpenAlert:
@@ -470,9 +468,6 @@ class _OpenAlert:
         self.latest: Condition | None = c
         # Types without MATERIAL values: the detail of the last event.
         self.detail_told: Mapping[str, Any] | None = None if c.type in MATERIAL else c.detail
-
-
-_ALERT_UAV, _ALERT_OTHER = attrgetter("uav"), attrgetter("other_uav")
 
 
 class AlertManager:
@@ -507,10 +502,10 @@ class AlertManager:
         self.metrics = metrics or Metrics()
         self._slot_of: dict[AlertKey, int] = {}
         self._by_slot: list[_OpenAlert | None] = []
-        # uav (or other_uav) -> its open keys (`HeldKeys`): one key as it is (an unregistered
-        # UAV always has one), a tuple while few (48 B + 8 per key), a set past `_FEW_KEYS`
-        # (216 B; O(1) filing when a dense hub gives a UAV dozens of pair alerts).
-        self._keys_of_uav: KeysOfUav = {}
+        # uav (or other_uav) -> its open alerts' slots (`HeldSlots`): one slot as it is (an
+        # unregistered UAV always has one), a tuple while few (48 B + 8 per slot), a set past
+        # `_FEW_SLOTS` (216 B; O(1) filing when a dense hub gives a UAV dozens of pair alerts).
+        self._slots_of_uav: SlotsOfUav = {}
         self._allocate_arrays(1024)
         self._free = list(range(1023, -1, -1))  # free slots, lowest last
         self._pass = 0  # numbers assess passes, for `_seen`
@@ -558,6 +553,7 @@ class AlertManager:
         self._type: I64 = grown("_type", -1, np.int64)  # index in _TYPE_LIST; -1: a free slot
         self._latest_batch: I64 = grown("_latest_batch", -1, np.int64)
         self._latest_row: I64 = grown("_latest_row", -1, np.int64)
+        self._paired: Bool = grown("_paired", False, np.bool_)  # has an other_uav
         self._by_slot.extend([None] * (capacity - len(self._by_slot)))
 
     @property
@@ -870,44 +866,44 @@ class AlertManager:
         in_types = np.zeros(len(_TYPE_LIST) + 1, dtype=np.bool_)  # last entry: free slots
         in_types[[_TYPE_CODE[kind] for kind in types if kind in _TYPE_CODE]] = True
         used = len(self._by_slot)
-        absent = np.flatnonzero(in_types[self._type[:used]] & (self._seen[:used] != this_pass))
-        # From the evaluated UAVs' keys when they hold fewer than there are absent alerts; keys
-        # per UAV estimated at most twice the open alerts per UAV holding any (a pair alert is
-        # filed under both its UAVs). (Taking every absent alert by C-level steps instead is
-        # dearer on the server's heap: a cache miss per alert object.)
-        held_per_uav = 2.0 * len(self._slot_of) / max(1, len(self._keys_of_uav))
-        if absent.size > len(evaluated) * held_per_uav:
-            slot_of, keys_of_uav = self._slot_of, self._keys_of_uav
-            near = np.unique(np.array(
-                [slot_of[key] for uav in evaluated for key in held_keys(keys_of_uav.get(uav))],
-                dtype=np.int64))
-            absent = near[in_types[self._type[near]] & (self._seen[near] != this_pass)]
-        if not absent.size:
+        absent = in_types[self._type[:used]] & (self._seen[:used] != this_pass)
+        if not evaluated or not absent.any():
+            return
+        # The slots filed under the evaluated UAVs, each with its UAV's t (and first t in the
+        # pass): C-level steps per UAV, a Python one only for a UAV evaluated several times.
+        n = len(evaluated)
+        held = list(map(self._slots_of_uav.get, evaluated))
+        t_eval = np.fromiter(evaluated.values(), np.float64, n)
+        first_eval = t_eval
+        if evaluated_at:
+            first_eval = t_eval.copy()
+            firsts = list(map(evaluated_at.get, evaluated))
+            for k in itertools.compress(range(n), firsts):
+                first_eval[k] = firsts[k][0]  # type: ignore[index]
+        one = np.fromiter(map(isinstance, held, itertools.repeat(int)), np.bool_, n)
+        several = np.flatnonzero(~one & np.fromiter(map(is_not, held, itertools.repeat(None)),
+                                                    np.bool_, n))
+        of_several = cast(list[tuple[int, ...] | set[int]],
+                          list(map(held.__getitem__, several.tolist())))
+        slots = np.concatenate([
+            np.fromiter(itertools.compress(held, one), np.int64),
+            np.fromiter(itertools.chain.from_iterable(of_several), np.int64)])
+        owner = np.concatenate([np.flatnonzero(one),
+                                np.repeat(several, list(map(len, of_several)))])
+        absent_here = absent[slots]
+        slots, owner = slots[absent_here], owner[absent_here]
+        if not slots.size:
             return
         # Each absent alert's time of evaluation: its UAV's, or for a pair the later of its two
-        # UAVs' (NaN: neither evaluated in this pass), by C-level lookups.
-        alerts = list(map(self._by_slot.__getitem__, absent.tolist()))
-        nan = math.nan
-        uavs = list(map(_ALERT_UAV, alerts))
-        t_now = np.fromiter(map(evaluated.get, uavs, itertools.repeat(nan)), np.float64,
-                            len(alerts))
-        others = list(map(_ALERT_OTHER, alerts))
-        pair = np.fromiter(map(is_not, others, itertools.repeat(None)), np.bool_, len(alerts))
-        if pair.any():
-            t_other = np.fromiter(map(evaluated.get, itertools.compress(others, pair),
-                                      itertools.repeat(nan)), np.float64)
-            t_now[pair] = np.fmax(t_now[pair], t_other)
-        keep = np.flatnonzero(~np.isnan(t_now))
-        if not keep.size:
-            return
-        at, t_now, pair = absent[keep], t_now[keep], pair[keep]
-        # The hysteresis starts at the pass's first evaluation of the UAV (a pair's: its t).
-        starts = t_now.copy()
-        if evaluated_at:  # UAVs evaluated several times: a Python step for those only
-            firsts = list(map(evaluated_at.get, map(uavs.__getitem__, keep.tolist())))
-            for k in itertools.compress(range(len(firsts)), firsts):
-                if not pair[k]:
-                    starts[k] = firsts[k][0]  # type: ignore[index]
+        # UAVs' (a pair is filed under both). Its hysteresis starts at the pass's first
+        # evaluation of its UAV (a pair's: at that time).
+        t_of = np.full(used, np.nan)
+        np.fmax.at(t_of, slots, t_eval[owner])
+        first_of = np.full(used, np.nan)
+        first_of[slots] = first_eval[owner]
+        at = np.unique(slots)
+        t_now = t_of[at]
+        starts = np.where(self._paired[at], t_now, first_of[at])
         since = self._absent_since[at]
         since = np.where(np.isnan(since), starts, since)
         self._absent_since[at] = since
@@ -924,7 +920,7 @@ class AlertManager:
         del self._slot_of[alert.key]
         for uav in (alert.uav, alert.other_uav):
             if uav is not None:
-                _unfile(self._keys_of_uav, uav, alert.key)
+                _unfile(self._slots_of_uav, uav, slot)
         self._by_slot[slot] = None
         self._type[slot] = -1
         self._latest_batch[slot] = -1
@@ -953,25 +949,26 @@ class AlertManager:
         slots = free[-len(new):][::-1] if new else []
         del free[len(free) - len(new):]
         by_slot, slot_of = self._by_slot, self._slot_of
-        filed: dict[str, list[AlertKey]] = {}
+        filed: dict[str, list[int]] = {}
         for slot, (_, c, key) in zip(slots, new, strict=True):
             by_slot[slot] = _OpenAlert(c, key)
-            slot_of[key] = slot
+            slot_of[key] = slot  # the same int object is filed below
             uav, other = c.uav, c.other_uav
-            keys = filed.get(uav)
-            if keys is None:
-                filed[uav] = [key]
+            held = filed.get(uav)
+            if held is None:
+                filed[uav] = [slot]
             else:
-                keys.append(key)
+                held.append(slot)
             if other is not None and other != uav:
-                keys = filed.get(other)
-                if keys is None:
-                    filed[other] = [key]
+                held = filed.get(other)
+                if held is None:
+                    filed[other] = [slot]
                 else:
-                    keys.append(key)
-        keys_of_uav = self._keys_of_uav
-        for uav, keys in filed.items():
-            _file(keys_of_uav, uav, keys)
+                    held.append(slot)
+        slots_of_uav = self._slots_of_uav
+        for uav, held in filed.items():
+            _file(slots_of_uav, uav, held)
+        self._paired[slots] = [c.other_uav is not None for _, c, _ in new]
         self._type[slots] = [_TYPE_CODE[c.type] for _, c, _ in new]
         self._alert_ids[slots] = [alert_id for alert_id, _, _ in new]
         self._opened_at[slots] = opened_at

@@ -362,13 +362,16 @@ class Pipeline:
                 # Groups that waited while the stages were busy go on together, up to a slice:
                 # a stage's cost per call is paid once for all of them, so a backlog shrinks
                 # faster the longer it is (small groups come often at high rates).
-                rows = list(rows)
+                groups = [rows]
+                size = len(rows)
                 newest = {row.uav: row for row in advanced}  # a later group's row is newer
-                while len(rows) < self.stage_slice_obs and not queue.empty():
+                while size < self.stage_slice_obs and not queue.empty():
                     more, more_advanced = queue.get_nowait()
                     taken += 1
-                    rows += more
+                    groups.append(more)
+                    size += len(more)
                     newest.update((row.uav, row) for row in more_advanced)
+                rows = Rows.joined(groups)  # with the columns the groups built at commit
                 advanced = list(newest.values())
             for part, part_advanced in _slices(rows, advanced, self.stage_slice_obs):
                 # Columns built once, shared by the stages (those LiveState built come along).
@@ -409,5 +412,6 @@ def _slices(
         return
     newest = set(map(id, advanced))
     for start in range(0, len(rows), size):
-        part = rows[start : start + size]
+        part = (rows.part(start, start + size) if type(rows) is Rows
+                else rows[start : start + size])
         yield part, [row for row in part if id(row) in newest]

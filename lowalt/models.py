@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -62,6 +63,33 @@ class Rows(list[Observation]):
         super().__init__(rows)
         self._columns: dict[str, npt.NDArray[np.float64]] = {}
         self._fields: list[tuple[Any, ...]] | None = None
+
+    @classmethod
+    def joined(cls, parts: Sequence[Sequence[Observation]]) -> Rows:
+        """The rows of parts, in order, with what every part had built already: the fields,
+        and the float columns that all of them hold (joined, not read from the rows again)."""
+        rows = cls(itertools.chain.from_iterable(parts))
+        if not parts or not all(type(part) is Rows for part in parts):
+            return rows
+        shared = cast(Sequence[Rows], parts)
+        fields = [part._fields for part in shared]
+        if all(f is not None for f in fields):
+            built = cast(list[list[tuple[Any, ...]]], fields)
+            rows._fields = [tuple(itertools.chain.from_iterable(column))
+                            for column in zip(*built, strict=True)]
+        names = set(shared[0]._columns).intersection(*(part._columns for part in shared[1:]))
+        for name in names:
+            rows.given(name, np.concatenate([part._columns[name] for part in shared]))
+        return rows
+
+    def part(self, start: int, stop: int) -> Rows:
+        """rows[start:stop], with the fields and float columns built so far (sliced)."""
+        rows = Rows(self[start:stop])
+        if self._fields is not None:
+            rows._fields = [column[start:stop] for column in self._fields]
+        for name, column in self._columns.items():
+            rows.given(name, column[start:stop])
+        return rows
 
     def given(self, name: str, column: npt.NDArray[np.float64]) -> None:
         """Hand over a float column already built (by whoever made these rows)."""

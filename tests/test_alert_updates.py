@@ -408,40 +408,95 @@ def test_refresh_setting() -> None:
         load_settings({}, {"LOWALT_ALERT_REFRESH_S": "0"})
 
 
-def test_keys_of_a_uav_are_one_key_then_a_tuple_while_few_then_a_set() -> None:
-    from dispatch.alerts import _FEW_KEYS, KeysOfUav, _file, _unfile, held_keys
+def test_slots_of_a_uav_are_one_slot_then_a_tuple_while_few_then_a_set() -> None:
+    from dispatch.alerts import _FEW_SLOTS, SlotsOfUav, _file, _unfile, held_slots
 
-    keys_of_uav: KeysOfUav = {}
-    keys = [("conflict_predicted", "U", f"V{k:02d}") for k in range(2 * _FEW_KEYS)]
-    for k, key in enumerate(keys):
-        _file(keys_of_uav, "U", [key])
-        _file(keys_of_uav, "U", [key])  # filed twice: held once
-        held = keys_of_uav["U"]
+    slots_of_uav: SlotsOfUav = {}
+    slots = list(range(1000, 1000 + 2 * _FEW_SLOTS))
+    for k, slot in enumerate(slots):
+        _file(slots_of_uav, "U", [slot])
+        _file(slots_of_uav, "U", [slot])  # filed twice: held once
+        held = slots_of_uav["U"]
         if k == 0:
-            assert held == key  # as it is, no tuple around it
+            assert held is slot  # the int itself, no tuple around it
         else:
-            assert isinstance(held, tuple if k < _FEW_KEYS else set)
-        assert sorted(held_keys(held)) == keys[: k + 1]
-    for k, key in enumerate(keys):
-        _unfile(keys_of_uav, "U", key)
-        assert sorted(held_keys(keys_of_uav.get("U"))) == keys[k + 1:]
-    _file(keys_of_uav, "V", keys[:2])
-    _unfile(keys_of_uav, "V", keys[0])
-    assert keys_of_uav.pop("V") == keys[1]  # back to one: held as it is
-    assert "U" not in keys_of_uav
-    _file(keys_of_uav, "W", [keys[0]])
-    _unfile(keys_of_uav, "W", keys[1])  # not filed: nothing changes
-    _unfile(keys_of_uav, "nobody", keys[0])
-    assert keys_of_uav == {"W": keys[0]}
+            assert isinstance(held, tuple if k < _FEW_SLOTS else set)
+        assert sorted(held_slots(held)) == slots[: k + 1]
+    for k, slot in enumerate(slots):
+        _unfile(slots_of_uav, "U", slot)
+        assert sorted(held_slots(slots_of_uav.get("U"))) == slots[k + 1:]
+    _file(slots_of_uav, "V", slots[:2])
+    _unfile(slots_of_uav, "V", slots[0])
+    assert slots_of_uav.pop("V") == slots[1]  # back to one: held as it is
+    assert "U" not in slots_of_uav
+    _file(slots_of_uav, "W", [slots[0]])
+    _unfile(slots_of_uav, "W", slots[1])  # not filed: nothing changes
+    _unfile(slots_of_uav, "nobody", slots[0])
+    assert slots_of_uav == {"W": slots[0]}
     # Several at once: past the tuple's room they go into a set, whether new or added to.
-    more: KeysOfUav = {}
-    _file(more, "X", keys[:_FEW_KEYS + 1])
-    assert isinstance(more["X"], set) and sorted(more["X"]) == keys[:_FEW_KEYS + 1]
-    _file(more, "Y", keys[:2])
-    _file(more, "Y", keys[1:_FEW_KEYS])
-    assert isinstance(more["Y"], tuple) and sorted(more["Y"]) == keys[:_FEW_KEYS]
-    _file(more, "Y", keys[_FEW_KEYS - 1:_FEW_KEYS + 2])
-    assert isinstance(more["Y"], set) and sorted(more["Y"]) == keys[:_FEW_KEYS + 2]
+    more: SlotsOfUav = {}
+    _file(more, "X", slots[:_FEW_SLOTS + 1])
+    assert isinstance(more["X"], set) and sorted(more["X"]) == slots[:_FEW_SLOTS + 1]
+    _file(more, "Y", slots[:2])
+    _file(more, "Y", slots[1:_FEW_SLOTS])
+    assert isinstance(more["Y"], tuple) and sorted(more["Y"]) == slots[:_FEW_SLOTS]
+    _file(more, "Y", slots[_FEW_SLOTS - 1:_FEW_SLOTS + 2])
+    assert isinstance(more["Y"], set) and sorted(more["Y"]) == slots[:_FEW_SLOTS + 2]
+
+
+def _assert_filed_as_the_open_alerts_name(m: AlertManager) -> None:
+    """Each UAV's filed slots are exactly the open alerts that name it (as uav or other_uav),
+    each filed int the very object `_slot_of` holds (no memory of its own)."""
+    from dispatch.alerts import held_slots
+
+    naming: dict[str, set[int]] = {}
+    for key, slot in m._slot_of.items():
+        alert = m._by_slot[slot]
+        assert alert is not None and alert.key == key
+        for uav in {alert.uav, alert.other_uav} - {None}:
+            naming.setdefault(cast(str, uav), set()).add(slot)
+        assert bool(m._paired[slot]) == (alert.other_uav is not None)
+    assert {u: set(held_slots(h)) for u, h in m._slots_of_uav.items()} == naming
+    objects = {id(slot) for slot in m._slot_of.values()}
+    assert all(id(s) in objects for h in m._slots_of_uav.values() for s in held_slots(h))
+
+
+async def test_filed_slots_follow_the_open_alerts_and_find_pairs_by_either_uav() -> None:
+    async with manager(clear_s=0.0) as (m, store):
+        # 6,000 UAVs in pairs (past the first 1,024 slots), and 1,000 pairs sharing one UAV.
+        rows = [pair(T0, uav=f"U{k:04d}", other=f"V{k:04d}") for k in range(3_000)]
+        rows += [pair(T0, uav=f"W{k:04d}", other="X") for k in range(1_000)]
+        await m.assess(PAIR, {}, batches=[as_batch(rows)])
+        await m.open_or_update(zone_hit(T0, uav="U0001"))  # U0001: two alerts, one a pair
+        _assert_filed_as_the_open_alerts_name(m)
+        # Only the other UAV of every second U-V pair evaluated (and not in conflict): those
+        # pairs resolve; a UAV with no alert evaluated changes nothing.
+        await m.assess(PAIR, {**{f"V{k:04d}": T0 + 1 for k in range(0, 3_000, 2)},
+                              "nobody": T0 + 1})
+        _assert_filed_as_the_open_alerts_name(m)
+        assert "V0000" not in m._slots_of_uav and "V0001" in m._slots_of_uav
+        # X evaluated (it holds a set of slots): every W-X pair resolves.
+        await m.assess(PAIR, {"X": T0 + 2})
+        _assert_filed_as_the_open_alerts_name(m)
+        assert "X" not in m._slots_of_uav
+        # U0001 evaluated: its pair resolves, its zone alert (another type) stays.
+        await m.assess(PAIR, {"U0001": T0 + 3})
+        assert held_alerts(m) == {("geofence_approach", "U0001")} | {
+            ("conflict_predicted", f"U{k:04d}") for k in range(3, 3_000, 2)}
+        _assert_filed_as_the_open_alerts_name(m)
+        await m.assess(PAIR, {f"U{k:04d}": T0 + 4 for k in range(3_000)})
+        await m.resolve(zone_hit(T0, uav="U0001").key, T0 + 4)
+        assert not m.open_alerts() and not m._slots_of_uav
+        # The slots again, for alerts of one UAV each: nothing of the pairs left on them.
+        await m.assess(ZONE, {}, batches=[as_batch(
+            [zone_hit(T0 + 5, uav=f"Z{k:04d}") for k in range(4_000)])])
+        _assert_filed_as_the_open_alerts_name(m)
+        events = await _events(m, store)
+    assert [e.state for e in events].count("resolved") == 4_001
+
+
+def held_alerts(m: AlertManager) -> set[tuple[str, str]]:
+    return {(a["type"], a["uav"]) for a in m.open_alerts()}
 
 
 async def test_an_alert_whose_condition_was_told_keeps_none_and_rebuilds_it_exactly() -> None:

@@ -112,13 +112,18 @@ async def test_scope_of_assess(store: Store) -> None:
         await m.open_or_update(cond(type="nonsense"))
 
 
+@pytest.mark.parametrize("later_first", [False, True])
 async def test_a_pair_alert_is_absent_from_the_later_of_its_uavs_evaluations(
-        store: Store) -> None:
-    """A pair alert not seen is judged at the later of its two UAVs' evaluation times: its
-    hysteresis starts there, and a later pass that evaluates one UAV only runs on from it."""
+        store: Store, later_first: bool) -> None:
+    """A pair alert not seen is judged at the later of its two UAVs' evaluation times (in
+    whichever order they were evaluated): its hysteresis starts there, and a later pass that
+    evaluates one UAV only runs on from it."""
     async with running_manager(store, clear_s=5.0) as m:
         await m.open_or_update(cond("A", t=T0, type="separation_loss", other_uav="B"))
-        await m.assess(PAIR, {"A": T0 + 1, "B": T0 + 5}, [])  # absent from T0 + 5, not T0 + 1
+        evaluated = {"A": T0 + 1, "B": T0 + 5}  # absent from T0 + 5, not T0 + 1
+        if later_first:
+            evaluated = dict(reversed(evaluated.items()))
+        await m.assess(PAIR, evaluated, [])
         await m.assess(PAIR, {"A": T0 + 7}, [])  # 2 s absent: kept
         assert [a["uav"] for a in m.open_alerts()] == ["A"]
         await m.assess(PAIR, {"B": T0 + 10}, [])  # 5 s: resolved, at B's time

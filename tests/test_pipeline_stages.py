@@ -9,10 +9,12 @@ import asyncio
 from collections.abc import Sequence
 from typing import cast
 
+import numpy as np
+
 from ingest.pipeline import Pipeline
 from lowalt.live import LiveState
 from lowalt.metrics import Metrics
-from lowalt.models import Observation
+from lowalt.models import Observation, Rows, floats_of, values_of
 from lowalt.storage import Store
 
 T0 = 1_700_000_000.0
@@ -32,11 +34,21 @@ class Recorder:
     def __init__(self, turns: list[int]) -> None:
         self.turns = turns
         self.calls: list[tuple[list[Observation], list[Observation], int]] = []
+        self.columns_right: list[bool] = []  # per call, of rows and of advanced
 
     async def on_committed(
         self, rows: Sequence[Observation], advanced: Sequence[Observation]
     ) -> None:
         self.calls.append((list(rows), list(advanced), self.turns[0]))
+        # The columns a call shares (some built at commit, sliced or joined since) must be its
+        # rows' own (a failed assert here would only be logged by the pipeline).
+        assert type(rows) is Rows and type(advanced) is Rows
+        for part in (rows, advanced):
+            plain = list(part)
+            self.columns_right.append(
+                all(np.array_equal(floats_of(part, name), floats_of(plain, name))
+                    for name in ("t", "lat", "lon", "alt_m", "agl_m"))
+                and values_of(part, "uav") == values_of(plain, "uav"))
 
 
 def row(uav: str, t: float) -> Observation:
@@ -68,6 +80,7 @@ async def committed_through(rows: list[Observation], slice_obs: int,
         for task in (committer, counter):
             task.cancel()
         await asyncio.gather(committer, counter, return_exceptions=True)
+    assert recorder.columns_right == [True] * 2 * len(recorder.calls)
     return recorder
 
 
@@ -145,6 +158,7 @@ async def test_groups_committed_while_the_stages_were_busy_go_on_together() -> N
     # Three groups (300 rows) reach a slice of 250: one call of them, sliced 250 + 50; then
     # the last group alone.
     assert [len(rows) for rows, _, _ in recorder.calls] == [100, 250, 50, 100]
+    assert recorder.columns_right == [True] * 8  # joined, then sliced
     assert [r for rows, _, _ in recorder.calls for r in rows] == [r for g in groups for r in g]
     together = groups[1] + groups[2] + groups[3]
     newest = {r.uav: r for r in together}
