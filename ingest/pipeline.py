@@ -96,6 +96,7 @@ class Pipeline:
         self.stage_turn_s = stage_turn_s
         self.stage_interval_s = stage_interval_s
         self.stages: list[CheckStage] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first submission
         self.available = True
         self._queue: deque[_Submission] = deque()
         self._pending_obs = 0
@@ -142,7 +143,10 @@ class Pipeline:
             raise StorageUnavailable("server is shutting down")
         if not retry and not self.available:
             raise StorageUnavailable("storage is unavailable")
-        future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:  # asyncio.get_running_loop costs a getpid system call each time
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[BatchResult] = loop.create_future()
         if not rows:
             future.set_result(BatchResult(0, 0, ()))
             return future
