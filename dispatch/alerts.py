@@ -60,6 +60,8 @@ log = logging.getLogger("lowalt.alerts")
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
+I8 = npt.NDArray[np.int8]
 Bool = npt.NDArray[np.bool_]
 
 ALERT_TYPES = frozenset({
@@ -112,7 +114,7 @@ MATERIAL: Mapping[str, Mapping[str, Material]] = {
     "conflict_predicted": _PAIR,
 }
 _MAX_VALUES = max(len(v) for v in MATERIAL.values())
-_TYPE_LIST = tuple(sorted(ALERT_TYPES))
+_TYPE_LIST = tuple(sorted(ALERT_TYPES))  # codes fit the int8 `_type` array
 _TYPE_CODE: Mapping[str, int] = {name: k for k, name in enumerate(_TYPE_LIST)}
 _TYPE_OF = attrgetter("type")
 # Batches whose rows open alerts may point at are kept until there are more than _KEEP_BATCHES
@@ -544,15 +546,15 @@ class AlertManager:
         self._alert_ids: I64 = grown("_alert_ids", 0, np.int64)
         self._opened_at: F64 = grown("_opened_at", np.nan, np.float64)  # server time, Unix s
         self._told_t: F64 = grown("_told_t", np.inf, np.float64)
-        self._told_severity: I64 = grown("_told_severity", -1, np.int64)
+        self._told_severity: I8 = grown("_told_severity", -1, np.int8)  # in SEVERITIES
         self._told_position: F64 = grown("_told_position", np.nan, np.float64, 3)
         self._told_values: F64 = grown("_told_values", np.nan, np.float64, _MAX_VALUES)
         self._absent_since: F64 = grown("_absent_since", np.nan, np.float64)
         self._seen: I64 = grown("_seen", -1, np.int64)
         self._seen_t: F64 = grown("_seen_t", np.nan, np.float64)  # newest t seen in the pass
-        self._type: I64 = grown("_type", -1, np.int64)  # index in _TYPE_LIST; -1: a free slot
+        self._type: I8 = grown("_type", -1, np.int8)  # index in _TYPE_LIST; -1: a free slot
         self._latest_batch: I64 = grown("_latest_batch", -1, np.int64)
-        self._latest_row: I64 = grown("_latest_row", -1, np.int64)
+        self._latest_row: I32 = grown("_latest_row", -1, np.int32)  # in a batch
         self._paired: Bool = grown("_paired", False, np.bool_)  # has an other_uav
         self._by_slot.extend([None] * (capacity - len(self._by_slot)))
 
@@ -944,8 +946,9 @@ class AlertManager:
         free = self._free
         while len(free) < len(new):
             old = len(self._by_slot)
-            self._allocate_arrays(2 * old)
-            free[:0] = range(2 * old - 1, old - 1, -1)  # the lowest stay last
+            capacity = old + max(old // 4, 1024)  # a quarter more: unused room is memory held
+            self._allocate_arrays(capacity)
+            free[:0] = range(capacity - 1, old - 1, -1)  # the lowest stay last
         slots = free[-len(new):][::-1] if new else []
         del free[len(free) - len(new):]
         by_slot, slot_of = self._by_slot, self._slot_of
