@@ -38,7 +38,7 @@ import shapely
 from shapely.geometry import Point, Polygon
 
 from benchmarks.harness import database, log, lowalt_cli
-from dispatch.alerts import AlertManager, Broadcaster
+from dispatch.alerts import AlertManager, Broadcaster, Condition
 from dispatch.store import AlertStore
 from geofence.index import ZoneHit, ZoneIndex
 from geofence.service import Geofence, ZoneStore, zone_store_for, zones_from_stored
@@ -183,11 +183,13 @@ def _frame_at(fleet: Any, t: float) -> list[Observation]:
 
 
 async def stage_cost(zones: list[Zone], batches: int = 100, batch: int = 5_000,
-                     obs_per_s: float = 20_000.0) -> dict[str, Any]:
+                     obs_per_s: float = 20_000.0, unregistered: bool = False) -> dict[str, Any]:
     """The geofence check stage per observation on the ingest benchmark's traffic, its clock
     running at `obs_per_s` (each batch `batch / obs_per_s` seconds of observation time on), and
     the alert events it raises per 100,000 observations (after the first two batches, in which
-    every UAV is seen once and its alerts open)."""
+    every UAV is seen once and its alerts open). `unregistered`: every UAV of the fleet also
+    holds an open `unregistered_uav` alert first, as on a server fed the benchmark's
+    unregistered fleet (the alert manager then holds 10,000 alerts of another type)."""
     from benchmarks.bench_conflicts import _MemoryAlertStore
     from benchmarks.bench_ingest import Fleet
 
@@ -195,9 +197,15 @@ async def stage_cost(zones: list[Zone], batches: int = 100, batch: int = 5_000,
     store = _MemoryAlertStore()
     manager = AlertManager(cast(AlertStore, store), Broadcaster(), commit_delay_s=0.0)
     await manager.start()
+    fleet = Fleet(0, 1, 10_000, batch, seed=5)
+    if unregistered:
+        for name in fleet.names:
+            await manager.open_or_update(Condition(
+                "unregistered_uav", name, "warning", T0, 29.6, 106.5, 300.0,
+                detail={"source": "bench/gateway/native"}))
+        await manager.flush()
     geofence = Geofence(cast(ZoneStore, None), manager, LiveState(), settings)
     geofence.index = index = ZoneIndex(zones)
-    fleet = Fleet(0, 1, 10_000, batch, seed=5)
     stage_s = check_s = 0.0
     hits = n = 0
     warm_up = 2
@@ -286,7 +294,10 @@ def run(zones: int = 10_000, points: int = 100_000, naive: int = 200, seed: int 
         "reload": {},
     }
     log("geofence: the check stage on the ingest benchmark's traffic")
-    out["stage"] = asyncio.run(stage_cost(zone_list, batches=4 if points < 50_000 else 100))
+    stage_batches = 4 if points < 50_000 else 100
+    out["stage"] = asyncio.run(stage_cost(zone_list, batches=stage_batches))
+    out["stage_unregistered"] = asyncio.run(stage_cost(zone_list, batches=stage_batches,
+                                                       unregistered=True))
     for backend in backends or []:
         log(f"geofence: reload {zones:,} zones from {backend}")
         with database(backend) as url:
