@@ -3,15 +3,15 @@
 Built once per change of the zone set (readers keep the snapshot they hold; a new one is swapped
 in whole):
 - the zone polygons in lon/lat degrees, prepared, for the breach test (boundary counts as inside);
-- each polygon in a transverse Mercator frame about the zone's own central meridian (see
-  `geofence.zones`) for distances in metres, first densified to 0.005 degree edges so its chords
-  and the degree polygon's edges part by under 1 cm (to latitude 60); plus the disc about the
-  zone's centre that holds it (for a circle zone, the circle itself);
+- each polygon projected into a transverse Mercator frame about the zone's own central meridian
+  (see `geofence.zones`), first densified to 0.005 degree edges so its chords and the degree
+  polygon's edges part by under 1 cm (to latitude 60): its rings there, for distances in metres
+  to the edge from outside, and the disc about the zone's centre that holds it (for a circle
+  zone, the circle itself);
 - each zone's bounding box grown by `approach_m` (+1 %, +1 m), turned into degrees with the
   fewest metres per degree found in the box, so no approach is missed; the boxes binned in a
   uniform grid (`_BoxGrid`), which finds the boxes holding each point of a batch in numpy alone
-  (the pairs an STRtree query would find, without a point geometry per observation);
-- each polygon's rings in its frame, for distances to the edge from outside.
+  (the pairs an STRtree query would find, without a point geometry per observation).
 
 `check` finds the candidate (observation, zone) pairs of the whole batch in the grid and then
 works on them with numpy masks and shapely's vectorised predicates, cheapest first: active window
@@ -21,12 +21,14 @@ the zone's centre in the zone's frame, less the disc's radius: exact for a circl
 are decided by it alone (inside at 0 or less: no GEOS, and nearer the geodesic circle than its
 outline polygon), and a lower bound for a polygon, tested by point in polygon (prepared, on the
 coordinates: `intersects_xy`). Outside a polygon, only those the bound leaves in reach go to
-GEOS: a point inside the frame's polygon (possible within millimetres of
-the edge) is at 0, any other gets `shortest_line` to the polygon's rings in the zone's frame (the
-polygon's own nearest point, without GEOS testing containment again). Distances are divided by
-the mean projection scale along the line, 1 + (x1^2 + x1 x2 + x2^2) / 6R^2, which keeps them
-within millimetres of the geodesic at 100 km. (A predicate query over approach-buffered polygons
-was slower both to build, GEOS buffers, and to query, unprepared point-in-polygon per candidate.)
+GEOS: `shortest_line` to the polygon's rings in the zone's frame (the polygon's own nearest
+point, without GEOS testing containment again; a point outside the degree polygon but inside the
+frame's densified one is within a centimetre of the edge, and gets that distance, not 0: both
+round to the 0.1 m an alert tells, and a containment test cost 7-12 % of the check).
+Distances are divided by the mean projection scale along the line, 1 + (x1^2 + x1 x2 + x2^2) /
+6R^2, which keeps them within millimetres of the geodesic at 100 km. (A predicate query over
+approach-buffered polygons was slower both to build, GEOS buffers, and to query, unprepared
+point-in-polygon per candidate.)
 
 Heights: a NaN height counts as inside every band (an unknown height cannot clear a zone). Times
 must be finite.
@@ -206,7 +208,6 @@ class ZoneIndex:
         "_lon0",
         "_lower",
         "_lower_ref",
-        "_metric",
         "_polygons",
         "_r2",
         "_restriction",
@@ -233,7 +234,6 @@ class ZoneIndex:
         )
 
         polygons = np.empty(n, dtype=object)
-        metric = np.empty(n, dtype=object)
         circles = np.array([isinstance(z.geometry, Point) for z in self._zones], np.bool_)
         shapes = np.flatnonzero(~circles)
         lon0 = np.empty(n, dtype=np.float64)
@@ -248,9 +248,8 @@ class ZoneIndex:
             dense = shapely.segmentize(polygons[shapes], _DENSIFY_DEG)
             coords, owner = shapely.get_coordinates(dense, return_index=True)
             x, y = tm_forward(coords[:, 0], coords[:, 1], lon0[shapes][owner])
-            metric[shapes] = shapely.set_coordinates(dense, np.column_stack([x, y]))
-            shapely.prepare(metric[shapes])
-            edges[shapes] = shapely.boundary(metric[shapes])
+            metric = shapely.set_coordinates(dense, np.column_stack([x, y]))
+            edges[shapes] = shapely.boundary(metric)
             _, centre_y = tm_forward(lon0[shapes], lat0[shapes], lon0[shapes])
             reach = np.hypot(x, y - centre_y[owner])
             starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
@@ -264,7 +263,7 @@ class ZoneIndex:
             disc_m[circles] = [
                 z.radius_m or 0.0 for z in self._zones if isinstance(z.geometry, Point)
             ]
-            polygons[circles], metric[circles] = circle_outlines(
+            polygons[circles], _ = circle_outlines(
                 lon0[circles], lat0[circles], disc_m[circles]
             )
         shapely.prepare(polygons)
@@ -275,7 +274,6 @@ class ZoneIndex:
         self._disc_m = _frozen(disc_m)
         self._circle = _frozen(circles)
         self._polygons: Geoms = _frozen(polygons)
-        self._metric: Geoms = _frozen(metric)
         self._edges: Geoms = _frozen(edges)
         bounds = shapely.bounds(polygons).reshape(n, 4)
 
@@ -483,20 +481,15 @@ class ZoneIndex:
         reach = a_dist <= approach_m * (1.0 + _SCALE_SLACK) + 1.0
         exact = np.flatnonzero(reach & ~circle[outside])
         if exact.size:
-            # Outside the degree polygon can still be inside (or on) the frame's densified one,
-            # millimetres from the edge: 0 there. Elsewhere the nearest point of the rings is the
-            # polygon's, found without GEOS testing containment again.
+            # Outside the degree polygon: the nearest point of the frame's rings is the
+            # polygon's (a point inside the frame's densified polygon is within a centimetre
+            # of its edge, and that distance is what it gets).
             zone_e, x_e, y_e = a_zone[exact], x[exact], y[exact]
-            within = shapely.intersects_xy(self._metric[zone_e], x_e, y_e)  # prepared
-            a_dist[exact[within]] = 0.0
-            out = np.flatnonzero(~within)
-            lines = shapely.shortest_line(
-                self._edges[zone_e[out]], shapely.points(x_e[out], y_e[out])
-            )
+            lines = shapely.shortest_line(self._edges[zone_e], shapely.points(x_e, y_e))
             ends = shapely.get_coordinates(lines).reshape(-1, 2, 2)  # [edge point, obs point]
             qx, px = ends[:, 0, 0], ends[:, 1, 0]
-            k_mean = 1.0 + (px * px + px * qx + qx * qx) / (6.0 * r2[exact[out]])
-            a_dist[exact[out]] = np.hypot(px - qx, ends[:, 1, 1] - ends[:, 0, 1]) / k_mean
+            k_mean = 1.0 + (px * px + px * qx + qx * qx) / (6.0 * r2[exact])
+            a_dist[exact] = np.hypot(px - qx, ends[:, 1, 1] - ends[:, 0, 1]) / k_mean
         near = a_dist <= approach_m
         a_obs, a_zone, a_dist = a_obs[near], a_zone[near], np.maximum(a_dist[near], 0.0)
 
