@@ -63,6 +63,7 @@ from geofence.zones import (
     tm_inverse,
 )
 from lowalt.errors import ValidationError
+from lowalt.runs import within_runs
 
 __all__ = [
     "RESERVING",
@@ -308,7 +309,7 @@ def build_volume(req: RouteRequest, *, tolerance_s: float, piece_s: float) -> Vo
     step_s = max(piece_s, float(duration.sum()) / MAX_PIECES * 1.001)
     k = np.maximum(1, np.ceil(duration / step_s - 1e-9)).astype(np.int64)
     seg = np.repeat(np.arange(k.size), k)
-    j = np.arange(seg.size) - np.repeat(np.cumsum(k) - k, k)
+    j = within_runs(k)
     f0, f1 = j / k[seg], (j + 1) / k[seg]
 
     def lerp(v: F64, f: F64) -> F64:
@@ -901,7 +902,7 @@ class VolumeTable:
         """Every (position, piece of its volume) pair of a block, reduced per position: distance,
         vertical, early, late, along, inside, chosen piece, piece deciding `at_end`."""
         first = np.cumsum(count) - count  # each position's first pair
-        local = np.arange(int(first[-1] + count[-1])) - np.repeat(first, count)  # its piece
+        local = within_runs(count)  # its piece
         g = np.repeat(start, count) + local
         ax, ay, vx, vy, inv, zlo, zhi, t0, t1 = np.take(self._piece, g, axis=1)
         ex, ey = np.repeat(px, count) - ax, np.repeat(py, count) - ay

@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lowalt.errors import ConfigError
+from lowalt.runs import within_runs
 
 __all__ = [
     "ConflictArrays",
@@ -361,7 +362,7 @@ def _candidate_blocks(boxes: _Boxes) -> Iterator[tuple[I64, I64]]:
     counts = np.prod(boxes.c1 - boxes.c0 + 1, axis=1)
     owner = np.repeat(np.arange(n, dtype=np.int64), counts)
     # Rank of each entry within its aircraft's cell range, unravelled to (cell x, cell y).
-    rank = np.arange(owner.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    rank = within_runs(counts)
     ny_own = (boxes.c1[:, 1] - boxes.c0[:, 1] + 1)[owner]
     cell_x = boxes.c0[owner, 0] + rank // ny_own
     cell_y = boxes.c0[owner, 1] + rank % ny_own

@@ -57,6 +57,7 @@ from geofence.zones import (
     tm_forward,
 )
 from lowalt.errors import ValidationError
+from lowalt.runs import spans, within_runs
 
 __all__ = ["ZoneHit", "ZoneHits", "ZoneIndex"]
 
@@ -152,8 +153,7 @@ class _BoxGrid:
         self._shape = _frozen(last.max(axis=0) + 1 if n else np.zeros(2, np.int64))
         self._rows = int(self._shape[1])
         owner = np.repeat(np.arange(n, dtype=np.int64), per_box)
-        k = np.arange(owner.size, dtype=np.int64) - np.repeat(np.cumsum(per_box) - per_box,
-                                                              per_box)
+        k = within_runs(per_box)
         key = ((first[owner, 0] + k // span[owner, 1]) * self._rows
                + first[owner, 1] + k % span[owner, 1])
         order = np.argsort(key, kind="stable")  # by cell, then box
@@ -179,8 +179,7 @@ class _BoxGrid:
         point, at = point[listed], at[listed]
         start, count = self._starts[at], self._starts[at + 1] - self._starts[at]
         obs = np.repeat(point, count)
-        first = np.cumsum(count) - count  # each point's first pair
-        box = self._box[np.arange(obs.size, dtype=np.int64) + np.repeat(start - first, count)]
+        box = self._box[spans(start, count)]
         px, py = x[obs], y[obs]
         holds = ((self._xmin[box] <= px) & (px <= self._xmax[box])
                  & (self._ymin[box] <= py) & (py <= self._ymax[box]))

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lowalt.models import OBSERVATION_COLUMNS, Observation, Rows, floats_of, values_of
+from lowalt.runs import spans
 
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
@@ -35,13 +36,6 @@ TRAILER = struct.pack("!h", -1)
 _TEXT = ("uav", "status", "source")
 _FLOATS = tuple(name for name in OBSERVATION_COLUMNS if name not in _TEXT)
 _COUNT = np.frombuffer(struct.pack("!h", len(OBSERVATION_COLUMNS)), np.uint8)
-
-
-def _ragged(starts: I64, lengths: I64) -> I64:
-    """The positions starts[i] .. starts[i] + lengths[i] - 1 of every i, in order."""
-    within = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(
-        np.cumsum(lengths) - lengths, lengths)
-    return np.repeat(starts, lengths) + within
 
 
 def _text(values: tuple[str | None, ...]) -> tuple[I64, U8]:
@@ -59,7 +53,7 @@ def _text(values: tuple[str | None, ...]) -> tuple[I64, U8]:
             table = np.frombuffer(b"".join(encoded), np.uint8).reshape(len(encoded), -1)
             return lengths, table[codes].reshape(-1)
         pool = np.frombuffer(b"".join(encoded), np.uint8)
-        return lengths, pool[_ragged((np.cumsum(size) - size)[codes], size[codes])]
+        return lengths, pool[spans((np.cumsum(size) - size)[codes], size[codes])]
     pieces = [b"" if v is None else v.encode() for v in values] if None in distinct else None
     if pieces is None:
         text = "".join(values)  # type: ignore[arg-type]  # no None among them
@@ -116,7 +110,7 @@ def copy_data(rows: Sequence[Observation]) -> tuple[list[str], memoryview]:
             flat[offset[:, None] + np.arange(4)] = (
                 lengths.astype(">i4").view(np.uint8).reshape(n, 4))
             sizes = np.maximum(lengths, 0)
-            flat[_ragged(offset + 4, sizes)] = data
+            flat[spans(offset + 4, sizes)] = data
             offset += 4 + sizes
         body = grid[np.arange(width) < row_len[:, None]]  # the rows end to end, no padding
     else:
