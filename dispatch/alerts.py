@@ -871,17 +871,10 @@ class AlertManager:
         absent = in_types[self._type[:used]] & (self._seen[:used] != this_pass)
         if not evaluated or not absent.any():
             return
-        # The slots filed under the evaluated UAVs, each with its UAV's t (and first t in the
-        # pass): C-level steps per UAV, a Python one only for a UAV evaluated several times.
+        # The slots filed under the evaluated UAVs, each with its UAV's t: C-level steps per UAV.
         n = len(evaluated)
         held = list(map(self._slots_of_uav.get, evaluated))
         t_eval = np.fromiter(evaluated.values(), np.float64, n)
-        first_eval = t_eval
-        if evaluated_at:
-            first_eval = t_eval.copy()
-            firsts = list(map(evaluated_at.get, evaluated))
-            for k in itertools.compress(range(n), firsts):
-                first_eval[k] = firsts[k][0]  # type: ignore[index]
         one = np.fromiter(map(isinstance, held, itertools.repeat(int)), np.bool_, n)
         several = np.flatnonzero(~one & np.fromiter(map(is_not, held, itertools.repeat(None)),
                                                     np.bool_, n))
@@ -897,15 +890,22 @@ class AlertManager:
         if not slots.size:
             return
         # Each absent alert's time of evaluation: its UAV's, or for a pair the later of its two
-        # UAVs' (a pair is filed under both). Its hysteresis starts at the pass's first
-        # evaluation of its UAV (a pair's: at that time).
+        # UAVs' (a pair is filed under both). Its hysteresis starts there, or at the pass's
+        # first evaluation of its UAV when the pass evaluated that UAV several times (a Python
+        # step for those UAVs only; a pair's starts at its time of evaluation all the same).
         t_of = np.full(used, np.nan)
         np.fmax.at(t_of, slots, t_eval[owner])
-        first_of = np.full(used, np.nan)
-        first_of[slots] = first_eval[owner]
         at = np.unique(slots)
         t_now = t_of[at]
-        starts = np.where(self._paired[at], t_now, first_of[at])
+        starts = t_now
+        if evaluated_at:
+            first_eval = t_eval.copy()
+            firsts = list(map(evaluated_at.get, evaluated))
+            for k in itertools.compress(range(n), firsts):
+                first_eval[k] = firsts[k][0]  # type: ignore[index]
+            first_of = np.full(used, np.nan)
+            first_of[slots] = first_eval[owner]
+            starts = np.where(self._paired[at], t_now, first_of[at])
         since = self._absent_since[at]
         since = np.where(np.isnan(since), starts, since)
         self._absent_since[at] = since

@@ -132,6 +132,20 @@ async def test_a_pair_alert_is_absent_from_the_later_of_its_uavs_evaluations(
     assert [(e.state, e.t) for e in events] == [("open", T0), ("resolved", T0 + 10)]
 
 
+async def test_a_pair_alert_absent_in_a_pass_of_several_reports_starts_at_its_later_uav(
+        store: Store) -> None:
+    """A pass that evaluated one UAV of a pair several times: the pair's hysteresis still
+    starts at the later of its UAVs' newest evaluations, not at that UAV's first one."""
+    async with running_manager(store, clear_s=5.0) as m:
+        await m.open_or_update(cond("A", t=T0, type="separation_loss", other_uav="B"))
+        await m.assess(PAIR, {"A": T0 + 4, "B": T0 + 2}, [],
+                       evaluated_at={"A": [T0 + 1, T0 + 4]})  # absent from T0 + 4
+        await m.assess(PAIR, {"A": T0 + 8.5}, [])  # 4.5 s: kept
+        assert [a["uav"] for a in m.open_alerts()] == ["A"]
+        await m.assess(PAIR, {"B": T0 + 9}, [])  # 5 s: resolved
+        assert m.open_alerts() == []
+
+
 async def test_one_open_alert_per_key(store: Store) -> None:
     async with running_manager(store) as m:
         async def report(uav: str, zone: str) -> None:
