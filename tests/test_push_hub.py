@@ -26,6 +26,9 @@ def test_push_reaches_each_session_that_carried_the_uav_once() -> None:
     hub.register(a, ["U1"])  # again: no second entry
     hub.register(b, ["U1"])
     hub.register(c, ["U3"])
+    hub.register(a, ["U2", "U1", "U2"])  # carried already, alone or with another: no entry
+    hub.register(b, ["U1", "U1"])
+    assert hub._uavs_of == {a: ["U1", "U2"], b: ["U1"], c: ["U3"]}  # each UAV once
     assert (hub.sessions("U1"), hub.sessions("U2"), hub.sessions("U9")) == (2, 1, 0)
     assert hub.push("U1", {"n": 1}) == 2
     assert a.got == [{"n": 1}] and b.got == [{"n": 1}] and c.got == []
