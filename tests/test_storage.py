@@ -333,3 +333,30 @@ def test_sqlite_checkpoints_in_the_background_not_in_a_commit(tmp_path: Path) ->
     (n,) = conn.execute("SELECT count(*) FROM observations").fetchone()
     conn.close()
     assert n == 3_000
+
+
+async def test_a_pooled_connection_comes_back_without_its_callers_transaction(
+    pg_url: str,
+) -> None:
+    """The pool skips asyncpg's reset query (postgres.py `_keep_session`), yet a transaction
+    a caller left open is rolled back before the connection is used again, and the staging
+    table is empty for the next COPY."""
+    await truncate_postgres(pg_url)
+    store = PostgresStore(pg_url, min_size=1, max_size=1)  # one connection: the same each time
+    await store.open()
+    try:
+        async with store.connection() as conn:
+            await conn.execute("BEGIN")
+            await conn.execute("INSERT INTO uavs (uav, operator) VALUES ('left-open', 'op')")
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+        async with store.connection() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") == pid
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT count(*) FROM uavs") == 0
+        rows = [row(f"S{k}", T0 + k) for k in range(1500)]  # the staging (COPY) path
+        assert await store.insert_observations(rows) == [True] * 1500
+        assert await store.insert_observations(rows) == [False] * 1500
+        async with store.connection() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM obs_staging") == 0
+    finally:
+        await store.close()
