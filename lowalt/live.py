@@ -28,6 +28,7 @@ F64 = npt.NDArray[np.float64]
 _T = OBSERVATION_FIELD["t"]
 _NAN = math.nan
 # The live observation of a UAV not seen yet: older than any, in no cell (NaN position).
+_CELL_LIST_MAX = 64
 _NEVER = Observation("", -math.inf, _NAN, _NAN, _NAN, None, None, None, None, None, None, None,
                      "", _NAN)
 
@@ -39,7 +40,9 @@ class LiveState:
         self.latest: dict[str, Observation] = {}
         # uav -> (lat, lon) of its operator, from F3411 System messages (shown in /v1/uavs).
         self.operator_positions: dict[str, tuple[float, float]] = {}
-        self._cells: dict[Cell, set[str]] = {}
+        # Cell -> its UAVs: a list while it holds a few (8 B a UAV, where a set takes 40-70),
+        # a set past _CELL_LIST_MAX (a removal then costs no scan).
+        self._cells: dict[Cell, list[str] | set[str]] = {}
 
     def __len__(self) -> int:
         return len(self.latest)
@@ -120,10 +123,18 @@ class LiveState:
         """Move uav from cell old (None: in none) to cell."""
         if old is not None:
             members = self._cells[old]
-            members.discard(uav)
+            members.remove(uav)
             if not members:
                 del self._cells[old]
-        self._cells.setdefault(cell, set()).add(uav)
+        held = self._cells.get(cell)
+        if held is None:
+            self._cells[cell] = [uav]
+        elif isinstance(held, list):
+            held.append(uav)
+            if len(held) > _CELL_LIST_MAX:
+                self._cells[cell] = set(held)
+        else:
+            held.add(uav)
 
     def remove(self, uav: str) -> None:
         row = self.latest.pop(uav, None)
@@ -131,7 +142,7 @@ class LiveState:
         if row is not None:
             cell = self._cell(row.lon, row.lat)
             members = self._cells[cell]
-            members.discard(uav)
+            members.remove(uav)
             if not members:
                 del self._cells[cell]
 

@@ -107,3 +107,27 @@ def test_batches_apply_as_their_rows_one_at_a_time(
         assert live.latest == newest
         assert all(live.latest[uav] is obs for uav, obs in newest.items())
     assert_picture(live, newest, boxes)
+
+
+@settings(max_examples=60, deadline=None)
+@given(moves=st.lists(st.tuples(st.integers(0, 149), st.integers(0, 2), st.booleans()),
+                      min_size=100, max_size=600))
+def test_crowded_cells_move_between_list_and_set_and_stay_exact(
+        moves: list[tuple[int, int, bool]]) -> None:
+    """150 UAVs among three cells: a cell holds a list while small and a set past
+    `_CELL_LIST_MAX`, and either way each UAV is in exactly its own cell, once."""
+    live = LiveState(cell_deg=0.01)
+    newest: dict[str, Observation] = {}
+    for k in range(150):  # all in cell 0 first: past the list's limit
+        newest[f"C{k}"] = row(f"C{k}", 1.0, 0.005, 0.005)
+        live.update([newest[f"C{k}"]])
+    assert isinstance(live._cells[(0, 0)], set)
+    for step, (k, cell, removed) in enumerate(moves, start=2):
+        uav = f"C{k}"
+        if removed:
+            live.remove(uav)
+            newest.pop(uav, None)
+            continue
+        newest[uav] = row(uav, float(step), 0.005, 0.005 + 0.01 * cell)
+        live.update([newest[uav]])
+    assert_picture(live, newest, [(-1.0, -1.0, 1.0, 1.0), (0.0, 0.0, 0.012, 0.012)])
