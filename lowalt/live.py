@@ -1,10 +1,11 @@
 """The live picture: the newest observation of every UAV by `t`, indexed on a lon/lat grid.
 
 Late satellite data never moves a UAV backwards: an observation replaces the live one only when
-its `t` is newer. The grid (cells of `cell_deg` degrees, each the set of UAVs in it) answers bbox
-queries; an update moves a UAV between cells only when it crosses a cell edge, so it costs two
-set operations, which keeps up with ingest where an R-tree's delete + insert per report would
-not. A UAV's cell is that of its live observation, so nothing per UAV is kept beyond it.
+its `t` is newer. The grid (cells of `cell_deg` degrees, each holding its UAVs: a list while
+they are few, a set past `_CELL_LIST_MAX`) answers bbox queries; an update moves a UAV between
+cells only when it crosses a cell edge, so it costs a removal and an append, which keeps up with
+ingest where an R-tree's delete + insert per report would not. A UAV's cell is that of its live
+observation, so nothing per UAV is kept beyond it.
 
 A batch of `vector_min_rows` or more is applied in columns: the UAVs' live observations by one
 C-level lookup each, the rows that advance and the cells they leave and enter by numpy, and
