@@ -28,8 +28,8 @@ Cell = tuple[int, int]
 F64 = npt.NDArray[np.float64]
 _T = OBSERVATION_FIELD["t"]
 _NAN = math.nan
+_CELL_LIST_MAX = 64  # a cell's UAVs in a list up to this many, then in a set
 # The live observation of a UAV not seen yet: older than any, in no cell (NaN position).
-_CELL_LIST_MAX = 64
 _NEVER = Observation("", -math.inf, _NAN, _NAN, _NAN, None, None, None, None, None, None, None,
                      "", _NAN)
 
@@ -123,10 +123,7 @@ class LiveState:
     def _move(self, uav: str, old: Cell | None, cell: Cell) -> None:
         """Move uav from cell old (None: in none) to cell."""
         if old is not None:
-            members = self._cells[old]
-            members.remove(uav)
-            if not members:
-                del self._cells[old]
+            self._leave(old, uav)
         held = self._cells.get(cell)
         if held is None:
             self._cells[cell] = [uav]
@@ -137,15 +134,18 @@ class LiveState:
         else:
             held.add(uav)
 
+    def _leave(self, cell: Cell, uav: str) -> None:
+        """Take uav out of cell (where it is), and the cell out of the grid once empty."""
+        members = self._cells[cell]
+        members.remove(uav)
+        if not members:
+            del self._cells[cell]
+
     def remove(self, uav: str) -> None:
         row = self.latest.pop(uav, None)
         self.operator_positions.pop(uav, None)
         if row is not None:
-            cell = self._cell(row.lon, row.lat)
-            members = self._cells[cell]
-            members.remove(uav)
-            if not members:
-                del self._cells[cell]
+            self._leave(self._cell(row.lon, row.lat), uav)
 
     def in_bbox(
         self, min_lon: float, min_lat: float, max_lon: float, max_lat: float
