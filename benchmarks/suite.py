@@ -176,6 +176,12 @@ def _fmt(value: float, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _share(impact: dict[str, Any]) -> str:
+    """The share of the fleet a zoned ingest run's zones caught, for a row's label."""
+    share = impact.get("reports_in_condition")
+    return "" if share is None else f"{100 * share:.0f} % of the fleet in a zone condition"
+
+
 def _verdict(ok: bool | None) -> str:
     return "" if ok is None else ("met" if ok else "**not met**")
 
@@ -298,10 +304,15 @@ def _rows(r: dict[str, Any]) -> list[Row]:
                          _fmt(rl["total_s"], 2), "<= 1 (#4)", _verdict(rl["total_s"] <= 1.0)))
         imp = g.get("ingest_impact")
         if imp:
-            rows.append(("geofence", f"{imp['backend']}: ingest cut by {g['zones']:,} zones, %",
+            rows.append(("geofence", f"{imp['backend']}: ingest cut by {g['zones']:,} zones "
+                         f"({_share(imp)}), %",
                          f"{_fmt(imp['cut_percent'], 1)} ({_fmt(imp['without_zones']['obs_per_s'])}"
                          f" -> {_fmt(imp['with_zones']['obs_per_s'])} obs/s)", "<= 20 (#4)",
                          _verdict(imp["cut_percent"] <= 20)))
+            for name, lay in imp.get("layouts", {}).items():
+                rows.append(("geofence", f"the same zones {name} ({_share(lay)}), %",
+                             f"{_fmt(lay['cut_percent'], 1)} (-> "
+                             f"{_fmt(lay['with_zones']['obs_per_s'])} obs/s)", "", ""))
     conf = r.get("conflicts")
     if conf:
         limits = {10_000: 50.0, 100_000: 1000.0}
