@@ -69,6 +69,28 @@ def test_bench_quick_codecs_and_conflicts(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
+def test_bench_quick_geofence(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    done = subprocess.run(
+        [sys.executable, "-m", "lowalt.cli", "bench", "geofence", "--quick", "--backend",
+         "sqlite", "--out", str(out)],
+        capture_output=True, text=True, timeout=280,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "bench.json").read_text())
+    assert results["errors"] == {}
+    g = results["geofence"]
+    assert g["zones"] == 500 and g["naive_equal"] is True  # the naive loop's hits, the same
+    for part, batch in (("stage", 5_000), ("stage_1000", 1_000), ("stage_unregistered", 5_000)):
+        assert g[part]["batch"] == batch and g[part]["observations"] == 4 * 5_000, part
+        assert _positive(g[part]["stage_us_per_obs"]), part
+    assert _positive(g["reload"]["sqlite"]["total_s"])
+    table = (out / "bench.md").read_text()
+    assert "the same in calls of 1,000 reports" in table
+    assert "reload 500 zones from sqlite, s" in table
+
+
+@pytest.mark.timeout(300)
 def test_bench_quick_webhooks_against_a_server(tmp_path: Path) -> None:
     """The webhook part end to end on SQLite: every burst event reaches each subscription once,
     signed; the naive one-POST-per-event baseline runs beside it and the ratio is given."""
