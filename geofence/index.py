@@ -468,7 +468,9 @@ class ZoneIndex:
         a_dist = centre_m / (1.0 + x * x / (6.0 * r2)) - self._disc_m[zone]
         circle = self._circle[zone]
         inside = circle & (a_dist <= 0.0)
-        shapes = np.flatnonzero(~circle)
+        # A polygon holds a point only inside its bounding disc (to within a centimetre, the
+        # frame's densified rings against the degree edges): GEOS for those pairs alone.
+        shapes = np.flatnonzero(~circle & (a_dist <= 1.0))
         inside[shapes] = shapely.intersects_xy(  # prepared
             self._polygons[zone[shapes]], lon_a[obs[shapes]], lat_a[obs[shapes]])
         b_obs, b_zone = obs[inside], zone[inside]
@@ -483,12 +485,23 @@ class ZoneIndex:
             # Outside the degree polygon: the nearest point of the frame's rings is the
             # polygon's (a point inside the frame's densified polygon is within a centimetre
             # of its edge, and that distance is what it gets).
-            zone_e, x_e, y_e = a_zone[exact], x[exact], y[exact]
-            lines = shapely.shortest_line(self._edges[zone_e], shapely.points(x_e, y_e))
-            ends = shapely.get_coordinates(lines).reshape(-1, 2, 2)  # [edge point, obs point]
-            qx, px = ends[:, 0, 0], ends[:, 1, 0]
-            k_mean = 1.0 + (px * px + px * qx + qx * qx) / (6.0 * r2[exact])
-            a_dist[exact] = np.hypot(px - qx, ends[:, 1, 1] - ends[:, 0, 1]) / k_mean
+            # Ground distance = frame distance / the frame's scale k = 1 + x^2 / 2R^2 averaged
+            # along the path, 1 + (px^2 + px qx + qx^2) / 6R^2 from the point's x (px) to its
+            # nearest edge point's (qx). Taken at px alone, that is off by at most
+            # d^2 (3|px| + d) / 6R^2 metres for a distance d (5 mm at d = 2 km, px = 100 km);
+            # pairs where that could pass 1 mm get the nearest edge point from GEOS.
+            zone_e, x_e, y_e, r2_e = a_zone[exact], x[exact], y[exact], r2[exact]
+            edges, points = self._edges[zone_e], shapely.points(x_e, y_e)
+            frame_m = shapely.distance(edges, points)
+            a_dist[exact] = frame_m / (1.0 + x_e * x_e / (2.0 * r2_e))
+            far = np.flatnonzero(frame_m * frame_m * (3.0 * np.abs(x_e) + frame_m)
+                                 > 6e-3 * r2_e)
+            if far.size:
+                lines = shapely.shortest_line(edges[far], points[far])
+                ends = shapely.get_coordinates(lines).reshape(-1, 2, 2)  # [edge, obs point]
+                qx, px = ends[:, 0, 0], ends[:, 1, 0]
+                k_mean = 1.0 + (px * px + px * qx + qx * qx) / (6.0 * r2_e[far])
+                a_dist[exact[far]] = np.hypot(px - qx, ends[:, 1, 1] - ends[:, 0, 1]) / k_mean
         near = a_dist <= approach_m
         a_obs, a_zone, a_dist = a_obs[near], a_zone[near], np.maximum(a_dist[near], 0.0)
 
