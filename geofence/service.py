@@ -83,6 +83,9 @@ _SELECT = ("SELECT CASE WHEN properties IS NULL OR wkb IS NULL THEN feature END,
            "properties, wkb FROM zones ORDER BY id")
 
 
+_new_condition = tuple.__new__  # a Condition from its fields in order, without kwargs
+
+
 class StoredZone(NamedTuple):
     """A zone as read back: its properties JSON and geometry WKB, or (older rows) its feature."""
 
@@ -426,25 +429,28 @@ class Geofence:
 
         # Hit-sized columns only, not `rows`: the alert manager keeps a batch while an alert
         # points at it.
-        def condition(k: int) -> Condition:
+        def conditions(ks: Sequence[int]) -> list[Condition]:
             if not lists:
                 lists.extend(col.tolist() for col in (
                     hits.zone, severity, agl_m[obs], hits.distance_m, hit_t, hit_lat, hit_lon,
                     hit_alt_m))
             zone_pos, rank, hit_agl, distance, t_of, lat_of, lon_of, alt_of = lists
-            zone = zones[zone_pos[k]]
-            return Condition(
-                type=kinds[k], uav=hit_uav[k], severity=SEVERITIES[rank[k]], t=t_of[k],
-                lat=lat_of[k], lon=lon_of[k], alt_m=alt_of[k], zone=zone.id,
-                detail={"zone_name": zone.name, "restriction": zone.restriction,
-                        "lower_m": zone.lower_m, "upper_m": zone.upper_m,
-                        "reference": zone.reference, "agl_m": round(hit_agl[k], 1),
-                        "distance_m": round(distance[k], 1)},
-            )
+            made = []
+            for k in ks:
+                zone = zones[zone_pos[k]]
+                made.append(_new_condition(Condition, (
+                    kinds[k], hit_uav[k], SEVERITIES[rank[k]], t_of[k], lat_of[k], lon_of[k],
+                    alt_of[k], zone.id, None, None,
+                    {"zone_name": zone.name, "restriction": zone.restriction,
+                     "lower_m": zone.lower_m, "upper_m": zone.upper_m,
+                     "reference": zone.reference, "agl_m": round(hit_agl[k], 1),
+                     "distance_m": round(distance[k], 1)})))
+            return made
 
         return ConditionBatch(
             kinds, hit_uav, index.zone_ids[hits.zone].tolist(), severity, hit_t, hit_lat,
-            hit_lon, hit_alt_m, np.column_stack([distance_m, hit_agl_m]), condition,
+            hit_lon, hit_alt_m, np.column_stack([distance_m, hit_agl_m]),
+            lambda k: conditions((k,))[0], conditions,
         )
 
     def _without_cleared(

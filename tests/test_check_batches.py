@@ -11,7 +11,7 @@ import numpy as np
 
 from benchmarks.bench_conflicts import city_traffic, live_rows
 from benchmarks.bench_geofence import T0, random_zones
-from dispatch.alerts import MATERIAL, SEVERITY_RANK, AlertManager, ConditionBatch
+from dispatch.alerts import MATERIAL, SEVERITY_RANK, AlertManager, Condition, ConditionBatch
 from geofence.conflicts import ConflictParams, detect_conflicts
 from geofence.index import ZoneIndex
 from geofence.monitor import TrafficMonitor
@@ -32,6 +32,15 @@ def assert_rows_match(batch: ConditionBatch) -> None:
             batch.t[k], batch.lat[k], batch.lon[k], batch.alt_m[k])
         told = [float(c.detail[name]) for name in MATERIAL[c.type]]
         assert told == batch.values[k].tolist()
+    # Built several at once (as the alert manager asks for opens and updates), row by row
+    # alike, in the order asked, each with a detail of its own.
+    every = [batch.condition(k) for k in range(len(batch))]
+    assert batch.conditions() == every
+    picked = list(range(len(batch)))[::-2]
+    many = batch.conditions(picked)
+    assert many == [every[k] for k in picked]
+    assert all(type(c) is Condition for c in [*every, *many])
+    assert len({id(c.detail) for c in many}) == len(many)
 
 
 def test_geofence_batch_matches_its_conditions() -> None:
