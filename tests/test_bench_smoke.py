@@ -20,16 +20,20 @@ def _positive(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
-@pytest.mark.timeout(300)
-def test_bench_quick_codecs_and_conflicts(tmp_path: Path) -> None:
-    out = tmp_path / "bench"
+def _quick(out: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`lowalt bench ARGS --quick --out OUT`: the finished process and its bench.json."""
     done = subprocess.run(
-        [sys.executable, "-m", "lowalt.cli", "bench", "codecs", "conflicts", "--quick",
-         "--out", str(out)],
+        [sys.executable, "-m", "lowalt.cli", "bench", *args, "--quick", "--out", str(out)],
         capture_output=True, text=True, timeout=280,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((out / "bench.json").read_text())
+    return done, json.loads((out / "bench.json").read_text())
+
+
+@pytest.mark.timeout(300)
+def test_bench_quick_codecs_and_conflicts(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    done, results = _quick(out, "codecs", "conflicts")
 
     assert results["parts"] == ["codecs", "conflicts"]
     assert results["quick"] is True and results["errors"] == {}
@@ -71,13 +75,7 @@ def test_bench_quick_codecs_and_conflicts(tmp_path: Path) -> None:
 @pytest.mark.timeout(300)
 def test_bench_quick_geofence(tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    done = subprocess.run(
-        [sys.executable, "-m", "lowalt.cli", "bench", "geofence", "--quick", "--backend",
-         "sqlite", "--out", str(out)],
-        capture_output=True, text=True, timeout=280,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((out / "bench.json").read_text())
+    _, results = _quick(out, "geofence", "--backend", "sqlite")
     assert results["errors"] == {}
     g = results["geofence"]
     assert g["zones"] == 500 and g["naive_equal"] is True  # the naive loop's hits, the same
@@ -95,13 +93,7 @@ def test_bench_quick_webhooks_against_a_server(tmp_path: Path) -> None:
     """The webhook part end to end on SQLite: every burst event reaches each subscription once,
     signed; the naive one-POST-per-event baseline runs beside it and the ratio is given."""
     out = tmp_path / "bench"
-    done = subprocess.run(
-        [sys.executable, "-m", "lowalt.cli", "bench", "webhooks", "--quick", "--backend",
-         "sqlite", "--out", str(out)],
-        capture_output=True, text=True, timeout=280,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((out / "bench.json").read_text())
+    _, results = _quick(out, "webhooks", "--backend", "sqlite")
     assert results["errors"] == {} and results["backends"] == ["sqlite"]
 
     w = results["webhooks"]["sqlite"]
@@ -129,13 +121,7 @@ def test_bench_quick_ingest_native_and_f3411_gateway(tmp_path: Path) -> None:
     """The ingest part on SQLite: the F3411 gateway load (message packs) runs on the headline
     server beside the native one, every pack acked is stored once, and the ratio is given."""
     out = tmp_path / "bench"
-    done = subprocess.run(
-        [sys.executable, "-m", "lowalt.cli", "bench", "ingest", "--quick", "--backend", "sqlite",
-         "--connections", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=280,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((out / "bench.json").read_text())
+    _, results = _quick(out, "ingest", "--backend", "sqlite", "--connections", "1")
     assert results["errors"] == {} and results["backends"] == ["sqlite"]
 
     b = results["ingest"]["sqlite"]
