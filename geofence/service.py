@@ -425,26 +425,27 @@ class Geofence:
         zones = index.zones
         hit_uav = list(map(uav.__getitem__, obs.tolist()))
         hit_t, hit_lat, hit_lon, hit_alt_m = row_t[obs], lat[obs], lon[obs], alt_m[obs]
-        lists: list[list[Any]] = []  # the columns as Python lists, made on first use
+        zone_pos_all, hit_agl_all = hits.zone, agl_m[obs]
 
         # Hit-sized columns only, not `rows`: the alert manager keeps a batch while an alert
-        # points at it.
+        # points at it. Only the rows asked for are taken out of numpy (a call asks for a few
+        # of the batch's rows: those that open or update an alert).
         def conditions(ks: Sequence[int]) -> list[Condition]:
-            if not lists:
-                lists.extend(col.tolist() for col in (
-                    hits.zone, severity, agl_m[obs], hits.distance_m, hit_t, hit_lat, hit_lon,
-                    hit_alt_m))
-            zone_pos, rank, hit_agl, distance, t_of, lat_of, lon_of, alt_of = lists
+            at = np.fromiter(ks, np.intp, len(ks))
+            zone_pos, rank, hit_agl, distance, t_of, lat_of, lon_of, alt_of = (
+                col[at].tolist() for col in (zone_pos_all, severity, hit_agl_all,
+                                             hits.distance_m, hit_t, hit_lat, hit_lon,
+                                             hit_alt_m))
             made = []
-            for k in ks:
-                zone = zones[zone_pos[k]]
+            for j, k in enumerate(ks):
+                zone = zones[zone_pos[j]]
                 made.append(_new_condition(Condition, (
-                    kinds[k], hit_uav[k], SEVERITIES[rank[k]], t_of[k], lat_of[k], lon_of[k],
-                    alt_of[k], zone.id, None, None,
+                    kinds[k], hit_uav[k], SEVERITIES[rank[j]], t_of[j], lat_of[j], lon_of[j],
+                    alt_of[j], zone.id, None, None,
                     {"zone_name": zone.name, "restriction": zone.restriction,
                      "lower_m": zone.lower_m, "upper_m": zone.upper_m,
-                     "reference": zone.reference, "agl_m": round(hit_agl[k], 1),
-                     "distance_m": round(distance[k], 1)})))
+                     "reference": zone.reference, "agl_m": round(hit_agl[j], 1),
+                     "distance_m": round(distance[j], 1)})))
             return made
 
         return ConditionBatch(

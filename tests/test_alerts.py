@@ -5,10 +5,13 @@ that keep open alerts open and go on counting."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import MappingProxyType
 from typing import Any
 
+import numpy as np
 import pytest
 
 from dispatch.alerts import AlertEvent, AlertManager, Broadcaster, Condition
@@ -85,6 +88,26 @@ async def test_lifecycle_updates_and_hysteresis(store: Store) -> None:
         "alt_m": 120.0, "detail": {},
     }
     assert AlertEvent.from_body(resolved.body) == resolved
+
+
+def test_event_body_is_the_event_as_json() -> None:
+    """The writer's body (orjson) says exactly what `as_json` says, read back by the standard
+    library: numpy numbers, sets, read-only mappings and non-ASCII names included, and reads
+    back as the same event."""
+    detail = {"zone_name": "机场净空区 Zone", "agl_m": np.float64(101.3), "count": np.int64(3),
+              "uavs": {"B", "A"}, "limits": MappingProxyType({"max_agl_m": 120.0}), 7: "seven"}
+    event = AlertEvent(0, 12, "open", "geofence_breach", "critical", "U-é", None, "Z1", None,
+                       T0 + 0.125, T0 + 0.5, 29.700000000000003, 106.6, 1e-07, detail)
+    numbered = event.numbered(41)
+    assert numbered[:-1] == (41, *event[1:-1]) and numbered.detail is detail
+    assert json.loads(numbered.body) == {
+        **{k: v for k, v in numbered.as_json().items() if k != "detail"},
+        "detail": {"zone_name": "机场净空区 Zone", "agl_m": 101.3, "count": 3,
+                   "uavs": ["A", "B"], "limits": {"max_agl_m": 120.0}, "7": "seven"},
+    }
+    assert json.loads(numbered.body)["lat"] == 29.700000000000003  # every digit that counts
+    again = AlertEvent.from_body(numbered.body)
+    assert again[:-2] == numbered[:-2] and again.body == numbered.body
 
 
 async def test_scope_of_assess(store: Store) -> None:
