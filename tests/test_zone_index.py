@@ -377,9 +377,11 @@ def test_box_grid_finds_exactly_the_boxes_holding_each_point(
             points.append((data.draw(coord), data.draw(coord)))
     p = np.array(points, dtype=np.float64).reshape(-1, 2)
     x, y = p[:, 0].copy(), p[:, 1].copy()
-    obs, box = _BoxGrid(b).pairs(x, y)
-    found = set(zip(obs.tolist(), box.tolist(), strict=True))
     expected = {(i, j) for i in range(len(p)) for j in range(len(b))
                 if b[j, 0] <= x[i] <= b[j, 2] and b[j, 1] <= y[i] <= b[j, 3]}
-    assert found == expected
-    assert obs.tolist() == sorted(obs.tolist())
+    for dense in (True, False):  # a table of every cell, or a search of the occupied ones
+        obs, box = _BoxGrid(b, dense=dense).pairs(x, y)
+        found = set(zip(obs.tolist(), box.tolist(), strict=True))
+        assert found == expected
+        assert obs.tolist() == sorted(obs.tolist())
+        assert len(found) == obs.size  # each pair once
