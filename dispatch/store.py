@@ -1,8 +1,11 @@
 """Durable alert state behind one interface, on the main store's SQLite file or PostgreSQL pool.
 
 Tables (SQLite creates them itself; PostgreSQL gets them from migrations/versions/0002_alerts.py):
-- `alerts`: one row per alert, its current state and its last event's JSON; a partial unique index
-  on (type, uav, ref) WHERE state <> 'resolved' keeps one open alert per key in the database too.
+- `alerts`: one row per alert, written when it opens and when it resolves (state, severity and
+  the event JSON as of its last event in that commit); a partial unique index on
+  (type, uav, ref) WHERE state <> 'resolved' keeps one open alert per key in the database too.
+  An update is an event only: its alert's newest event is the last in `alert_events` (one
+  insert per update, not also an upsert; updates are most of a busy server's events).
 - `alert_events`: one row per event, `seq` the primary key, with the event JSON (`body`) and the
   columns the feeds filter on. It is also the webhook and NATS outbox: each consumer keeps only
   the seq it has delivered up to.
@@ -197,17 +200,36 @@ def _event_row(e: AlertEvent) -> tuple[Any, ...]:
 
 
 def _alert_rows(events: Sequence[AlertEvent]) -> list[tuple[Any, ...]]:
-    """Each alert's last event in the batch, in the order of those last events.
+    """The `alerts` rows of the alerts that open or resolve in the batch, each as of its last
+    event in the batch, in the order of those last events (updates alone write no row).
 
     That order keeps the one-open-per-key index satisfied: an alert resolved in the batch comes
     before any alert opened on the same key after it.
     """
     last: dict[int, AlertEvent] = {}
+    changed: set[int] = set()
     for e in events:
         last.pop(e.alert_id, None)
         last[e.alert_id] = e
-    return [(e.alert_id, e.type, e.uav, e.key[2], e.state, e.severity, e.raised_at, e.seq, e.body)
-            for e in last.values()]
+        if e.state != "updated":
+            changed.add(e.alert_id)
+    return [(e.alert_id, e.type, e.uav, e.key[2], "resolved" if e.state == "resolved" else "open",
+             e.severity, e.raised_at, e.seq, e.body)
+            for e in last.values() if e.alert_id in changed]
+
+
+# The open alerts, each with its newest event (the last in alert_events; see the module
+# docstring) and when it opened.
+_OPEN_ALERTS_SQLITE = (  # alert_events_alert lists by (alert_id, rowid); rowid is seq
+    "SELECT (SELECT body FROM alert_events e WHERE e.alert_id = a.alert_id "
+    "ORDER BY e.seq DESC LIMIT 1), a.opened_at FROM alerts a "
+    "WHERE a.state <> 'resolved' ORDER BY a.alert_id"
+)
+_OPEN_ALERTS_POSTGRES = (
+    "SELECT e.body, a.opened_at FROM alerts a CROSS JOIN LATERAL (SELECT body FROM alert_events "
+    "WHERE alert_id = a.alert_id ORDER BY seq DESC LIMIT 1) e "
+    "WHERE a.state <> 'resolved' ORDER BY a.alert_id"
+)
 
 
 _UPSERT_ALERT = (
@@ -328,9 +350,7 @@ class SqliteAlertStore(AlertStore):
     async def load_state(self) -> LoadedState:
         (last_seq,), = await self._read("SELECT coalesce(max(seq), 0) FROM alert_events")
         (last_alert_id,), = await self._read("SELECT coalesce(max(alert_id), 0) FROM alerts")
-        rows = await self._read(
-            "SELECT body, opened_at FROM alerts WHERE state <> 'resolved' ORDER BY alert_id"
-        )
+        rows = await self._read(_OPEN_ALERTS_SQLITE)
         return LoadedState(int(last_seq), int(last_alert_id),
                            [(AlertEvent.from_body(r[0]), float(r[1])) for r in rows])
 
@@ -452,9 +472,7 @@ class PostgresAlertStore(AlertStore):
     async def load_state(self) -> LoadedState:
         (seq,) = await self._fetch("SELECT coalesce(max(seq), 0) FROM alert_events")
         (alert_id,) = await self._fetch("SELECT coalesce(max(alert_id), 0) FROM alerts")
-        rows = await self._fetch(
-            "SELECT body, opened_at FROM alerts WHERE state <> 'resolved' ORDER BY alert_id"
-        )
+        rows = await self._fetch(_OPEN_ALERTS_POSTGRES)
         return LoadedState(int(seq[0]), int(alert_id[0]),
                            [(AlertEvent.from_body(r[0]), float(r[1])) for r in rows])
 

@@ -239,11 +239,16 @@ async def test_restart_keeps_open_alerts_and_continues_seq(
         await m.open_or_update(cond("U2", zone="Z2"))
         await m.open_or_update(cond("A", type="separation_loss", other_uav="B"))
         await m.resolve(("geofence_breach", "U2", "Z2"), T0 + 1)
+        await m.flush(10)  # the refresh below commits on its own
         await m.open_or_update(cond("U1", T0 + 10, zone="Z1", lat=29.8))  # a refresh
         await m.flush(10)
         before = m.open_alerts()
         last_seq = m.committed_seq
     assert last_seq == 5
+    # An update is an event only (its `alerts` row is as the alert opened): a start reads each
+    # open alert's newest event from the event log.
+    loaded = {e.uav: e for e, _ in (await alert_store_for(store).load_state()).open_alerts}
+    assert (loaded["U1"].seq, loaded["U1"].state, loaded["U1"].lat) == (5, "updated", 29.8)
     store2 = create_store(settings)  # what a restarted process opens
     await store2.open()
     try:
