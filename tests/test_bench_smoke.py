@@ -161,3 +161,34 @@ def test_sqlite_layout_and_alert_memory_scripts_run(tmp_path: Path) -> None:
         assert rows >= 1_000 and rows % 1_000 == 0
     total, top = asyncio.run(per_alert(2_000))
     assert total > 0 and top and all(isinstance(where, str) for _, where in top)
+
+
+@pytest.mark.timeout(300)
+def test_pair_runs_two_trees_at_once_and_swaps(tmp_path: Path) -> None:
+    """`python -m benchmarks.pair`: both sides run (this tree twice, on SQLite), each round
+    prints both sides' figures and the ratio of their rates, every second round with the sides
+    swapped back into place; a side that cannot run fails the whole run, naming its tree."""
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.pair", str(repo), str(repo), "--backend", "sqlite",
+         "--zones", "50", "--seconds", "1", "--rounds", "2"],
+        capture_output=True, text=True, timeout=280, cwd=repo,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rounds = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(rounds) == 2 and [r.get("swapped", False) for r in rounds] == [False, True]
+    for r in rounds:
+        assert r["mode"] == "zones"
+        a, b = r["a"], r["b"]
+        assert a["tree"] == b["tree"] == str(repo)
+        assert _positive(a["obs_per_s"]) and _positive(b["obs_per_s"])
+        assert a["rejected"] == b["rejected"] == 0
+        assert r["b_over_a"] == round(b["obs_per_s"] / a["obs_per_s"], 3)
+
+    broken = subprocess.run(
+        [sys.executable, "-m", "benchmarks.pair", str(repo), str(tmp_path), "--backend",
+         "sqlite", "--seconds", "1", "--rounds", "1"],
+        capture_output=True, text=True, timeout=280, cwd=repo,
+    )
+    assert broken.returncode != 0
+    assert f"{tmp_path}: the run failed" in broken.stderr
