@@ -39,7 +39,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter, is_not
@@ -117,6 +117,7 @@ _MAX_VALUES = max(len(v) for v in MATERIAL.values())
 _TYPE_LIST = tuple(sorted(ALERT_TYPES))  # codes fit the int8 `_type` array
 _TYPE_CODE: Mapping[str, int] = {name: k for k, name in enumerate(_TYPE_LIST)}
 _TYPE_OF = attrgetter("type")
+_STATE_OF = attrgetter("state")
 # Batches whose rows open alerts may point at are kept until there are more than _KEEP_BATCHES
 # of them holding more than _KEEP_ROWS rows; then the oldest go, down to half the rows. Small
 # batches come often at high ingest rates (commit groups of ~1,000 rows): kept by count alone,
@@ -775,7 +776,8 @@ class AlertManager:
         slots = np.fromiter(map(self._slot_of.get, keys, itertools.repeat(-1)), np.int64, n)
         known = slots[slots >= 0]
         new = np.flatnonzero(slots < 0).tolist()
-        if np.unique(known).size == known.size and len({keys[k] for k in new}) == len(new):
+        if (known.size < 2 or np.bincount(known).max() == 1) \
+                and len({keys[k] for k in new}) == len(new):
             pointed = self._observe_rows(batch, batch_no, rules, np.arange(n), slots, keys,
                                          this_pass)
         else:
@@ -911,7 +913,7 @@ class AlertManager:
         # step for those UAVs only; a pair's starts at its time of evaluation all the same).
         t_of = np.full(used, np.nan)
         np.fmax.at(t_of, slots, t_eval[owner])
-        at = np.unique(slots)
+        at = np.flatnonzero(~np.isnan(t_of))  # the slots, each once, in order
         t_now = t_of[at]
         starts = t_now
         if evaluated_at:
@@ -926,9 +928,10 @@ class AlertManager:
         since = np.where(np.isnan(since), starts, since)
         self._absent_since[at] = since
         done = np.flatnonzero(t_now - since >= self.clear_s).tolist()
-        slots, times_now = at.tolist(), t_now.tolist()
-        for k in sorted(done, key=lambda k: self._alert(slots[k]).key):
-            self._resolve(slots[k], times_now[k], None)
+        absent_slots, times_now = at.tolist(), t_now.tolist()
+        self._build_latest([absent_slots[k] for k in done])
+        for k in sorted(done, key=lambda k: self._alert(absent_slots[k]).key):
+            self._resolve(absent_slots[k], times_now[k], None)
 
     def _resolve(self, slot: int, t: float, detail: Mapping[str, Any] | None) -> None:
         alert = self._alert(slot)
@@ -1019,6 +1022,21 @@ class AlertManager:
         assert alert is not None
         return alert
 
+    def _build_latest(self, slots: Sequence[int]) -> None:
+        """`_latest` for many slots: those pointing at batch rows get their conditions built,
+        a batch's rows at once (`ConditionBatch.conditions`)."""
+        if not slots:
+            return
+        at = np.array(slots, dtype=np.int64)
+        at = at[self._latest_batch[at] >= 0]
+        batch_of = self._latest_batch[at]
+        for batch_no in np.unique(batch_of).tolist():
+            of_batch = at[batch_of == batch_no]
+            built = self._batches[batch_no].conditions(self._latest_row[of_batch].tolist())
+            for slot, c in zip(of_batch.tolist(), built, strict=True):
+                self._alert(slot).latest = c
+            self._latest_batch[of_batch] = -1
+
     def _latest(self, slot: int) -> Condition:
         """The newest condition of an open alert, built from its batch row when it has one, or
         from what its last event told (`_OpenAlert.latest`)."""
@@ -1048,9 +1066,8 @@ class AlertManager:
             if kept > _KEEP_ROWS // 2:
                 break
             oldest_kept = batch_no
-        for slot in np.flatnonzero((self._latest_batch >= 0)
-                                   & (self._latest_batch < oldest_kept)).tolist():
-            self._latest(slot)
+        self._build_latest(np.flatnonzero((self._latest_batch >= 0)
+                                          & (self._latest_batch < oldest_kept)).tolist())
         for batch_no in [b for b in self._batches if b < oldest_kept]:
             self._kept_rows -= len(self._batches.pop(batch_no).uav)
 
@@ -1116,8 +1133,8 @@ class AlertManager:
                 lane.popleft()
             self._seq = events[-1].seq
             self.broadcaster.publish(events)  # same step as the seq update: feeds rely on it
-            for event in events:
-                self.metrics.inc("lowalt_alert_events_total", state=event.state)
+            for state, count in Counter(map(_STATE_OF, events)).items():
+                self.metrics.inc("lowalt_alert_events_total", count, state=state)
             if len(queue) < self.max_pending_events:
                 self._room.set()
 

@@ -284,6 +284,27 @@ async def test_many_batches_keep_the_newest_condition_of_a_silent_alert(
         assert (resolved.state, resolved.lat) == ("resolved", 29.75)
 
 
+async def test_alerts_resolved_together_report_their_newest_batch_rows() -> None:
+    """Alerts that resolve in one pass, pointing at rows of several batches (no event since
+    their news-less sightings), each report its own newest row: position, time and detail."""
+    async with manager(clear_s=2.0) as (m, store):
+        uavs = ["U1", "U2", "U3"]
+        await m.assess(ZONE, dict.fromkeys(uavs, T0), batches=[as_batch(
+            [zone_hit(T0, uav=u) for u in uavs])])
+        # A little nearer (no event, the batch row is newest): U1 and U2 in one batch, U3 in
+        # another.
+        for group in (uavs[:2], uavs[2:]):
+            t = T0 + 0.5
+            await m.assess(ZONE, dict.fromkeys(group, t), batches=[as_batch(
+                [zone_hit(t, uav=uav, lat=29.7 + (k + 1) * 1e-6, distance_m=99.0 - k)
+                 for k, uav in enumerate(uavs) if uav in group])])
+        await m.assess(ZONE, dict.fromkeys(uavs, T0 + 1.0), batches=[])  # gone from here on
+        await m.assess(ZONE, dict.fromkeys(uavs, T0 + 3.0), batches=[])
+        resolved = [e for e in await _events(m, store) if e.state == "resolved"]
+    assert [(e.uav, e.t, e.lat, e.detail["distance_m"]) for e in resolved] == [
+        (uav, T0 + 3.0, 29.7 + (k + 1) * 1e-6, 99.0 - k) for k, uav in enumerate(uavs)]
+
+
 async def test_small_batches_are_kept_by_rows_so_no_condition_is_built_for_nothing() -> None:
     """At high ingest rates batches are small and many (commit groups of ~1,000 rows): while
     the rows they hold are few, they stay, and an alert whose UAV is seen again in a later batch
