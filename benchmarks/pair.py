@@ -23,12 +23,14 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import lowalt
 from benchmarks.harness import cpu_s, database, log
 
 
@@ -62,8 +64,7 @@ def one(mode: str, seconds: float, backend: str, zones: int) -> dict[str, Any]:
 
             result = asyncio.run(go())
             result["server_cpu_s"] = round(cpu_s(pid) - before, 2)
-    import lowalt  # the server runs from the same directory and path: the same code
-
+    # The server runs from the same directory and path as this process: the same code.
     result["code"] = str(Path(lowalt.__file__).resolve().parents[1])
     return result
 
@@ -80,14 +81,25 @@ def pair(a: Path, b: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Both sides at once; their figures and the ratio of B's rate to A's."""
     sides = [_side(a, args), _side(b, args)]
     out = []
-    for tree, proc in zip((a, b), sides, strict=True):
-        stdout, _ = proc.communicate(timeout=args.seconds + 600)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{tree}: the run failed (exit {proc.returncode})")
-        result = json.loads(stdout.decode().strip().splitlines()[-1])
-        if Path(result["code"]) != tree:  # e.g. a tree without lowalt: the installed one ran
-            raise RuntimeError(f"{tree}: the run failed (it ran the code in {result['code']})")
-        out.append(result)
+    try:
+        for tree, proc in zip((a, b), sides, strict=True):
+            stdout, _ = proc.communicate(timeout=args.seconds + 600)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{tree}: the run failed (exit {proc.returncode})")
+            result = json.loads(stdout.decode().strip().splitlines()[-1])
+            if Path(result["code"]) != tree:  # e.g. a tree without lowalt: the installed one ran
+                raise RuntimeError(f"{tree}: the run failed (it ran the code in "
+                                   f"{result['code']})")
+            out.append(result)
+    finally:
+        for proc in sides:  # the other side too, when one failed: SIGINT lets it stop its
+            if proc.poll() is None:  # server and drop its database
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
     return {"mode": args.mode, "a": {"tree": str(a), **out[0]}, "b": {"tree": str(b), **out[1]},
             "b_over_a": round(out[1]["obs_per_s"] / max(1, out[0]["obs_per_s"]), 3)}
 
