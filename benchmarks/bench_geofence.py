@@ -270,6 +270,15 @@ def exposure(zones: list[Zone], connections: int = 4, uavs: int = 10_000) -> dic
             "hits_per_report": round(len(batch) / len(rows), 3)}
 
 
+def import_zones(url: str, zones: list[Zone]) -> None:
+    """Import zones into the database at url, as an operator would (`lowalt zones import`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "zones.geojson"
+        path.write_text(json.dumps({"type": "FeatureCollection",
+                                    "features": [zone_to_feature(z) for z in zones]}))
+        lowalt_cli(url, "zones", "import", str(path), "--format", "geojson")
+
+
 def ingest_impact(zones: list[Zone], backend: str, seconds: float, connections: int = 4,
                   also: dict[str, list[Zone]] | None = None) -> dict[str, Any]:
     """Gateway ingest without zones, then with `zones` loaded (imported before start), then with
@@ -278,11 +287,8 @@ def ingest_impact(zones: list[Zone], backend: str, seconds: float, connections: 
 
     def zoned_run(zone_list: list[Zone]) -> dict[str, Any]:
         log(f"geofence: ingest on {backend} with {len(zone_list):,} zones, {seconds:g} s")
-        with tempfile.TemporaryDirectory() as tmp, database(backend) as url:
-            path = Path(tmp) / "zones.geojson"
-            path.write_text(json.dumps({"type": "FeatureCollection",
-                                        "features": [zone_to_feature(z) for z in zone_list]}))
-            lowalt_cli(url, "zones", "import", str(path), "--format", "geojson")
+        with database(backend) as url:
+            import_zones(url, zone_list)
             run = gateway_run(url, connections, seconds,
                               label=f"{backend} {len(zone_list)} zones")
         return {"with_zones": run, **exposure(zone_list, connections),

@@ -20,50 +20,30 @@ Prints one JSON line per round: each side's figures and `b_over_a`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import lowalt
-from benchmarks.harness import cpu_s, database, log
+from benchmarks.harness import database, log
 
 
 def one(mode: str, seconds: float, backend: str, zones: int) -> dict[str, Any]:
     """One pipeline of this tree: fresh storage, the zones for mode `zones`, one server, the
-    gateway load of the ingest benchmark (4 connections); its figures and the server's CPU."""
+    gateway load of the ingest benchmark (4 connections); its figures, and where its code is."""
     import numpy as np
 
-    from benchmarks.bench_geofence import random_zones
-    from benchmarks.bench_ingest import _GatewayLink, stream_load
-    from benchmarks.harness import lowalt_cli, server
-    from geofence.zones import zone_to_feature
+    from benchmarks.bench_geofence import import_zones, random_zones
+    from benchmarks.bench_ingest import gateway_run
 
     with database(backend) as url:
         if mode == "zones":
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "zones.geojson"
-                features = [zone_to_feature(z) for z in random_zones(zones,
-                                                                     np.random.default_rng(1))]
-                path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-                lowalt_cli(url, "zones", "import", str(path), "--format", "geojson")
-        with server(url) as srv:
-            token = srv.cli("token", "create", "--role", "gateway", "--name", "pair")
-            pid = srv.proc.pid
-            before = cpu_s(pid)
-
-            async def go() -> dict[str, Any]:
-                return await stream_load(
-                    lambda n: _GatewayLink.open(srv.gateway_port, token, f"pair-{n}"),
-                    connections=4, seconds=seconds, label=f"pair {mode}", server_pid=pid)
-
-            result = asyncio.run(go())
-            result["server_cpu_s"] = round(cpu_s(pid) - before, 2)
+            import_zones(url, random_zones(zones, np.random.default_rng(1)))
+        result = gateway_run(url, 4, seconds, label=f"pair {mode}")
     # The server runs from the same directory and path as this process: the same code.
     result["code"] = str(Path(lowalt.__file__).resolve().parents[1])
     return result

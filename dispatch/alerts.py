@@ -846,9 +846,8 @@ class AlertManager:
             raised_at = time.time()
             # The detail is the condition's own: a batch builds a fresh one per condition, and
             # neither the kept condition nor the event is ever changed.
-            new_tuple = tuple.__new__  # the named tuple without its Python-level constructor
             events = [
-                new_tuple(AlertEvent, (
+                _new_event(AlertEvent, (
                     0, alert_id, "updated" if slot >= 0 else "open", kind, severity, uav, other,
                     zone, clearance, float(t), raised_at, float(lat), float(lon), float(alt_m),
                     detail, ""))

@@ -169,9 +169,10 @@ class _BoxGrid:
         # also gets every cell's first listing by cell number, `_first[cell] .. _first[cell +
         # 1]`: a point's boxes by two reads instead of a binary search over the occupied cells.
         cells = int(self._shape[0]) * self._rows
+        if dense is None:
+            dense = cells <= _GRID_DENSE_CELLS_PER_LISTING * key.size + 4096
         self._first: I64 | None = None
-        if dense if dense is not None else (
-                cells <= _GRID_DENSE_CELLS_PER_LISTING * key.size + 4096):
+        if dense:
             self._first = _frozen(np.r_[0, np.cumsum(np.bincount(key, minlength=cells))])
 
     def _cell(self, xy: F64, size: float) -> I64:

@@ -420,12 +420,12 @@ class Geofence:
         restriction = index.restriction_codes[hits.zone]
         severity = np.where(breach, _BREACH_RANK[restriction], _APPROACH_RANK[restriction])
         kinds = _HIT_TYPES[breach.astype(np.intp)].tolist()
-        hit_agl_m = np.round(agl_m[obs], 1)
+        agl_at_hit = agl_m[obs]
+        hit_agl_m = np.round(agl_at_hit, 1)
         distance_m = np.round(hits.distance_m, 1)
         zones = index.zones
         hit_uav = list(map(uav.__getitem__, obs.tolist()))
         hit_t, hit_lat, hit_lon, hit_alt_m = row_t[obs], lat[obs], lon[obs], alt_m[obs]
-        zone_pos_all, hit_agl_all = hits.zone, agl_m[obs]
 
         # Hit-sized columns only, not `rows`: the alert manager keeps a batch while an alert
         # points at it. Only the rows asked for are taken out of numpy (a call asks for a few
@@ -433,9 +433,8 @@ class Geofence:
         def conditions(ks: Sequence[int]) -> list[Condition]:
             at = np.fromiter(ks, np.intp, len(ks))
             zone_pos, rank, hit_agl, distance, t_of, lat_of, lon_of, alt_of = (
-                col[at].tolist() for col in (zone_pos_all, severity, hit_agl_all,
-                                             hits.distance_m, hit_t, hit_lat, hit_lon,
-                                             hit_alt_m))
+                col[at].tolist() for col in (hits.zone, severity, agl_at_hit, hits.distance_m,
+                                             hit_t, hit_lat, hit_lon, hit_alt_m))
             made = []
             for j, k in enumerate(ks):
                 zone = zones[zone_pos[j]]
