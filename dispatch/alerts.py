@@ -533,6 +533,7 @@ class AlertManager:
         self._batch_no = 0
         self._alert_id = 0
         self._seq = 0
+        self._open_of_type = np.zeros(len(_TYPE_LIST), dtype=np.int64)  # by `_type` code
         self._queue: deque[AlertEvent] = deque()
         self._urgent: deque[AlertEvent] = deque()  # URGENT_TYPES: committed first, at once
         self._wakeup = asyncio.Event()
@@ -882,12 +883,11 @@ class AlertManager:
     ) -> None:
         """Start, or finish, the hysteresis of open alerts of `types` whose UAV (or other UAV)
         was evaluated and whose condition was not seen in this pass."""
-        in_types = np.zeros(len(_TYPE_LIST) + 1, dtype=np.bool_)  # last entry: free slots
-        in_types[[_TYPE_CODE[kind] for kind in types if kind in _TYPE_CODE]] = True
-        used = len(self._by_slot)
-        absent = in_types[self._type[:used]] & (self._seen[:used] != this_pass)
-        if not evaluated or not absent.any():
+        codes = [_TYPE_CODE[kind] for kind in types if kind in _TYPE_CODE]
+        if not evaluated or not self._open_of_type[codes].any():
             return
+        in_types = np.zeros(len(_TYPE_LIST) + 1, dtype=np.bool_)  # last entry: free slots
+        in_types[codes] = True
         # The slots filed under the evaluated UAVs, each with its UAV's t: C-level steps per UAV.
         n = len(evaluated)
         held = list(map(self._slots_of_uav.get, evaluated))
@@ -902,7 +902,7 @@ class AlertManager:
             np.fromiter(itertools.chain.from_iterable(of_several), np.int64)])
         owner = np.concatenate([np.flatnonzero(one),
                                 np.repeat(several, list(map(len, of_several)))])
-        absent_here = absent[slots]
+        absent_here = in_types[self._type[slots]] & (self._seen[slots] != this_pass)
         slots, owner = slots[absent_here], owner[absent_here]
         if not slots.size:
             return
@@ -910,19 +910,19 @@ class AlertManager:
         # UAVs' (a pair is filed under both). Its hysteresis starts there, or at the pass's
         # first evaluation of its UAV when the pass evaluated that UAV several times (a Python
         # step for those UAVs only; a pair's starts at its time of evaluation all the same).
-        t_of = np.full(used, np.nan)
-        np.fmax.at(t_of, slots, t_eval[owner])
-        at = np.flatnonzero(~np.isnan(t_of))  # the slots, each once, in order
-        t_now = t_of[at]
+        order = np.argsort(slots, kind="stable")
+        slots, owner = slots[order], owner[order]
+        first = np.flatnonzero(np.concatenate([[True], slots[1:] != slots[:-1]]))
+        at = slots[first]  # the slots, each once, in order
+        t_now = np.maximum.reduceat(t_eval[owner], first)
         starts = t_now
         if evaluated_at:
             first_eval = t_eval.copy()
             firsts = list(map(evaluated_at.get, evaluated))
             for k in itertools.compress(range(n), firsts):
                 first_eval[k] = firsts[k][0]  # type: ignore[index]
-            first_of = np.full(used, np.nan)
-            first_of[slots] = first_eval[owner]
-            starts = np.where(self._paired[at], t_now, first_of[at])
+            # A slot filed more than once is a pair's, which starts at t_now.
+            starts = np.where(self._paired[at], t_now, first_eval[owner[first]])
         since = self._absent_since[at]
         since = np.where(np.isnan(since), starts, since)
         self._absent_since[at] = since
@@ -942,6 +942,7 @@ class AlertManager:
             if uav is not None:
                 _unfile(self._slots_of_uav, uav, slot)
         self._by_slot[slot] = None
+        self._open_of_type[self._type[slot]] -= 1
         self._type[slot] = -1
         self._latest_batch[slot] = -1
         self._seen[slot] = -1
@@ -990,7 +991,9 @@ class AlertManager:
         for uav, held in filed.items():
             _file(slots_of_uav, uav, held)
         self._paired[slots] = [c.other_uav is not None for _, c, _ in new]
-        self._type[slots] = [_TYPE_CODE[c.type] for _, c, _ in new]
+        codes = [_TYPE_CODE[c.type] for _, c, _ in new]
+        self._type[slots] = codes
+        np.add.at(self._open_of_type, codes, 1)
         self._alert_ids[slots] = [alert_id for alert_id, _, _ in new]
         self._opened_at[slots] = opened_at
         return slots
