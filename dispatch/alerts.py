@@ -663,8 +663,11 @@ class AlertManager:
         """`assess(evaluated_at=...)`: alerts of `types` seen in this pass only before their
         UAV's newest evaluation start (or finish) their hysteresis from the first evaluation
         after that sighting."""
+        codes = [_TYPE_CODE[kind] for kind in types if kind in _TYPE_CODE]
+        if not self._open_of_type[codes].any():
+            return
         in_types = np.zeros(len(_TYPE_LIST) + 1, dtype=np.bool_)
-        in_types[[_TYPE_CODE[kind] for kind in types if kind in _TYPE_CODE]] = True
+        in_types[codes] = True
         used = len(self._by_slot)
         seen = np.flatnonzero(in_types[self._type[:used]] & (self._seen[:used] == this_pass))
         by_slot, evaluated_t = self._by_slot, evaluated.get
