@@ -398,9 +398,39 @@ def _gateway_on(srv: Any, token: str, connections: int, seconds: float, *, frame
             connections=connections, seconds=seconds, frame_obs=frame_obs, uavs=uavs,
             window=window, label=label, server_pid=srv.proc.pid, fleet_type=fleet_type)
 
+    before = asyncio.run(stage_totals(srv.http_port, token))
     result = asyncio.run(go())
+    after = asyncio.run(stage_totals(srv.http_port, token))
     result["server_rss_mib"] = round(rss_kib(srv.proc.pid) / 1024, 1)
+    result["server_cpu_us_per_obs"] = round(
+        result["server_cpu_percent"] / 100 * result["seconds"] / max(1, result["observations"])
+        * 1e6, 2)
+    # Each check stage's CPU per observation in this run (the server's own counters).
+    result["stage_cpu_us_per_obs"] = {
+        stage: round((cpu_s - before.get(stage, (0.0, 0.0))[0]) / n * 1e6, 2)
+        for stage, (cpu_s, total) in after.items()
+        if (n := total - before.get(stage, (0.0, 0.0))[1]) > 0}
     return result
+
+
+async def stage_totals(http_port: int, token: str) -> dict[str, tuple[float, float]]:
+    """Per check stage, the CPU seconds it has cost the server's event loop so far and the
+    observations it was given (`lowalt_stage_cpu_seconds_total`, `..._observations_total` of
+    the server's /metrics)."""
+    async with aiohttp.ClientSession() as session, session.get(
+        f"http://127.0.0.1:{http_port}/metrics", headers={"Authorization": f"Bearer {token}"}
+    ) as r:
+        r.raise_for_status()
+        text = await r.text()
+    seconds: dict[str, float] = {}
+    observations: dict[str, float] = {}
+    for line in text.splitlines():
+        for name, into in (("lowalt_stage_cpu_seconds_total", seconds),
+                           ("lowalt_stage_observations_total", observations)):
+            if line.startswith(name + '{stage="'):
+                stage = line[len(name) + 8:].split('"', 1)[0]
+                into[stage] = float(line.rsplit(" ", 1)[1])
+    return {stage: (seconds.get(stage, 0.0), n) for stage, n in observations.items()}
 
 
 async def stored_rows(database_url: str, source_suffix: str) -> int:

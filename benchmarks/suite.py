@@ -176,6 +176,18 @@ def _fmt(value: float, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _server_cost(bare: dict[str, Any], zoned: dict[str, Any]) -> str:
+    """`a -> b (geofence x -> y, other stages ...)` from two gateway runs' CPU figures."""
+    if "stage_cpu_us_per_obs" not in bare or "stage_cpu_us_per_obs" not in zoned:
+        return ""
+    a, b = bare["stage_cpu_us_per_obs"], zoned["stage_cpu_us_per_obs"]
+    others = [(name, a.get(name, 0.0), b[name]) for name in sorted(b) if name != "geofence"]
+    return (f"{_fmt(bare['server_cpu_us_per_obs'], 2)} -> {_fmt(zoned['server_cpu_us_per_obs'], 2)}"
+            f" (geofence {_fmt(a.get('geofence', 0.0), 2)} -> {_fmt(b.get('geofence', 0.0), 2)}; "
+            f"other stages {_fmt(sum(x for _, x, _ in others), 2)} -> "
+            f"{_fmt(sum(y for _, _, y in others), 2)})")
+
+
 def _share(impact: dict[str, Any]) -> str:
     """The share of the fleet a zoned ingest run's zones caught, for a row's label."""
     share = impact.get("reports_in_condition")
@@ -318,6 +330,11 @@ def _rows(r: dict[str, Any]) -> list[Row]:
                 rows.append(("geofence", f"the same zones {name} ({_share(lay)}), %",
                              f"{_fmt(lay['cut_percent'], 1)} (-> "
                              f"{_fmt(lay['with_zones']['obs_per_s'])} obs/s)", "", ""))
+            cost = _server_cost(imp["without_zones"], imp["with_zones"])
+            if cost:
+                rows.append(("geofence", "where the cut goes: the server's CPU per observation "
+                             "without -> with the zones (in its check stages), µs", cost, "",
+                             ""))
     conf = r.get("conflicts")
     if conf:
         limits = {10_000: 50.0, 100_000: 1000.0}

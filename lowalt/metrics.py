@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Callable
 
 
@@ -14,6 +15,19 @@ def _labels(labels: tuple[tuple[str, str], ...]) -> str:
         for k, v in labels
     )
     return "{" + body + "}"
+
+
+def _number(value: float) -> str:
+    """A sample value, exact: an integral value as an integer (a counter past a million would
+    move in steps otherwise: `:g` keeps six digits), any other as its shortest repr; NaN and
+    infinities as the text format spells them."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(float(value))
 
 
 class Metrics:
@@ -59,9 +73,9 @@ class Metrics:
             if kind == "counter":
                 series = self._counters[name] or {(): 0.0}
                 for key, val in sorted(series.items()):
-                    lines.append(f"{name}{_labels(key)} {val:g}")
+                    lines.append(f"{name}{_labels(key)} {_number(val)}")
             elif kind == "gauge":
-                lines.append(f"{name} {self._gauges[name]():g}")
+                lines.append(f"{name} {_number(float(self._gauges[name]()))}")
             else:
                 counts, (total, count) = self._hist[name]
                 cumulative = 0
@@ -69,6 +83,6 @@ class Metrics:
                     cumulative += n
                     lines.append(f'{name}_bucket{{le="{bound:g}"}} {cumulative}')
                 lines.append(f'{name}_bucket{{le="+Inf"}} {int(count)}')
-                lines.append(f"{name}_sum {total:g}")
+                lines.append(f"{name}_sum {_number(total)}")
                 lines.append(f"{name}_count {int(count)}")
         return "\n".join(lines) + "\n"

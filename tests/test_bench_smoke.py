@@ -184,6 +184,13 @@ def test_pair_runs_two_trees_at_once_and_swaps(tmp_path: Path) -> None:
         assert _positive(a["obs_per_s"]) and _positive(b["obs_per_s"])
         assert a["rejected"] == b["rejected"] == 0
         assert r["b_over_a"] == round(b["obs_per_s"] / a["obs_per_s"], 3)
+        # What each check stage cost the server in the run, from its own counters.
+        for side in (a, b):
+            stages = side["stage_cpu_us_per_obs"]
+            assert set(stages) == {"emergency", "geofence", "motion", "clearances",
+                                   "unregistered", "fusion"}
+            assert _positive(stages["geofence"]) and _positive(side["server_cpu_us_per_obs"])
+            assert sum(stages.values()) < side["server_cpu_us_per_obs"]
 
     broken = subprocess.run(
         [sys.executable, "-m", "benchmarks.pair", str(repo), str(tmp_path), "--backend",

@@ -170,6 +170,23 @@ async def test_metrics_count_what_happened(server: Server) -> None:
     assert "lowalt_commit_seconds_count 1" in text
 
 
+def test_metrics_text_is_exact() -> None:
+    from lowalt.metrics import Metrics
+
+    m = Metrics()
+    m.counter("c_total", "A counter.")
+    m.inc("c_total", 12_345_677)
+    m.inc("c_total")
+    m.inc("c_total", 0.1, kind="x")
+    m.inc("c_total", 0.2, kind="x")
+    m.gauge("g_nan", "A gauge.", lambda: float("nan"))
+    m.gauge("g_inf", "A gauge.", lambda: float("-inf"))
+    text = m.render()
+    assert "c_total 12345678\n" in text  # not 1.23457e+07: a rate would move in steps
+    assert 'c_total{kind="x"} 0.30000000000000004\n' in text
+    assert "g_nan NaN\n" in text and "g_inf -Inf\n" in text
+
+
 async def test_stream_routes_take_a_query_token_and_others_do_not(server: Server) -> None:
     reg = await server.token("regulator")
     r = await server.client.get("/v1/alerts", params={"access_token": reg})

@@ -301,3 +301,46 @@ async def test_groups_within_the_stage_interval_go_on_together() -> None:
         committer.cancel()
         await asyncio.gather(committer, return_exceptions=True)
     assert [part for part, _, _ in recorder.calls] == [groups[0], groups[1] + groups[2] + groups[3]]
+
+
+class Burner:
+    """A stage that spends cpu_s of its thread's CPU time per call (or fails after it)."""
+
+    def __init__(self, name: str, cpu_s: float, fail: bool = False) -> None:
+        self.name, self.cpu_s, self.fail = name, cpu_s, fail
+
+    async def on_committed(
+        self, rows: Sequence[Observation], advanced: Sequence[Observation]
+    ) -> None:
+        import time
+
+        until = time.thread_time() + self.cpu_s
+        while time.thread_time() < until:
+            pass
+        if self.fail:
+            raise RuntimeError("stage bug")
+
+
+async def test_each_stage_counts_its_cpu_time_and_observations() -> None:
+    metrics = Metrics()
+    pipeline = Pipeline(cast(Store, MemoryStore()), LiveState(), metrics, commit_max_obs=10_000,
+                        max_pending_obs=10_000, stage_slice_obs=1_000)
+    pipeline.stages += [Burner("cheap", 0.0), Burner("costly", 0.03), Burner("broken", 0.01, True)]
+    committer = asyncio.create_task(pipeline.run())
+    try:
+        rows = [row(f"U{k % 50}", T0 + k) for k in range(2_500)]  # three slices
+        assert (await pipeline.submit(rows, retry=True)).accepted == 2_500
+        assert await pipeline.drain(5.0)
+    finally:
+        committer.cancel()
+        await asyncio.gather(committer, return_exceptions=True)
+
+    def cpu(stage: str) -> float:
+        return metrics.value("lowalt_stage_cpu_seconds_total", stage=stage)
+
+    assert 0.09 <= cpu("costly") < 0.5 and 0.03 <= cpu("broken") < cpu("costly")
+    assert cpu("cheap") < 0.03
+    for stage in ("cheap", "costly", "broken"):
+        assert metrics.value("lowalt_stage_observations_total", stage=stage) == 2_500
+    assert metrics.value("lowalt_stage_errors_total", stage="broken") == 3
+    assert "lowalt_stage_cpu_seconds_total{stage=\"costly\"}" in metrics.render()
