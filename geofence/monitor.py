@@ -16,11 +16,11 @@ the fused ones, by canonical id, and an aircraft is fresh while ANY of its sourc
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import Any, TypeVar
 
 import numpy as np
@@ -43,10 +43,10 @@ CONFLICT_TYPES = frozenset({"separation_loss", "conflict_predicted"})
 MOTION_TYPES = frozenset({"implausible_motion"})
 EARTH_RADIUS_M = 6_371_008.8
 DEFAULT_ACCURACY_M = 10.0
+_KEPT = ("t", "lat", "lon", "alt_m", "acc_h_m")  # of each UAV's previous report (MotionCheck)
 T = TypeVar("T")
 TICK_SLICE = 2_000  # aircraft sorted into fresh and silent per turn of the event loop
 LOST_SLICE = 250  # telemetry_lost alerts opened or resolved per turn of the event loop
-_UAV, _T = attrgetter("uav"), attrgetter("t")
 
 
 @dataclass
@@ -260,7 +260,10 @@ class TrafficMonitor:
 
 
 class MotionCheck:
-    """Check stage: flags reports whose implied speed from the previous one is impossible."""
+    """Check stage: flags reports whose implied speed from the previous one is impossible.
+
+    Each UAV's previous report is kept as a slot of columns (t, lat, lon, alt_m, acc_h_m), so a
+    batch is compared and written back in numpy; per row, only the dict lookup of its slot."""
 
     name = "motion"
 
@@ -268,28 +271,45 @@ class MotionCheck:
         self.alerts = alerts
         self.max_speed_mps = settings.max_plausible_speed_mps
         self.max_vspeed_mps = settings.max_plausible_vspeed_mps
-        self.previous: dict[str, Observation] = {}
+        self._slot_of: dict[str, int] = {}
+        self._last = np.empty((0, len(_KEPT)), dtype=np.float64)  # per slot: _KEPT
+
+    def previous(self, uav: str) -> dict[str, float] | None:
+        """The UAV's newest report so far, as `_KEPT` values (None: none yet)."""
+        slot = self._slot_of.get(uav)
+        if slot is None:
+            return None
+        return dict(zip(_KEPT, self._last[slot].tolist(), strict=True))
 
     def implausible(self, rows: Sequence[Observation]) -> list[Condition]:
         """The rows whose speed from the UAV's previous report is beyond any UAV's (each row
-        against the newest report before this batch); every row becomes its UAV's previous.
-        Columns are read with C-level getters: no Python work per row but the dict lookups."""
-        previous = self.previous
+        against the newest report before this batch); every row becomes its UAV's previous (a
+        UAV's last row in the batch stays)."""
         uavs = values_of(rows, "uav")
-        before = list(map(previous.get, uavs))
-        previous.update(zip(uavs, rows, strict=True))
-        after: Sequence[Observation] = rows
-        if None in before:  # first reports: nothing to compare with
-            keep = [k for k, p in enumerate(before) if p is not None]
-            if not keep:
-                return []
-            before = [before[k] for k in keep]
-            after = [rows[k] for k in keep]
+        n = len(uavs)
+        if not n:
+            return []
+        slot_of = self._slot_of
+        slots = np.fromiter(map(slot_of.get, uavs, itertools.repeat(-1)), np.int64, n)
+        seen = np.flatnonzero(slots >= 0)  # rows whose UAV reported before this batch
+        if seen.size < n:  # first reports: a slot per new UAV
+            for k in np.flatnonzero(slots < 0).tolist():
+                slots[k] = slot_of.setdefault(uavs[k], len(slot_of))
+            if len(slot_of) > self._last.shape[0]:
+                grown = np.empty((max(len(slot_of), 2 * self._last.shape[0], 1024), len(_KEPT)))
+                grown[: self._last.shape[0]] = self._last
+                self._last = grown
+        now = np.column_stack([floats_of(rows, name) for name in _KEPT])
+        before = self._last[slots[seen]]
+        # Every row becomes its UAV's previous: the last row of each UAV in the batch.
+        last_slots, from_end = np.unique(slots[::-1], return_index=True)
+        self._last[last_slots] = now[n - 1 - from_end]
+        if not seen.size:
+            return []
+        after = now[seen]
+        t0, lat0, lon0, z0, acc0 = before.T
+        t1, lat1, lon1, z1, acc1 = after.T
         a = DEFAULT_ACCURACY_M
-        lat0, lon0, t0, z0, acc0 = (floats_of(before, name)  # type: ignore[arg-type]
-                                    for name in ("lat", "lon", "t", "alt_m", "acc_h_m"))
-        lat1, lon1, t1, z1, acc1 = (floats_of(after, name)
-                                    for name in ("lat", "lon", "t", "alt_m", "acc_h_m"))
         acc0 = np.where(np.isnan(acc0) | (acc0 == 0.0), a, acc0)  # unknown (or 0): the default
         acc1 = np.where(np.isnan(acc1) | (acc1 == 0.0), a, acc1)
         phi0, phi1 = np.radians(lat0), np.radians(lat1)
@@ -303,15 +323,15 @@ class MotionCheck:
         bad = (dt_s > 0) & ((h_speed > self.max_speed_mps) | (v_speed > self.max_vspeed_mps))
         found = []
         for k in np.flatnonzero(bad).tolist():
-            p, c = before[k], after[k]
-            assert p is not None
+            c = rows[int(seen[k])]
+            p_t, p_lat, p_lon, p_alt = before[k, :4].tolist()
             found.append(Condition(
                 type="implausible_motion", uav=c.uav, severity="warning", t=c.t, lat=c.lat,
                 lon=c.lon, alt_m=c.alt_m,
                 detail={"implied_speed_mps": round(float(h_speed[k]), 1),
                         "implied_vspeed_mps": round(float(v_speed[k]), 1),
                         "distance_m": round(float(dist_m[k]), 1), "dt_s": round(float(dt_s[k]), 3),
-                        "previous": {"t": p.t, "lat": p.lat, "lon": p.lon, "alt_m": p.alt_m}},
+                        "previous": {"t": p_t, "lat": p_lat, "lon": p_lon, "alt_m": p_alt}},
             ))
         return found
 
@@ -319,5 +339,6 @@ class MotionCheck:
         self, rows: Sequence[Observation], advanced: Sequence[Observation]
     ) -> None:
         present = self.implausible(advanced)
-        evaluated = dict(zip(map(_UAV, advanced), map(_T, advanced), strict=True))
+        evaluated = dict(zip(values_of(advanced, "uav"), floats_of(advanced, "t").tolist(),
+                             strict=True))
         await self.alerts.assess(MOTION_TYPES, evaluated, present)

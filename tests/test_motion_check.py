@@ -75,5 +75,14 @@ def test_implausible_matches_the_reference(seed: int) -> None:
             assert detail["implied_vspeed_mps"] == pytest.approx(vspeed, abs=0.051)
             assert detail["distance_m"] == pytest.approx(dist, abs=0.051)
         flagged += len(got)
-        assert check.previous == previous
+        # Each UAV's previous report is its newest so far (its last row of the batch).
+        for uav in uavs:
+            last, kept = previous.get(uav), check.previous(uav)
+            if last is None:
+                assert kept is None
+                continue
+            assert kept is not None
+            acc = kept.pop("acc_h_m")
+            assert kept == {"t": last.t, "lat": last.lat, "lon": last.lon, "alt_m": last.alt_m}
+            assert math.isnan(acc) if last.acc_h_m is None else acc == last.acc_h_m
     assert flagged > 0  # the scenarios do reach the limits
