@@ -44,6 +44,7 @@ from benchmarks.harness import (
     cpu_s,
     database,
     log,
+    metric_samples,
     percentile,
     rss_kib,
     server,
@@ -422,14 +423,12 @@ async def stage_totals(http_port: int, token: str) -> dict[str, tuple[float, flo
     ) as r:
         r.raise_for_status()
         text = await r.text()
-    seconds: dict[str, float] = {}
-    observations: dict[str, float] = {}
-    for line in text.splitlines():
-        for name, into in (("lowalt_stage_cpu_seconds_total", seconds),
-                           ("lowalt_stage_observations_total", observations)):
-            if line.startswith(name + '{stage="'):
-                stage = line[len(name) + 8:].split('"', 1)[0]
-                into[stage] = float(line.rsplit(" ", 1)[1])
+    totals: dict[str, dict[str, float]] = {"lowalt_stage_cpu_seconds_total": {},
+                                           "lowalt_stage_observations_total": {}}
+    for name, labels, value in metric_samples(text):
+        if name in totals and "stage" in labels:
+            totals[name][labels["stage"]] = value
+    seconds, observations = totals.values()
     return {stage: (seconds.get(stage, 0.0), n) for stage, n in observations.items()}
 
 

@@ -39,7 +39,7 @@ import aiohttp
 from aiohttp import web
 
 from benchmarks.bench_ingest import Fleet
-from benchmarks.harness import cpu_s, database, log, percentile, server
+from benchmarks.harness import cpu_s, database, log, metric_samples, percentile, server
 from ingest.client import GatewayClient
 
 SECRET = "bench-secret"
@@ -172,11 +172,9 @@ class Bench:
         async with self.session.get(self.base + "/metrics", headers=self.auth) as r:
             text = await r.text()
         out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith("lowalt_alert_events"):
-                name, value = line.rsplit(" ", 1)
-                key = name.split("{", 1)[0]
-                out[key] = out.get(key, 0.0) + float(value)
+        for name, _, value in metric_samples(text):
+            if name.startswith("lowalt_alert_events"):
+                out[name] = out.get(name, 0.0) + value
         return out
 
     async def committed(self, at_least: int, timeout_s: float = 600.0) -> int:

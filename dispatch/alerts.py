@@ -663,11 +663,9 @@ class AlertManager:
         """`assess(evaluated_at=...)`: alerts of `types` seen in this pass only before their
         UAV's newest evaluation start (or finish) their hysteresis from the first evaluation
         after that sighting."""
-        codes = [_TYPE_CODE[kind] for kind in types if kind in _TYPE_CODE]
-        if not self._open_of_type[codes].any():
+        in_types = self._open_types_mask(types)
+        if in_types is None:
             return
-        in_types = np.zeros(len(_TYPE_LIST) + 1, dtype=np.bool_)
-        in_types[codes] = True
         used = len(self._by_slot)
         seen = np.flatnonzero(in_types[self._type[:used]] & (self._seen[:used] == this_pass))
         by_slot, evaluated_t = self._by_slot, evaluated.get
@@ -880,17 +878,25 @@ class AlertManager:
             self._told_values[slots, :m] = batch.values[rows]
         return pointed
 
+    def _open_types_mask(self, types: frozenset[str]) -> Bool | None:
+        """`types` as a mask over `_type` codes (its last entry, for free slots' -1, False);
+        None when no alert of those types is open (a pass then has nothing to resolve)."""
+        codes = [_TYPE_CODE[kind] for kind in types if kind in _TYPE_CODE]
+        if not self._open_of_type[codes].any():
+            return None
+        in_types = np.zeros(len(_TYPE_LIST) + 1, dtype=np.bool_)
+        in_types[codes] = True
+        return in_types
+
     def _resolve_absent(
         self, types: frozenset[str], evaluated: Mapping[str, float], this_pass: int,
         evaluated_at: Mapping[str, Sequence[float]],
     ) -> None:
         """Start, or finish, the hysteresis of open alerts of `types` whose UAV (or other UAV)
         was evaluated and whose condition was not seen in this pass."""
-        codes = [_TYPE_CODE[kind] for kind in types if kind in _TYPE_CODE]
-        if not evaluated or not self._open_of_type[codes].any():
+        in_types = self._open_types_mask(types) if evaluated else None
+        if in_types is None:
             return
-        in_types = np.zeros(len(_TYPE_LIST) + 1, dtype=np.bool_)  # last entry: free slots
-        in_types[codes] = True
         # The slots filed under the evaluated UAVs, each with its UAV's t: C-level steps per UAV.
         n = len(evaluated)
         held = list(map(self._slots_of_uav.get, evaluated))
