@@ -18,10 +18,12 @@ the alert's last event):
   something changed: the position, or a listed detail value, or for other types the detail).
 Between events the newest condition is kept (`open_alerts`, and what a resolution reports).
 
-A batch costs, for an open alert without news, a dict lookup and a few array writes: the values
-its last event told are kept in arrays indexed by a slot per open alert, so the tests above run
-in numpy over the whole batch, and a `Condition` (with its detail) is built only for a row that
-opens, updates or resolves an alert.
+A batch costs, for an open alert without news, a few array steps: the values its last event told
+are kept in arrays indexed by a slot per open alert, so the tests above run in numpy over the
+whole batch, and a `Condition` (with its detail) is built only for a row that opens, updates or
+resolves an alert. A pass finds the open alerts of its evaluated UAVs in numpy too (one code
+lookup per UAV, dispatch/filing.py), and the batch's rows find theirs among them
+(`_slots_of_rows`); only rows not found there are looked up by key.
 
 Every change is an `AlertEvent`. Events go to ONE writer task, which takes whatever is waiting
 (after a group-commit window of a few ms), numbers it with the next `seq`s and commits it in one
@@ -42,14 +44,15 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from operator import attrgetter, is_not
+from operator import attrgetter
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
+from dispatch.filing import UavFiling
 from lowalt.gcpolicy import collector_paused
 from lowalt.metrics import Metrics
 
@@ -116,6 +119,7 @@ MATERIAL: Mapping[str, Mapping[str, Material]] = {
 _MAX_VALUES = max(len(v) for v in MATERIAL.values())
 _TYPE_LIST = tuple(sorted(ALERT_TYPES))  # codes fit the int8 `_type` array
 _TYPE_CODE: Mapping[str, int] = {name: k for k, name in enumerate(_TYPE_LIST)}
+ALERT_TYPE_CODE = _TYPE_CODE  # for `ConditionBatch(type_codes=...)`
 _TYPE_OF = attrgetter("type")
 _STATE_OF = attrgetter("state")
 # Batches whose rows open alerts may point at are kept until there are more than _KEEP_BATCHES
@@ -125,6 +129,7 @@ _STATE_OF = attrgetter("state")
 # for nothing.
 _KEEP_BATCHES = 16
 _KEEP_ROWS = 50_000
+_MIX = np.uint64(0x9E37_79B9_7F4A_7C15)  # odd: spreads a (UAV, type) number over 64 bits
 
 
 class Condition(NamedTuple):
@@ -347,16 +352,21 @@ class ConditionBatch:
     conditions as `build`, in order).
     """
 
-    __slots__ = ("_build", "_build_many", "alt_m", "lat", "lon", "ref", "severity", "t", "types",
-                 "uav", "values")
+    __slots__ = ("_build", "_build_many", "alt_m", "lat", "lon", "ref", "ref_ids", "severity",
+                 "t", "type_codes", "types", "uav", "uav_at", "values")
 
     def __init__(
         self, types: Sequence[str], uav: Sequence[str], ref: Sequence[str],
         severity: npt.ArrayLike, t: npt.ArrayLike, lat: npt.ArrayLike, lon: npt.ArrayLike,
         alt_m: npt.ArrayLike, values: npt.ArrayLike, build: Callable[[int], Condition],
-        build_many: Callable[[Sequence[int]], list[Condition]] | None = None,
+        build_many: Callable[[Sequence[int]], list[Condition]] | None = None, *,
+        type_codes: I64 | None = None, ref_ids: I64 | None = None, uav_at: I64 | None = None,
     ) -> None:
         self.types, self.uav, self.ref = types, uav, ref
+        # Optional, for finding the rows' open alerts in numpy (`AlertManager._slots_of_rows`),
+        # when the stage has them at hand: each row's type as its `type_code`, `id()` of each
+        # ref, and each row's UAV as its position in the `evaluated` of the same `assess`.
+        self.type_codes, self.ref_ids, self.uav_at = type_codes, ref_ids, uav_at
         self.severity = np.asarray(severity, dtype=np.int64).ravel()
         self.t = np.asarray(t, dtype=np.float64).ravel()
         self.lat = np.asarray(lat, dtype=np.float64).ravel()
@@ -369,7 +379,11 @@ class ConditionBatch:
         self._build, self._build_many = build, build_many
         for name, col in (("types", types), ("ref", ref), ("severity", self.severity),
                           ("t", self.t), ("lat", self.lat), ("lon", self.lon),
-                          ("alt_m", self.alt_m), ("values", self.values)):
+                          ("alt_m", self.alt_m), ("values", self.values),
+                          *((name, col) for name, col in (("type_codes", type_codes),
+                                                         ("ref_ids", ref_ids),
+                                                         ("uav_at", uav_at))
+                            if col is not None)):
             if len(col) != n:
                 raise ValueError(f"{name} has {len(col)} rows, uav has {n}")
 
@@ -424,55 +438,6 @@ def _detail_values(c: Condition) -> F64:
     return out
 
 
-_FEW_SLOTS = 8
-# What `AlertManager._slots_of_uav` holds per UAV: its one open alert's slot as it is (an
-# unregistered UAV always has one; the very int object `_slot_of` holds, so no memory of its
-# own), a tuple of a few, a set past `_FEW_SLOTS`.
-HeldSlots = int | tuple[int, ...] | set[int]
-SlotsOfUav = dict[str, HeldSlots]
-
-
-def held_slots(held: HeldSlots | None) -> tuple[int, ...] | set[int]:
-    """The slots of one `SlotsOfUav` entry (none for None)."""
-    if held is None:
-        return ()
-    if isinstance(held, int):  # one slot, held as it is
-        return (held,)
-    return held
-
-
-def _held(slots: Sequence[int]) -> HeldSlots:
-    if len(slots) == 1:
-        return slots[0]
-    return tuple(slots) if len(slots) <= _FEW_SLOTS else set(slots)
-
-
-def _file(slots_of_uav: SlotsOfUav, uav: str, new: list[int]) -> None:
-    """File new open alerts' slots under uav (see `AlertManager._slots_of_uav`)."""
-    slots = held_slots(slots_of_uav.get(uav))
-    if isinstance(slots, set):
-        slots.update(new)
-    else:
-        slots_of_uav[uav] = _held((*slots, *(slot for slot in new if slot not in slots)))
-
-
-def _unfile(slots_of_uav: SlotsOfUav, uav: str, slot: int) -> None:
-    """Take slot from under uav; a uav left with none goes."""
-    if uav not in slots_of_uav:
-        return
-    slots = held_slots(slots_of_uav[uav])
-    if isinstance(slots, set):
-        slots.discard(slot)
-        rest: HeldSlots | None = slots or None
-    else:
-        left = tuple(s for s in slots if s != slot)
-        rest = _held(left) if left else None
-    if rest is not None:
-        slots_of_uav[uav] = rest
-    else:
-        del slots_of_uav[uav]
-
-
 class _OpenAlert:
     """What an open alert keeps besides its slot's array entries (see AlertManager)."""
 
@@ -521,10 +486,9 @@ class AlertManager:
         self.metrics = metrics or Metrics()
         self._slot_of: dict[AlertKey, int] = {}
         self._by_slot: list[_OpenAlert | None] = []
-        # uav (or other_uav) -> its open alerts' slots (`HeldSlots`): one slot as it is (an
-        # unregistered UAV always has one), a tuple while few (48 B + 8 per slot), a set past
-        # `_FEW_SLOTS` (216 B; O(1) filing when a dense hub gives a UAV dozens of pair alerts).
-        self._slots_of_uav: SlotsOfUav = {}
+        # The open alerts' slots by UAV (each alert under its uav and, for a pair, its other
+        # uav): found for a whole pass's evaluated UAVs in numpy (dispatch/filing.py).
+        self._filing = UavFiling()
         self._allocate_arrays(1024)
         self._free = list(range(1023, -1, -1))  # free slots, lowest last
         self._pass = 0  # numbers assess passes, for `_seen`
@@ -574,7 +538,9 @@ class AlertManager:
         self._latest_batch: I64 = grown("_latest_batch", -1, np.int64)
         self._latest_row: I32 = grown("_latest_row", -1, np.int32)  # in a batch
         self._paired: Bool = grown("_paired", False, np.bool_)  # has an other_uav
+        self._ref_id: I64 = grown("_ref_id", 0, np.int64)  # id() of the ref its key holds
         self._by_slot.extend([None] * (capacity - len(self._by_slot)))
+        self._filing.grow(capacity)
 
     @property
     def committed_seq(self) -> int:
@@ -641,11 +607,16 @@ class AlertManager:
             if seen[slot] != this_pass or c.t > seen_t[slot]:
                 seen_t[slot] = c.t
             seen[slot] = this_pass
+        # The open alerts filed under the evaluated UAVs (node, position in `evaluated`): where
+        # a batch's rows find their alerts, and where absent ones are looked for.
+        filed: tuple[I64, I64] | None = None
+        if evaluated and (any(map(len, batches)) or self._open_types_mask(types) is not None):
+            filed = self._filing.walk(self._filing.codes(evaluated, len(evaluated)))
         for batch in batches:
-            self._observe_batch(batch, this_pass)
+            self._observe_batch(batch, this_pass, evaluated, filed)
         if evaluated_at is not None:
             self._resolve_stale(types, evaluated, this_pass, evaluated_at)
-        self._resolve_absent(types, evaluated, this_pass, evaluated_at or {})
+        self._resolve_absent(types, evaluated, this_pass, evaluated_at or {}, filed)
         if len(self._batches) > _KEEP_BATCHES and self._kept_rows > _KEEP_ROWS:
             self._let_go_of_batches()
         await self._wait_for_room()
@@ -757,7 +728,10 @@ class AlertManager:
             self._emit(int(self._alert_ids[slot]), "updated", c, c.t, c.detail)
             self._tell(slot, c)
 
-    def _observe_batch(self, batch: ConditionBatch, this_pass: int) -> None:
+    def _observe_batch(
+        self, batch: ConditionBatch, this_pass: int, evaluated: Mapping[str, float],
+        filed: tuple[I64, I64] | None,
+    ) -> None:
         n = len(batch)
         if n == 0:
             return
@@ -774,8 +748,14 @@ class AlertManager:
             raise ValueError("severity rank out of range")
         self._batch_no += 1
         batch_no = self._batch_no
-        keys = list(zip(batch.types, batch.uav, batch.ref, strict=True))
-        slots = np.fromiter(map(self._slot_of.get, keys, itertools.repeat(-1)), np.int64, n)
+        slots = self._slots_of_rows(batch, kinds, evaluated, filed)
+        # Rows not found among the evaluated UAVs' alerts: by their keys, a dict lookup each.
+        missing = np.flatnonzero(slots < 0).tolist()
+        keys: dict[int, AlertKey] = {k: (batch.types[k], batch.uav[k], batch.ref[k])
+                                     for k in missing}
+        if missing:
+            slots[missing] = np.fromiter(map(self._slot_of.get, keys.values(),
+                                             itertools.repeat(-1)), np.int64, len(missing))
         known = slots[slots >= 0]
         new = np.flatnonzero(slots < 0).tolist()
         if (known.size < 2 or np.bincount(known).max() == 1) \
@@ -785,9 +765,10 @@ class AlertManager:
         else:
             # The same key more than once: take the rows in rounds (each key's first row, then
             # its second ...), so each key's rows still go in order.
+            keys = dict(enumerate(zip(batch.types, batch.uav, batch.ref, strict=True)))
             count: dict[AlertKey, int] = {}
             occurrence = np.empty(n, dtype=np.int64)
-            for k, key in enumerate(keys):
+            for k, key in keys.items():
                 occurrence[k] = count[key] = count.get(key, -1) + 1
             pointed = False
             for r in range(int(occurrence.max()) + 1):
@@ -800,13 +781,62 @@ class AlertManager:
             self._batches[batch_no] = batch
             self._kept_rows += n
 
+    def _slots_of_rows(
+        self, batch: ConditionBatch, kinds: Iterable[str], evaluated: Mapping[str, float],
+        filed: tuple[I64, I64] | None,
+    ) -> I64:
+        """Per row of batch, the slot of its key's open alert where it is found in numpy among
+        `filed` (the alerts filed under the evaluated UAVs, `assess`); -1 elsewhere.
+
+        A row matches the alert filed under its UAV (as the alert's `uav`) with its type and
+        with its ref as the very object the alert's key holds (zone ids come from the zone
+        index, the same objects each pass): exact, without a key tuple and a dict lookup per
+        row (a hit's lookup in the big dict cost about as much as finding it in the zones). A
+        row whose ref is an equal but other object is not matched here; the caller looks it
+        up by its key."""
+        n = len(batch)
+        slots = np.full(n, -1, dtype=np.int64)
+        if filed is None:
+            return slots
+        node, owner = filed
+        cand = node >> 1
+        of_batch = np.zeros(len(_TYPE_LIST) + 1, dtype=np.bool_)  # free slots' -1: last
+        of_batch[[_TYPE_CODE[kind] for kind in kinds]] = True
+        use = ((node & 1) == 0) & of_batch[self._type[cand]]  # filed as uav, of these types
+        cand, owner = cand[use], owner[use]
+        if not cand.size:
+            return slots
+        at = batch.uav_at
+        if at is None:
+            position = dict(zip(evaluated, range(len(evaluated)), strict=True))
+            at = np.fromiter(map(position.get, batch.uav, itertools.repeat(-1)), np.int64, n)
+        code = batch.type_codes
+        if code is None:
+            code = np.fromiter(map(_TYPE_CODE.__getitem__, batch.types), np.int64, n)
+        ref = batch.ref_ids
+        if ref is None:
+            ref = np.fromiter(map(id, batch.ref), np.int64, n)
+        # (UAV, type) and ref as one number each, looked up among the alerts' by a binary
+        # search; a mix that two keys share is told apart by comparing both parts after.
+        ntypes = len(_TYPE_LIST)
+        who_c = owner * ntypes + self._type[cand]
+        who_r = at * ntypes + code  # a UAV not evaluated (-1): below every alert's
+        ref_c = self._ref_id[cand]
+        mix_c = who_c.astype(np.uint64) * _MIX ^ ref_c.astype(np.uint64)
+        mix_r = who_r.astype(np.uint64) * _MIX ^ ref.astype(np.uint64)
+        order = np.argsort(mix_c)
+        found = order[np.minimum(np.searchsorted(mix_c[order], mix_r), cand.size - 1)]
+        same = (mix_c[found] == mix_r) & (who_c[found] == who_r) & (ref_c[found] == ref)
+        slots[same] = cand[found[same]]
+        return slots
+
     def _observe_rows(
         self, batch: ConditionBatch, batch_no: int, rules: Sequence[Material], rows: I64,
-        slots: I64, keys: Sequence[AlertKey], this_pass: int,
+        slots: I64, keys: Mapping[int, AlertKey], this_pass: int,
     ) -> bool:
         """Rows of a batch with distinct keys, and the slots of their open alerts (-1: none);
-        keys: of every row of the batch. True when an open alert now points at a row of the
-        batch for its newest condition (the batch must be kept)."""
+        keys: of (at least) the rows without a slot. True when an open alert now points at a
+        row of the batch for its newest condition (the batch must be kept)."""
         known = slots >= 0
         new_rows = rows[~known]
         rows, slots = rows[known], slots[known]
@@ -890,27 +920,19 @@ class AlertManager:
 
     def _resolve_absent(
         self, types: frozenset[str], evaluated: Mapping[str, float], this_pass: int,
-        evaluated_at: Mapping[str, Sequence[float]],
+        evaluated_at: Mapping[str, Sequence[float]], filed: tuple[I64, I64] | None,
     ) -> None:
         """Start, or finish, the hysteresis of open alerts of `types` whose UAV (or other UAV)
         was evaluated and whose condition was not seen in this pass."""
         in_types = self._open_types_mask(types) if evaluated else None
-        if in_types is None:
+        if in_types is None or filed is None:
             return
-        # The slots filed under the evaluated UAVs, each with its UAV's t: C-level steps per UAV.
+        # The slots filed under the evaluated UAVs when the pass began (those opened since
+        # were seen), each with the position of its UAV in `evaluated`.
         n = len(evaluated)
-        held = list(map(self._slots_of_uav.get, evaluated))
         t_eval = np.fromiter(evaluated.values(), np.float64, n)
-        one = np.fromiter(map(isinstance, held, itertools.repeat(int)), np.bool_, n)
-        several = np.flatnonzero(~one & np.fromiter(map(is_not, held, itertools.repeat(None)),
-                                                    np.bool_, n))
-        of_several = cast(list[tuple[int, ...] | set[int]],
-                          list(map(held.__getitem__, several.tolist())))
-        slots = np.concatenate([
-            np.fromiter(itertools.compress(held, one), np.int64),
-            np.fromiter(itertools.chain.from_iterable(of_several), np.int64)])
-        owner = np.concatenate([np.flatnonzero(one),
-                                np.repeat(several, list(map(len, of_several)))])
+        node, owner = filed
+        slots = node >> 1
         absent_here = in_types[self._type[slots]] & (self._seen[slots] != this_pass)
         slots, owner = slots[absent_here], owner[absent_here]
         if not slots.size:
@@ -947,9 +969,9 @@ class AlertManager:
         self._emit(int(self._alert_ids[slot]), "resolved", c, t,
                    c.detail if detail is None else detail)
         del self._slot_of[alert.key]
-        for uav in (alert.uav, alert.other_uav):
-            if uav is not None:
-                _unfile(self._slots_of_uav, uav, slot)
+        self._filing.unfile(alert.uav, 2 * slot)
+        if alert.other_uav is not None and alert.other_uav != alert.uav:
+            self._filing.unfile(alert.other_uav, 2 * slot + 1)
         self._by_slot[slot] = None
         self._open_of_type[self._type[slot]] -= 1
         self._type[slot] = -1
@@ -969,8 +991,8 @@ class AlertManager:
         self, new: Sequence[tuple[int, Condition, AlertKey]], opened_at: float
     ) -> list[int]:
         """Slots for new open alerts (alert id, condition, key), in order, with their keys and
-        UAVs filed (their arrays not set). Filing goes per UAV, not per key: a dense hub's
-        first tick opens tens of thousands of pair alerts at once."""
+        UAVs filed (their arrays not set). Filed in one numpy step for all of them: a dense
+        hub's first tick opens tens of thousands of pair alerts at once."""
         free = self._free
         while len(free) < len(new):
             old = len(self._by_slot)
@@ -980,26 +1002,20 @@ class AlertManager:
         slots = free[-len(new):][::-1] if new else []
         del free[len(free) - len(new):]
         by_slot, slot_of = self._by_slot, self._slot_of
-        filed: dict[str, list[int]] = {}
+        uavs: list[str] = []
+        nodes: list[int] = []
         for slot, (_, c, key) in zip(slots, new, strict=True):
             by_slot[slot] = _OpenAlert(c, key)
-            slot_of[key] = slot  # the same int object is filed below
-            uav, other = c.uav, c.other_uav
-            held = filed.get(uav)
-            if held is None:
-                filed[uav] = [slot]
-            else:
-                held.append(slot)
-            if other is not None and other != uav:
-                held = filed.get(other)
-                if held is None:
-                    filed[other] = [slot]
-                else:
-                    held.append(slot)
-        slots_of_uav = self._slots_of_uav
-        for uav, held in filed.items():
-            _file(slots_of_uav, uav, held)
+            slot_of[key] = slot
+            uavs.append(c.uav)
+            nodes.append(2 * slot)
+            other = c.other_uav
+            if other is not None and other != c.uav:
+                uavs.append(other)
+                nodes.append(2 * slot + 1)
+        self._filing.file(uavs, nodes)
         self._paired[slots] = [c.other_uav is not None for _, c, _ in new]
+        self._ref_id[slots] = [id(key[2]) for _, _, key in new]
         codes = [_TYPE_CODE[c.type] for _, c, _ in new]
         self._type[slots] = codes
         np.add.at(self._open_of_type, codes, 1)

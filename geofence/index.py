@@ -219,6 +219,7 @@ class ZoneIndex:
         "_grid",
         "_has_auth",
         "_id_array",
+        "_id_ids",
         "_ids",
         "_lon0",
         "_lower",
@@ -244,6 +245,7 @@ class ZoneIndex:
         self._ids = [z.id for z in self._zones]
         n = len(self._zones)
         self._id_array: Geoms = _frozen(np.array(self._ids, dtype=object).reshape(n))
+        self._id_ids = _frozen(np.array([id(z) for z in self._ids], dtype=np.int64).reshape(n))
         self._restriction: I64 = _frozen(
             np.array([RESTRICTIONS.index(z.restriction) for z in self._zones], np.int64)
         )
@@ -358,6 +360,12 @@ class ZoneIndex:
     def zone_ids(self) -> npt.NDArray[np.object_]:
         """The zones' ids, by position in `zones` (an object array, for gathering by hits)."""
         return self._id_array
+
+    @property
+    def zone_id_ids(self) -> I64:
+        """`id()` of each of `zone_ids`' objects (alerts find their keys' refs by them:
+        `ConditionBatch(ref_ids=...)`)."""
+        return self._id_ids
 
     @property
     def restriction_codes(self) -> I64:

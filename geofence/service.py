@@ -25,6 +25,7 @@ import numpy as np
 import shapely
 
 from dispatch.alerts import (
+    ALERT_TYPE_CODE,
     SEVERITIES,
     SEVERITY_RANK,
     AlertManager,
@@ -72,6 +73,7 @@ _APPROACH_RANK = np.array([SEVERITY_RANK["info" if r == "advisory" else "warning
                            for r in RESTRICTIONS])
 _AUTHORISATION_REQUIRED = RESTRICTIONS.index("authorization_required")
 _HIT_TYPES = np.array(["geofence_approach", "geofence_breach"], dtype=object)
+_HIT_TYPE_CODES = np.array([ALERT_TYPE_CODE[kind] for kind in _HIT_TYPES], dtype=np.int64)
 SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS zones (
     id TEXT PRIMARY KEY, restriction TEXT NOT NULL, updated_at REAL NOT NULL, properties TEXT,
@@ -380,10 +382,15 @@ class Geofence:
         return zone_hits, found
 
     def _checked(
-        self, rows: Sequence[Observation], index: ZoneIndex, at_t: float | None = None
+        self, rows: Sequence[Observation], index: ZoneIndex, at_t: float | None = None,
+        rows_evaluated: bool = False,
     ) -> tuple[ConditionBatch, list[Condition], Sequence[str]]:
-        """`checked`, and the UAVs of the rows checked (those not crewed), in order."""
+        """`checked`, and the UAVs of the rows checked (those not crewed), in order.
+        rows_evaluated: the rows' UAVs are the `evaluated` of the `assess` the batch goes to,
+        in order, each once (the batch then tells each hit's place there)."""
+        n_given = len(rows)
         rows = _uncrewed(rows)
+        rows_evaluated = rows_evaluated and len(rows) == n_given
         n = len(rows)
         uav = values_of(rows, "uav")
         lon, lat, alt_m, row_t, sent_agl = (floats_of(rows, name)  # agl None: NaN
@@ -391,7 +398,8 @@ class Geofence:
         amsl_m = alt_m - self.settings.geoid_undulation_m
         agl_m = np.where(np.isnan(sent_agl), amsl_m - self.ground.elevation_at(lon, lat), sent_agl)
         t = row_t if at_t is None else np.full(n, at_t)
-        zone_hits = self._zone_hits(rows, index, uav, lon, lat, agl_m, amsl_m, alt_m, t, row_t)
+        zone_hits = self._zone_hits(rows, index, uav, lon, lat, agl_m, amsl_m, alt_m, t, row_t,
+                                    rows_evaluated)
         found: list[Condition] = []
         over, ceilings = over_ceiling(index.ceilings, lon, lat, agl_m, alt_m, t, uav,
                                       self.settings.max_agl_m, self.authorised_by_clearance)
@@ -407,7 +415,7 @@ class Geofence:
 
     def _zone_hits(
         self, rows: Sequence[Observation], index: ZoneIndex, uav: Sequence[str], lon: F64, lat: F64,
-        agl_m: F64, amsl_m: F64, alt_m: F64, t: F64, row_t: F64,
+        agl_m: F64, amsl_m: F64, alt_m: F64, t: F64, row_t: F64, rows_evaluated: bool = False,
     ) -> ConditionBatch:
         """The rows' zone breaches and approaches as a batch: severities, keys and the values
         that decide updates in numpy; a row's `Condition` (with the zone's detail) only when the
@@ -451,6 +459,8 @@ class Geofence:
             kinds, hit_uav, index.zone_ids[hits.zone].tolist(), severity, hit_t, hit_lat,
             hit_lon, hit_alt_m, np.column_stack([distance_m, hit_agl_m]),
             lambda k: conditions((k,))[0], conditions,
+            type_codes=_HIT_TYPE_CODES[breach.astype(np.intp)],
+            ref_ids=index.zone_id_ids[hits.zone], uav_at=obs if rows_evaluated else None,
         )
 
     def _without_cleared(
@@ -474,11 +484,11 @@ class Geofence:
     async def on_committed(
         self, rows: Sequence[Observation], advanced: Sequence[Observation]
     ) -> None:
-        zone_hits, present, uav = self._checked(rows, self.index)
-        if len(uav) < len(rows):  # crewed rows are not checked, yet count as evaluated
-            uav = values_of(rows, "uav")
-        t = values_of(rows, "t")
-        evaluated = dict(zip(uav, t, strict=True))
+        uav, t = values_of(rows, "uav"), values_of(rows, "t")
+        evaluated = dict(zip(uav, t, strict=True))  # crewed rows count as evaluated too
+        # Each UAV once, in row order: a hit's row is its UAV's place in `evaluated`.
+        zone_hits, present, _ = self._checked(rows, self.index,
+                                              rows_evaluated=len(evaluated) == len(rows))
         at = evaluated_times(uav, t) if len(evaluated) < len(rows) else None
         if at is not None:  # a UAV more than once: its newest t
             evaluated.update((u, times[-1]) for u, times in at.items())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -107,8 +107,23 @@ async def feed(m: AlertManager, types: frozenset[str], conditions: Sequence[Cond
                 evaluated[uav] = max(evaluated.get(uav, c.t), c.t)
     if path == "conditions":
         await m.assess(types, evaluated, conditions)
+    elif path == "numbered":
+        await m.assess(types, evaluated, batches=[numbered(as_batch(conditions), evaluated)]
+                       if conditions else [])
     else:
         await m.assess(types, evaluated, batches=[as_batch(conditions)] if conditions else [])
+
+
+def numbered(batch: ConditionBatch, evaluated: Mapping[str, float]) -> ConditionBatch:
+    """batch with the numbers a stage may give for finding its rows' alerts (type codes, ids
+    of the refs, each row's UAV's place in evaluated)."""
+    place = {uav: k for k, uav in enumerate(evaluated)}
+    return ConditionBatch(
+        batch.types, batch.uav, batch.ref, batch.severity, batch.t, batch.lat, batch.lon,
+        batch.alt_m, batch.values, batch.condition,
+        type_codes=np.array([alerts_module.ALERT_TYPE_CODE[k] for k in batch.types], np.int64),
+        ref_ids=np.array(list(map(id, batch.ref)), np.int64),
+        uav_at=np.array([place.get(uav, -1) for uav in batch.uav], np.int64))
 
 
 async def told(m: AlertManager, store: MemoryStore) -> list[tuple[str, float]]:
@@ -116,7 +131,7 @@ async def told(m: AlertManager, store: MemoryStore) -> list[tuple[str, float]]:
     return [(e.state, e.t) for e in store.events]
 
 
-@pytest.mark.parametrize("path", ["conditions", "batch"])
+@pytest.mark.parametrize("path", ["conditions", "batch", "numbered"])
 async def test_pair_updates_only_with_news(path: str) -> None:
     async with manager() as (m, store):
         steps = [  # t_los_s counts down from 20 at T0 unless said otherwise
@@ -155,7 +170,7 @@ async def test_pair_updates_only_with_news(path: str) -> None:
         assert store.events[-1].detail["cpa_m"] == 41.0 and store.events[-1].lat == 29.72
 
 
-@pytest.mark.parametrize("path", ["conditions", "batch"])
+@pytest.mark.parametrize("path", ["conditions", "batch", "numbered"])
 async def test_zone_updates_only_with_news(path: str) -> None:
     async with manager() as (m, store):
         steps = [
@@ -176,7 +191,7 @@ async def test_zone_updates_only_with_news(path: str) -> None:
         assert len(m.open_alerts()) == 2  # the approach is absent, not yet for clear_s
 
 
-@pytest.mark.parametrize("path", ["conditions", "batch"])
+@pytest.mark.parametrize("path", ["conditions", "batch", "numbered"])
 async def test_easing_is_news_only_when_the_distance_doubles(path: str) -> None:
     """cpa_m falling by max(5 m, 20 %) is news; rising (the pair moving apart) only by
     max(5 m, 100 %); the same for a zone approach's distance_m."""
@@ -192,7 +207,7 @@ async def test_easing_is_news_only_when_the_distance_doubles(path: str) -> None:
             ("geofence_approach", "updated", T0 + 2), ("geofence_approach", "updated", T0 + 4)]
 
 
-@pytest.mark.parametrize("path", ["conditions", "batch"])
+@pytest.mark.parametrize("path", ["conditions", "batch", "numbered"])
 async def test_late_data_is_ignored(path: str) -> None:
     async with manager() as (m, store):
         await feed(m, PAIR, [pair(T0 + 5)], path)
@@ -201,7 +216,7 @@ async def test_late_data_is_ignored(path: str) -> None:
         assert m.open_alerts()[0]["t"] == T0 + 5
 
 
-@pytest.mark.parametrize("path", ["conditions", "batch"])
+@pytest.mark.parametrize("path", ["conditions", "batch", "numbered"])
 async def test_a_pass_of_several_reports_is_judged_at_the_newest(path: str) -> None:
     """One pass holding a UAV's reports in a zone at some t and out at later t (a frame of
     several reports, or groups checked together): the alert is updated from the earlier ones
@@ -212,6 +227,9 @@ async def test_a_pass_of_several_reports_is_judged_at_the_newest(path: str) -> N
         newest = times[-1] if times else rows[-1].t
         if path == "conditions":
             await m.assess(ZONE, {"U1": newest}, rows, evaluated_at=at)
+        elif path == "numbered":
+            await m.assess(ZONE, {"U1": newest}, batches=[numbered(as_batch(rows), {"U1": 0})],
+                           evaluated_at=at)
         else:
             await m.assess(ZONE, {"U1": newest}, batches=[as_batch(rows)], evaluated_at=at)
 
@@ -412,7 +430,7 @@ def test_a_batch_must_be_of_types_with_material_values() -> None:
                            np.empty((1, 0)), lambda k: c)
     m = AlertManager(cast(AlertStore, MemoryStore()), Broadcaster())
     with pytest.raises(ValueError, match="MATERIAL"):
-        m._observe_batch(batch, 1)
+        m._observe_batch(batch, 1, {}, None)
     with pytest.raises(ValueError, match="rows"):
         ConditionBatch(["emergency"], ["U1", "U2"], [""], [2], [T0], [29.7], [106.6], [80.0],
                        np.empty((2, 0)), lambda k: c)
@@ -430,47 +448,63 @@ def test_refresh_setting() -> None:
         load_settings({}, {"LOWALT_ALERT_REFRESH_S": "0"})
 
 
-def test_slots_of_a_uav_are_one_slot_then_a_tuple_while_few_then_a_set() -> None:
-    from dispatch.alerts import _FEW_SLOTS, SlotsOfUav, _file, _unfile, held_slots
+def test_filing_links_slots_under_their_uavs_and_walks_them_for_many_at_once() -> None:
+    from dispatch.filing import UavFiling
 
-    slots_of_uav: SlotsOfUav = {}
-    slots = list(range(1000, 1000 + 2 * _FEW_SLOTS))
-    for k, slot in enumerate(slots):
-        _file(slots_of_uav, "U", [slot])
-        _file(slots_of_uav, "U", [slot])  # filed twice: held once
-        held = slots_of_uav["U"]
-        if k == 0:
-            assert held is slot  # the int itself, no tuple around it
+    rng = np.random.default_rng(7)
+    filing = UavFiling(slot_capacity=256)
+    model: dict[str, set[int]] = {}
+    free = list(range(256))
+    rng.shuffle(free)
+    uavs = [f"U{k}" for k in range(6)]
+    for step in range(400):
+        if free and (rng.random() < 0.5 or not model):
+            # Slots one at a time (filed by scalar steps) or many at once (in numpy), some UAVs
+            # given several (a hub's pairs), some nodes side 1.
+            batch_uavs, nodes = [], []
+            for _ in range(int(rng.choice([1, 3, 12, 30]))):
+                if not free:
+                    break
+                slot = free.pop()
+                sides = [0, 1] if rng.random() < 0.3 else [0]
+                named = rng.choice(uavs, len(sides), replace=False)
+                for side, uav in zip(sides, named, strict=True):
+                    batch_uavs.append(str(uav))
+                    nodes.append(2 * slot + side)
+                    model.setdefault(str(uav), set()).add(2 * slot + side)
+            filing.file(batch_uavs, nodes)
         else:
-            assert isinstance(held, tuple if k < _FEW_SLOTS else set)
-        assert sorted(held_slots(held)) == slots[: k + 1]
-    for k, slot in enumerate(slots):
-        _unfile(slots_of_uav, "U", slot)
-        assert sorted(held_slots(slots_of_uav.get("U"))) == slots[k + 1:]
-    _file(slots_of_uav, "V", slots[:2])
-    _unfile(slots_of_uav, "V", slots[0])
-    assert slots_of_uav.pop("V") == slots[1]  # back to one: held as it is
-    assert "U" not in slots_of_uav
-    _file(slots_of_uav, "W", [slots[0]])
-    _unfile(slots_of_uav, "W", slots[1])  # not filed: nothing changes
-    _unfile(slots_of_uav, "nobody", slots[0])
-    assert slots_of_uav == {"W": slots[0]}
-    # Several at once: past the tuple's room they go into a set, whether new or added to.
-    more: SlotsOfUav = {}
-    _file(more, "X", slots[:_FEW_SLOTS + 1])
-    assert isinstance(more["X"], set) and sorted(more["X"]) == slots[:_FEW_SLOTS + 1]
-    _file(more, "Y", slots[:2])
-    _file(more, "Y", slots[1:_FEW_SLOTS])
-    assert isinstance(more["Y"], tuple) and sorted(more["Y"]) == slots[:_FEW_SLOTS]
-    _file(more, "Y", slots[_FEW_SLOTS - 1:_FEW_SLOTS + 2])
-    assert isinstance(more["Y"], set) and sorted(more["Y"]) == slots[:_FEW_SLOTS + 2]
+            uav = sorted(model)[int(rng.integers(0, len(model)))]
+            node = sorted(model[uav])[int(rng.integers(0, len(model[uav])))]
+            filing.unfile(uav, node)
+            model[uav].discard(node)
+            if not model[uav]:
+                del model[uav]
+            if not any(node // 2 == n // 2 for held in model.values() for n in held):
+                free.append(node // 2)
+        assert set(filing.code_of) == set(model), step
+        asked = [*uavs, "nobody", uavs[0]]  # one never filed, one asked twice
+        walked, owner = filing.walk(filing.codes(asked, len(asked)))
+        assert sorted(zip(owner.tolist(), walked.tolist(), strict=True)) == sorted(
+            (k, n) for k, uav in enumerate(asked) for n in model.get(uav, ())), step
+        for uav in uavs:
+            assert filing.slots_of(uav) == {n // 2 for n in model.get(uav, ())}
+    assert len(filing) == len(model)
+    filing.grow(4096)  # keeps what is filed
+    for uav in uavs:
+        assert filing.slots_of(uav) == {n // 2 for n in model.get(uav, ())}
+    # Past the first 1,024 codes, one at a time and many at once (the code table grows).
+    for k in range(1_500):
+        filing.file([f"V{k}"], [2 * (256 + k)])
+    filing.file([f"W{k}" for k in range(1_500)], [2 * (2048 + k) for k in range(1_500)])
+    asked = [f"V{k}" for k in range(1_500)] + [f"W{k}" for k in range(1_500)]
+    walked, owner = filing.walk(filing.codes(asked, len(asked)))
+    assert sorted(zip(owner.tolist(), (walked // 2).tolist(), strict=True)) == [
+        *((k, 256 + k) for k in range(1_500)), *((1_500 + k, 2048 + k) for k in range(1_500))]
 
 
 def _assert_filed_as_the_open_alerts_name(m: AlertManager) -> None:
-    """Each UAV's filed slots are exactly the open alerts that name it (as uav or other_uav),
-    each filed int the very object `_slot_of` holds (no memory of its own)."""
-    from dispatch.alerts import held_slots
-
+    """Each UAV's filed slots are exactly the open alerts that name it (as uav or other_uav)."""
     naming: dict[str, set[int]] = {}
     for key, slot in m._slot_of.items():
         alert = m._by_slot[slot]
@@ -478,9 +512,7 @@ def _assert_filed_as_the_open_alerts_name(m: AlertManager) -> None:
         for uav in {alert.uav, alert.other_uav} - {None}:
             naming.setdefault(cast(str, uav), set()).add(slot)
         assert bool(m._paired[slot]) == (alert.other_uav is not None)
-    assert {u: set(held_slots(h)) for u, h in m._slots_of_uav.items()} == naming
-    objects = {id(slot) for slot in m._slot_of.values()}
-    assert all(id(s) in objects for h in m._slots_of_uav.values() for s in held_slots(h))
+    assert {u: m._filing.slots_of(u) for u in m._filing.code_of} == naming
     # The open alerts counted by type (`assess` skips a pass whose types have none open).
     by_type = Counter(alerts_module._TYPE_CODE[key[0]] for key in m._slot_of)
     assert m._open_of_type.tolist() == [by_type[k] for k in range(len(alerts_module._TYPE_LIST))]
@@ -499,11 +531,11 @@ async def test_filed_slots_follow_the_open_alerts_and_find_pairs_by_either_uav()
         await m.assess(PAIR, {**{f"V{k:04d}": T0 + 1 for k in range(0, 3_000, 2)},
                               "nobody": T0 + 1})
         _assert_filed_as_the_open_alerts_name(m)
-        assert "V0000" not in m._slots_of_uav and "V0001" in m._slots_of_uav
+        assert "V0000" not in m._filing and "V0001" in m._filing
         # X evaluated (it holds a set of slots): every W-X pair resolves.
         await m.assess(PAIR, {"X": T0 + 2})
         _assert_filed_as_the_open_alerts_name(m)
-        assert "X" not in m._slots_of_uav
+        assert "X" not in m._filing
         # U0001 evaluated: its pair resolves, its zone alert (another type) stays.
         await m.assess(PAIR, {"U0001": T0 + 3})
         assert held_alerts(m) == {("geofence_approach", "U0001")} | {
@@ -511,7 +543,7 @@ async def test_filed_slots_follow_the_open_alerts_and_find_pairs_by_either_uav()
         _assert_filed_as_the_open_alerts_name(m)
         await m.assess(PAIR, {f"U{k:04d}": T0 + 4 for k in range(3_000)})
         await m.resolve(zone_hit(T0, uav="U0001").key, T0 + 4)
-        assert not m.open_alerts() and not m._slots_of_uav
+        assert not m.open_alerts() and not m._filing
         # The slots again, for alerts of one UAV each: nothing of the pairs left on them.
         await m.assess(ZONE, {}, batches=[as_batch(
             [zone_hit(T0 + 5, uav=f"Z{k:04d}") for k in range(4_000)])])
@@ -587,3 +619,59 @@ async def test_unregistered_uavs_of_one_source_share_one_detail(tmp_path: Path) 
 def obs(uav: str, t: float, source: str) -> Observation:
     return Observation(uav, t, 29.7, 106.6, 80.0, None, None, None, None, None, None, None,
                        source, t)
+
+
+async def test_a_batch_finds_its_alerts_by_the_ref_objects_their_keys_hold_else_by_key() -> None:
+    def hits(t: float, uavs: Sequence[str], refs: Sequence[str]) -> list[Condition]:
+        return [Condition("geofence_approach", u, "warning", t, 29.7, 106.6, 300.0, zone=r,
+                          detail={"zone_name": "z", "restriction": "prohibited", "agl_m": 50.0,
+                                  "distance_m": 100.0})
+                for u, r in zip(uavs, refs, strict=True)]
+
+    def filed(m: AlertManager, evaluated: Mapping[str, float]) -> tuple[Any, Any]:
+        return m._filing.walk(m._filing.codes(evaluated, len(evaluated)))
+
+    async with manager() as (m, store):
+        zones = [f"Z{k}" for k in range(4)]
+        uavs = ["U0", "U0", "U1", "U2"]  # U0 in two zones
+        evaluated = dict.fromkeys(uavs, T0)
+        await m.assess(ZONE, evaluated, batches=[as_batch(hits(T0, uavs, zones))])
+        await m.open_or_update(pair(T0, uav="U1", other="U2"))  # U2 holds it as other_uav
+        await m.open_or_update(Condition("unregistered_uav", "U0", "warning", T0, 29.7, 106.6,
+                                         300.0))
+        opened = {c.key: m._slot_of[c.key] for c in hits(T0, uavs, zones)}
+        # The same zone objects: every row finds its alert in numpy, in row order.
+        later = hits(T0 + 1, [*uavs, "U9"], [*zones, zones[0]])  # U9 not evaluated
+        slots = m._slots_of_rows(as_batch(later), ZONE, evaluated, filed(m, evaluated))
+        assert slots.tolist() == [*(opened[c.key] for c in later[:4]), -1]
+        # Equal ids that are other objects: not found here, found by key in assess (no alert
+        # opens twice), and so is a row whose UAV was not evaluated.
+        copies = ["".join(["Z", str(k)]) for k in range(4)]
+        assert copies == zones and not any(a is b for a, b in zip(copies, zones, strict=True))
+        again = hits(T0 + 2, uavs, copies)
+        assert (m._slots_of_rows(as_batch(again), ZONE, evaluated, filed(m, evaluated)) == -1).all()
+        await m.assess(ZONE, evaluated, batches=[as_batch(again)])
+        await m.assess(ZONE, {}, batches=[as_batch(hits(T0 + 2.5, ["U0"], [zones[1]]))])
+        assert {m._slot_of[c.key] for c in again} == set(opened.values())
+        # A pair is found only under its own uav, not under its other_uav with the same ref.
+        p = pair(T0, uav="U1", other="U2")
+        held_ref = m._alert(m._slot_of[p.key]).key[2]
+        rows = as_batch([p, pair(T0, uav="U2", other=held_ref)])
+        pairs = m._slots_of_rows(rows, PAIR, {"U1": T0, "U2": T0}, filed(m, {"U1": T0, "U2": T0}))
+        assert pairs.tolist() == [m._slot_of[p.key], -1]
+        # Two keys whose mixed numbers are equal are still told apart: a U1 row whose ref id
+        # is made to mix to U0's alert in Z0 does not take that alert.
+        ntypes, code = len(alerts_module._TYPE_LIST), alerts_module._TYPE_CODE["geofence_approach"]
+        slot = opened[hits(T0, ["U0"], [zones[0]])[0].key]
+        def mixed(who: int) -> Any:  # arrays: numpy wraps their products silently
+            return np.array([who], np.uint64) * alerts_module._MIX
+
+        mix = mixed(0 * ntypes + code) ^ m._ref_id[[slot]].astype(np.uint64)  # U0: first
+        forged = (mix ^ mixed(1 * ntypes + code)).astype(np.int64)  # U1: second
+        plain = as_batch(hits(T0 + 3, ["U1"], [zones[0]]))
+        crafted = ConditionBatch(plain.types, plain.uav, plain.ref, plain.severity, plain.t,
+                                 plain.lat, plain.lon, plain.alt_m, plain.values,
+                                 plain.condition, ref_ids=forged)
+        assert m._slots_of_rows(crafted, ZONE, evaluated, filed(m, evaluated)).tolist() == [-1]
+        events = await _events(m, store)
+    assert [e.state for e in events].count("open") == 6  # 4 zones, the pair, unregistered

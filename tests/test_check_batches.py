@@ -11,7 +11,14 @@ import numpy as np
 
 from benchmarks.bench_conflicts import city_traffic, live_rows
 from benchmarks.bench_geofence import T0, random_zones
-from dispatch.alerts import MATERIAL, SEVERITY_RANK, AlertManager, Condition, ConditionBatch
+from dispatch.alerts import (
+    ALERT_TYPE_CODE,
+    MATERIAL,
+    SEVERITY_RANK,
+    AlertManager,
+    Condition,
+    ConditionBatch,
+)
 from geofence.conflicts import ConflictParams, detect_conflicts
 from geofence.index import ZoneIndex
 from geofence.monitor import TrafficMonitor
@@ -41,6 +48,11 @@ def assert_rows_match(batch: ConditionBatch) -> None:
     assert many == [every[k] for k in picked]
     assert all(type(c) is Condition for c in [*every, *many])
     assert len({id(c.detail) for c in many}) == len(many)
+    # The numbers a batch may carry for finding its alerts say the same as its columns.
+    if batch.type_codes is not None:
+        assert batch.type_codes.tolist() == [ALERT_TYPE_CODE[kind] for kind in batch.types]
+    if batch.ref_ids is not None:
+        assert batch.ref_ids.tolist() == list(map(id, batch.ref))
 
 
 def test_geofence_batch_matches_its_conditions() -> None:
@@ -57,6 +69,16 @@ def test_geofence_batch_matches_its_conditions() -> None:
     index = ZoneIndex(zones)
     batch, _ = geofence.checked(rows, index)
     assert_rows_match(batch)
+    assert batch.type_codes is not None and batch.ref_ids is not None
+    assert batch.uav_at is None  # not asked for
+    # Rows that are the evaluated UAVs in order, each once: each hit tells its UAV's row;
+    # not with a crewed row among them (crewed rows are not checked but are evaluated).
+    once = rows[:700]
+    aligned, _, _ = geofence._checked(once, index, rows_evaluated=True)
+    assert aligned.uav_at is not None and len(aligned) > 0
+    assert [once[k].uav for k in aligned.uav_at.tolist()] == list(aligned.uav)
+    crewed = [*once, once[0]._replace(uav="ABC123", source="gw/sbs")]
+    assert geofence._checked(crewed, index, rows_evaluated=True)[0].uav_at is None
     agl, alt = np.array([r.agl_m for r in rows]), np.array([r.alt_m for r in rows])
     hits = index.check([r.lon for r in rows], [r.lat for r in rows], agl, alt, alt,
                        [r.t for r in rows], [r.uav for r in rows])  # geoid undulation 0
