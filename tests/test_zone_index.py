@@ -9,9 +9,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import shapely
+import shapely.affinity
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from shapely.geometry import Point, Polygon
+from shapely.geometry import MultiPolygon, Point, Polygon
 
 from geofence.index import ZoneHit, ZoneIndex, _BoxGrid
 from geofence.zones import Zone
@@ -385,3 +387,45 @@ def test_box_grid_finds_exactly_the_boxes_holding_each_point(
         assert found == expected
         assert obs.tolist() == sorted(obs.tolist())
         assert len(found) == obs.size  # each pair once
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ring_segments_find_what_geos_finds(seed: int) -> None:
+    """The nearest point of a zone's rings (polygons with holes, multipolygons, rings of 3 to
+    400 segments: one chunk or many), against GEOS: the same distance to within 1e-9 m, the
+    nearest point on the rings, and inf exactly where GEOS says farther than the limit."""
+    from geofence.index import _RingSegments
+
+    rng = np.random.default_rng(seed)
+    polygons = []
+    for k in range(60):
+        cx, cy = rng.uniform(-5e4, 5e4, 2)
+        n = int(rng.choice([3, 8, 9, 40, 400]))
+        angle = np.sort(rng.uniform(0, 2 * np.pi, n))
+        radius = rng.uniform(200.0, 1_000.0, n)
+        shell = np.column_stack([cx + radius * np.cos(angle), cy + radius * np.sin(angle)])
+        hole = [[(cx - 50, cy - 50), (cx + 50, cy - 50), (cx + 50, cy + 50), (cx - 50, cy + 50)]]
+        polygon = Polygon(shell, hole if k % 3 == 0 else None)
+        if k % 5 == 0:
+            polygon = MultiPolygon([polygon, shapely.affinity.translate(polygon, 5_000.0)])
+        polygons.append(shapely.make_valid(polygon))
+    metric = np.array(polygons, dtype=object)
+    parts, part_of = shapely.get_parts(metric, return_index=True)
+    rings, ring_of = shapely.get_rings(parts, return_index=True)
+    segments = _RingSegments(rings, part_of[ring_of], len(polygons))
+    zone = rng.integers(0, len(polygons), 5_000)
+    centre = shapely.centroid(metric[zone])
+    px = shapely.get_x(centre) + rng.uniform(-3_000, 3_000, zone.size)
+    py = shapely.get_y(centre) + rng.uniform(-3_000, 3_000, zone.size)
+    limit = rng.choice([0.0, 100.0, 1_000.0, np.inf], zone.size)
+    dist, qx = segments.nearest(zone, px, py, limit)
+    geos = shapely.distance(shapely.boundary(metric[zone]), shapely.points(px, py))
+    within = geos <= limit
+    assert within.any() and (~within).any()
+    assert np.allclose(dist[within], geos[within], rtol=0, atol=1e-9)
+    assert np.isinf(dist[~within]).all() and np.isnan(qx[~within]).all()
+    # The nearest point is GEOS's (ties between two equally near points have measure zero).
+    lines = shapely.shortest_line(shapely.boundary(metric[zone[within]]),
+                                  shapely.points(px[within], py[within]))
+    geos_qx = shapely.get_coordinates(lines).reshape(-1, 2, 2)[:, 0, 0]
+    assert np.allclose(qx[within], geos_qx, rtol=0, atol=1e-6)
