@@ -194,6 +194,20 @@ def _share(impact: dict[str, Any]) -> str:
     return "" if share is None else f"{100 * share:.0f} % of the fleet in a zone condition"
 
 
+def _rate(impact: dict[str, Any], side: str) -> float:
+    """The mean rate of an ingest-cut side over its rounds (older results: its one run)."""
+    rate: float = impact.get(f"{side}_obs_per_s", impact[side]["obs_per_s"])
+    return rate
+
+
+def _rounds(impact: dict[str, Any]) -> str:
+    """`; rounds a, b %` when the cut was measured in rounds."""
+    rounds = impact.get("rounds") or []
+    if len(rounds) < 2:
+        return ""
+    return "; rounds " + ", ".join(_fmt(r["cut_percent"], 1) for r in rounds) + " %"
+
+
 def _verdict(ok: bool | None) -> str:
     return "" if ok is None else ("met" if ok else "**not met**")
 
@@ -204,6 +218,27 @@ def summary_rows(r: dict[str, Any]) -> list[Row]:
     rows = _rows(r)
     if r.get("quick"):
         rows = [(p, f, m, t, "(quick run)" if t else "") for p, f, m, t, _ in rows]
+    return rows
+
+
+def impact_rows(zones: int, imp: dict[str, Any]) -> list[Row]:
+    """The geofence benchmark's ingest-cut rows (`bench_geofence.ingest_impact`)."""
+    rows: list[Row] = []
+    rows.append(("geofence", f"{imp['backend']}: ingest cut by {zones:,} zones "
+                 f"({_share(imp)}), %",
+                 f"{_fmt(imp['cut_percent'], 1)} ({_fmt(_rate(imp, 'without_zones'))}"
+                 f" -> {_fmt(_rate(imp, 'with_zones'))} obs/s{_rounds(imp)})",
+                 "<= 20 (#4)",
+                 _verdict(imp["cut_percent"] <= 20)))
+    for name, lay in imp.get("layouts", {}).items():
+        rows.append(("geofence", f"the same zones {name} ({_share(lay)}), %",
+                     f"{_fmt(lay['cut_percent'], 1)} (-> "
+                     f"{_fmt(lay['with_zones']['obs_per_s'])} obs/s)", "", ""))
+    cost = _server_cost(imp["without_zones"], imp["with_zones"])
+    if cost:
+        rows.append(("geofence", "where the cut goes: the server's CPU per observation "
+                     "without -> with the zones (in its check stages), µs", cost, "",
+                     ""))
     return rows
 
 
@@ -321,20 +356,7 @@ def _rows(r: dict[str, Any]) -> list[Row]:
                          _fmt(rl["total_s"], 2), "<= 1 (#4)", _verdict(rl["total_s"] <= 1.0)))
         imp = g.get("ingest_impact")
         if imp:
-            rows.append(("geofence", f"{imp['backend']}: ingest cut by {g['zones']:,} zones "
-                         f"({_share(imp)}), %",
-                         f"{_fmt(imp['cut_percent'], 1)} ({_fmt(imp['without_zones']['obs_per_s'])}"
-                         f" -> {_fmt(imp['with_zones']['obs_per_s'])} obs/s)", "<= 20 (#4)",
-                         _verdict(imp["cut_percent"] <= 20)))
-            for name, lay in imp.get("layouts", {}).items():
-                rows.append(("geofence", f"the same zones {name} ({_share(lay)}), %",
-                             f"{_fmt(lay['cut_percent'], 1)} (-> "
-                             f"{_fmt(lay['with_zones']['obs_per_s'])} obs/s)", "", ""))
-            cost = _server_cost(imp["without_zones"], imp["with_zones"])
-            if cost:
-                rows.append(("geofence", "where the cut goes: the server's CPU per observation "
-                             "without -> with the zones (in its check stages), µs", cost, "",
-                             ""))
+            rows += impact_rows(g["zones"], imp)
     conf = r.get("conflicts")
     if conf:
         limits = {10_000: 50.0, 100_000: 1000.0}

@@ -199,3 +199,31 @@ def test_pair_runs_two_trees_at_once_and_swaps(tmp_path: Path) -> None:
     )
     assert broken.returncode != 0
     assert f"{tmp_path}: the run failed" in broken.stderr
+
+
+@pytest.mark.timeout(300)
+def test_ingest_cut_alternates_rounds_and_sums_them() -> None:
+    """The geofence benchmark's ingest cut: without and with zones in two rounds, the second
+    round's runs in the other order; the cut is of the summed rates, each round's listed; a
+    layout is measured against the mean rate without zones; the table row says all of it."""
+    import numpy as np
+
+    from benchmarks import bench_geofence, suite
+
+    zones = bench_geofence.random_zones(50, np.random.default_rng(1))
+    spread = bench_geofence.random_zones(50, np.random.default_rng(1), spread=3.0)
+    imp = bench_geofence.ingest_impact(zones, "sqlite", 1.0, also={"spread x3": spread},
+                                       rounds=2)
+    rounds = imp["rounds"]
+    assert len(rounds) == 2
+    bare = [r["without_zones_obs_per_s"] for r in rounds]
+    zoned = [r["with_zones_obs_per_s"] for r in rounds]
+    assert all(map(_positive, [*bare, *zoned]))
+    assert imp["cut_percent"] == round(100.0 * (1.0 - sum(zoned) / sum(bare)), 1)
+    assert imp["without_zones"]["obs_per_s"] == bare[0]
+    assert imp["with_zones_obs_per_s"] == round(sum(zoned) / 2)
+    layout = imp["layouts"]["spread x3"]
+    assert layout["cut_percent"] == round(
+        100.0 * (1.0 - layout["with_zones"]["obs_per_s"] / (sum(bare) / 2)), 1)
+    row = next(r for r in suite.impact_rows(50, imp) if "ingest cut" in r[1])
+    assert f"rounds {rounds[0]['cut_percent']:,.1f}, {rounds[1]['cut_percent']:,.1f} %" in row[2]
