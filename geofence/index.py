@@ -22,9 +22,8 @@ are decided by it alone (inside at 0 or less: no GEOS, and nearer the geodesic c
 outline polygon), and a lower bound for a polygon, tested by point in polygon (prepared, on the
 coordinates: `intersects_xy`). Outside a polygon, those the bound leaves in reach get the nearest
 point of the polygon's rings in the zone's frame, found in numpy by `_RingSegments` (exactly what
-GEOS's distance finds, at 10-20 % less for the whole check than a point geometry and a GEOS call
-per pair; chunks farther than the approach distance are not measured, so a pair out of reach
-costs little). That is the polygon's own nearest point, without a containment test again: a
+GEOS's distance finds, about a sixth faster than a point geometry and a GEOS call per pair on the
+benchmark's traffic; chunks farther than the approach distance are not measured). That is the polygon's own nearest point, without a containment test again: a
 point outside the degree polygon but inside the frame's densified one is within a centimetre of
 the edge, and gets that distance, not 0: both round to the 0.1 m an alert tells.
 Distances are divided by the mean projection scale along the line, 1 + (x1^2 + x1 x2 + x2^2) /
@@ -215,11 +214,12 @@ class _RingSegments:
     lower bound is within both the smallest upper bound and `limit` have their segments
     measured. The nearest of those is the nearest of the ring (a chunk left out is farther than
     some point of the ring, or farther than `limit`): GEOS's distance, without a point geometry
-    and a call per pair, and about a third of the segments measured.
+    and a call per pair. Chunks and segments are rows of two tables, so gathering one reads one
+    cache line, not five (0.65 -> 0.54 ms per 1,000 reports; GEOS 0.66).
     """
 
-    __slots__ = ("_ax", "_ay", "_chunk_count", "_chunk_first", "_cr", "_cx", "_cy", "_dx", "_dy",
-                 "_inv_len2", "_seg_count", "_seg_first", "_vx", "_vy")
+    __slots__ = ("_chunk_count", "_chunk_first", "_chunks", "_seg_count", "_seg_first",
+                 "_segments")
 
     def __init__(self, rings: Geoms, ring_zone: I64, n_zones: int) -> None:
         """rings: LinearRings in frame metres; ring_zone: each ring's zone (ascending)."""
@@ -229,9 +229,12 @@ class _RingSegments:
         zone = np.asarray(ring_zone, dtype=np.int64)[ring[:-1][joined]]
         a, b = coords[:-1][joined], coords[1:][joined]
         ax, ay, bx, by = a[:, 0], a[:, 1], b[:, 0], b[:, 1]
-        self._ax, self._ay, self._dx, self._dy = ax, ay, bx - ax, by - ay
-        len2 = self._dx**2 + self._dy**2
-        self._inv_len2 = np.divide(1.0, len2, out=np.zeros_like(len2), where=len2 > 0.0)
+        dx, dy = bx - ax, by - ay
+        len2 = dx**2 + dy**2
+        inv_len2 = np.divide(1.0, len2, out=np.zeros_like(len2), where=len2 > 0.0)
+        # A row per segment (a table, so a gather reads one cache line per segment, not five):
+        # its start, its direction, 1 / its length squared (0 for a point).
+        self._segments = np.column_stack([ax, ay, dx, dy, inv_len2])
         # Chunks: runs of up to _CHUNK_SEGMENTS segments of one zone.
         per_zone = np.bincount(zone, minlength=n_zones)
         rank = within_runs(per_zone)
@@ -241,17 +244,17 @@ class _RingSegments:
         chunk_zone = zone[first]
         self._chunk_count = np.bincount(chunk_zone, minlength=n_zones)
         self._chunk_first = np.cumsum(self._chunk_count) - self._chunk_count
+        # A row per chunk: the centre and radius of a disc that holds it (about its box, the
+        # half diagonal rounded up a hair), and its first vertex (a point of the ring).
+        self._chunks = np.empty((first.size, 5))
         if first.size:
             lo_x = np.minimum.reduceat(np.minimum(ax, bx), first)
             hi_x = np.maximum.reduceat(np.maximum(ax, bx), first)
             lo_y = np.minimum.reduceat(np.minimum(ay, by), first)
             hi_y = np.maximum.reduceat(np.maximum(ay, by), first)
-            # The disc about the chunk's box: its half diagonal, rounded up a hair.
-            self._cx, self._cy = (lo_x + hi_x) / 2.0, (lo_y + hi_y) / 2.0
-            self._cr = np.hypot(hi_x - lo_x, hi_y - lo_y) * (0.5 + 1e-12) + 1e-9
-        else:
-            self._cx = self._cy = self._cr = np.empty(0)
-        self._vx, self._vy = ax[first], ay[first]
+            self._chunks[:, 0], self._chunks[:, 1] = (lo_x + hi_x) / 2.0, (lo_y + hi_y) / 2.0
+            self._chunks[:, 2] = np.hypot(hi_x - lo_x, hi_y - lo_y) * (0.5 + 1e-12) + 1e-9
+            self._chunks[:, 3], self._chunks[:, 4] = ax[first], ay[first]
 
     def nearest(self, zone: I64, px: F64, py: F64, limit: F64) -> tuple[F64, F64]:
         """For each pair (zone[i], (px[i], py[i])): the distance to the zone's rings and the x
@@ -262,32 +265,33 @@ class _RingSegments:
         count = self._chunk_count[zone]
         pair = np.repeat(np.arange(n), count)
         chunk = spans(self._chunk_first[zone], count)
-        cpx, cpy = px[pair], py[pair]
-        lower = np.hypot(cpx - self._cx[chunk], cpy - self._cy[chunk]) - self._cr[chunk]
-        upper = np.hypot(cpx - self._vx[chunk], cpy - self._vy[chunk])
+        c = self._chunks[chunk]
+        ux, uy = px[pair] - c[:, 0], py[pair] - c[:, 1]
+        lower = np.sqrt(ux * ux + uy * uy) - c[:, 2]
+        vx, vy = px[pair] - c[:, 3], py[pair] - c[:, 4]
+        upper2 = vx * vx + vy * vy
         has = count > 0
         bound = np.full(n, -np.inf)
-        bound[has] = np.minimum(np.minimum.reduceat(upper, (np.cumsum(count) - count)[has]),
-                                limit[has])
+        bound[has] = np.minimum(
+            np.sqrt(np.minimum.reduceat(upper2, (np.cumsum(count) - count)[has])), limit[has])
         keep = lower <= bound[pair]
         pair, chunk = pair[keep], chunk[keep]
         if not pair.size:
             return dist, qx
         n_seg = self._seg_count[chunk]
-        seg = spans(self._seg_first[chunk], n_seg)
+        g = self._segments[spans(self._seg_first[chunk], n_seg)]
         pair = np.repeat(pair, n_seg)
-        sx, sy = px[pair], py[pair]
-        ax, ay, dx, dy = self._ax[seg], self._ay[seg], self._dx[seg], self._dy[seg]
-        t = np.clip(((sx - ax) * dx + (sy - ay) * dy) * self._inv_len2[seg], 0.0, 1.0)
-        nx, ny = ax + t * dx, ay + t * dy
-        d2 = (sx - nx) ** 2 + (sy - ny) ** 2
+        sx, sy = px[pair] - g[:, 0], py[pair] - g[:, 1]  # from the segment's start
+        t = np.clip((sx * g[:, 2] + sy * g[:, 3]) * g[:, 4], 0.0, 1.0)
+        ex, ey = sx - t * g[:, 2], sy - t * g[:, 3]  # from the nearest point of the segment
+        d2 = ex * ex + ey * ey
         # Pairs come in runs (ascending); each run's nearest: its smallest d2, the first such.
         starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
         smallest = np.repeat(np.minimum.reduceat(d2, starts), np.diff(np.r_[starts, d2.size]))
         hit = np.flatnonzero(d2 == smallest)
         lead = hit[np.r_[True, pair[hit[1:]] != pair[hit[:-1]]]]
         at = pair[lead]
-        dist[at], qx[at] = np.sqrt(d2[lead]), nx[lead]
+        dist[at], qx[at] = np.sqrt(d2[lead]), px[at] - ex[lead]
         beyond = dist > limit
         dist[beyond], qx[beyond] = np.inf, np.nan
         return dist, qx
