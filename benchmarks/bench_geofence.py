@@ -19,11 +19,12 @@ Also: reloading the zones (read from storage, parsed, indexed, prepared by a fir
 backend, and, with `--ingest-seconds`, the gateway ingest benchmark (benchmarks/bench_ingest.py,
 4 connections) on a fresh server without zones and on one with the same zones loaded, in two
 rounds (the second in the other order, so a slow spell of the shared VM falls on both): the cut
-in sustained observations/s, of the rates summed over the rounds. The fleet flies over the zones' area, so the checks find real hits and
-raise real alerts: about 47 % of its UAVs are in a breach or approach of a zone at any time (the
-zones cover about 46 % of the area). The same zones spread over a box three times as wide and tall
-(7 % of the UAVs in a zone condition) are run too, against the same run without zones: the
-difference between the two cuts is what the alerts cost, not the geometry.
+in sustained observations/s, of the rates summed over the rounds. The fleet flies over the
+zones' area, so the checks find real hits and raise real alerts: about 47 % of its UAVs are in a
+breach or approach of a zone at any time (the zones cover about 46 % of the area). The same
+zones spread over a box three times as wide and tall (7 % of the UAVs in a zone condition) are
+run too, against the mean rate without zones: the difference between the two cuts is what the
+alerts cost, not the geometry.
 """
 
 from __future__ import annotations

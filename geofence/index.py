@@ -23,9 +23,10 @@ outline polygon), and a lower bound for a polygon, tested by point in polygon (p
 coordinates: `intersects_xy`). Outside a polygon, those the bound leaves in reach get the nearest
 point of the polygon's rings in the zone's frame, found in numpy by `_RingSegments` (exactly what
 GEOS's distance finds, about a sixth faster than a point geometry and a GEOS call per pair on the
-benchmark's traffic; chunks farther than the approach distance are not measured). That is the polygon's own nearest point, without a containment test again: a
-point outside the degree polygon but inside the frame's densified one is within a centimetre of
-the edge, and gets that distance, not 0: both round to the 0.1 m an alert tells.
+benchmark's traffic; chunks farther than the approach distance are not measured). That is the
+polygon's own nearest point, without a containment test again: a point outside the degree
+polygon but inside the frame's densified one is within a centimetre of the edge, and gets that
+distance, not 0: both round to the 0.1 m an alert tells.
 Distances are divided by the mean projection scale along the line, 1 + (x1^2 + x1 x2 + x2^2) /
 6R^2, which keeps them within millimetres of the geodesic at 100 km. (A predicate query over
 approach-buffered polygons was slower both to build, GEOS buffers, and to query, unprepared
