@@ -756,6 +756,10 @@ class AlertManager:
         if missing:
             slots[missing] = np.fromiter(map(self._slot_of.get, keys.values(),
                                              itertools.repeat(-1)), np.int64, len(missing))
+            if batch.ref_ids is not None:  # a stage whose refs are the same objects each pass
+                for k, slot in zip(missing, slots[missing].tolist(), strict=True):
+                    if slot >= 0:
+                        self._rekey(slot, keys[k])
         known = slots[slots >= 0]
         new = np.flatnonzero(slots < 0).tolist()
         if (known.size < 2 or np.bincount(known).max() == 1) \
@@ -780,6 +784,18 @@ class AlertManager:
         if pointed:  # kept while an alert points at a row; else its rows go now
             self._batches[batch_no] = batch
             self._kept_rows += n
+
+    def _rekey(self, slot: int, key: AlertKey) -> None:
+        """Hold key (equal to the slot's) as the slot's key: its ref object then finds the
+        alert in numpy on the next pass (`_slots_of_rows`). For alerts whose ref is another,
+        equal object (loaded at start, or raised before a zone reload from storage)."""
+        alert = self._alert(slot)
+        if alert.key[2] is key[2]:
+            return
+        del self._slot_of[alert.key]
+        self._slot_of[key] = slot
+        alert.key = key
+        self._ref_id[slot] = id(key[2])
 
     def _slots_of_rows(
         self, batch: ConditionBatch, kinds: Iterable[str], evaluated: Mapping[str, float],

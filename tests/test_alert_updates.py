@@ -653,6 +653,12 @@ async def test_a_batch_finds_its_alerts_by_the_ref_objects_their_keys_hold_else_
         await m.assess(ZONE, evaluated, batches=[as_batch(again)])
         await m.assess(ZONE, {}, batches=[as_batch(hits(T0 + 2.5, ["U0"], [zones[1]]))])
         assert {m._slot_of[c.key] for c in again} == set(opened.values())
+        # A stage that gives its refs' ids (the same objects each pass): an alert found by key
+        # takes the row's ref object, and is found in numpy from the next pass on.
+        await m.assess(ZONE, evaluated, batches=[numbered(as_batch(again), evaluated)])
+        assert (m._slots_of_rows(as_batch(again), ZONE, evaluated, filed(m, evaluated))
+                == [opened[c.key] for c in again]).all()
+        assert all(m._alert(opened[c.key]).key[2] is c.zone for c in again)
         # A pair is found only under its own uav, not under its other_uav with the same ref.
         p = pair(T0, uav="U1", other="U2")
         held_ref = m._alert(m._slot_of[p.key]).key[2]
