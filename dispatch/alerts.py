@@ -609,14 +609,18 @@ class AlertManager:
             seen[slot] = this_pass
         # The open alerts filed under the evaluated UAVs (node, position in `evaluated`): where
         # a batch's rows find their alerts, and where absent ones are looked for.
+        # None when no alert of `types` was open as the pass began: then none can be absent (those
+        # it opens are seen in it).
+        in_types = self._open_types_mask(types) if evaluated else None
         filed: tuple[I64, I64] | None = None
-        if evaluated and (any(map(len, batches)) or self._open_types_mask(types) is not None):
+        if evaluated and (any(map(len, batches)) or in_types is not None):
             filed = self._filing.walk(self._filing.codes(evaluated, len(evaluated)))
         for batch in batches:
             self._observe_batch(batch, this_pass, evaluated, filed)
         if evaluated_at is not None:
             self._resolve_stale(types, evaluated, this_pass, evaluated_at)
-        self._resolve_absent(types, evaluated, this_pass, evaluated_at or {}, filed)
+        if in_types is not None and filed is not None:
+            self._resolve_absent(in_types, evaluated, this_pass, evaluated_at or {}, filed)
         if len(self._batches) > _KEEP_BATCHES and self._kept_rows > _KEEP_ROWS:
             self._let_go_of_batches()
         await self._wait_for_room()
@@ -935,14 +939,12 @@ class AlertManager:
         return in_types
 
     def _resolve_absent(
-        self, types: frozenset[str], evaluated: Mapping[str, float], this_pass: int,
-        evaluated_at: Mapping[str, Sequence[float]], filed: tuple[I64, I64] | None,
+        self, in_types: Bool, evaluated: Mapping[str, float], this_pass: int,
+        evaluated_at: Mapping[str, Sequence[float]], filed: tuple[I64, I64],
     ) -> None:
-        """Start, or finish, the hysteresis of open alerts of `types` whose UAV (or other UAV)
-        was evaluated and whose condition was not seen in this pass."""
-        in_types = self._open_types_mask(types) if evaluated else None
-        if in_types is None or filed is None:
-            return
+        """Start, or finish, the hysteresis of open alerts of the pass's types (in_types, an
+        `_open_types_mask`) whose UAV (or other UAV) was evaluated and whose condition was not
+        seen in this pass."""
         # The slots filed under the evaluated UAVs when the pass began (those opened since
         # were seen), each with the position of its UAV in `evaluated`.
         n = len(evaluated)

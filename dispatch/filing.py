@@ -33,6 +33,13 @@ __all__ = ["UavFiling"]
 _FEW = 8  # fewer nodes than this are filed one by one (numpy's fixed cost per call is more)
 
 
+def _widened(links: I32, size: int) -> I32:
+    """links in an array of size entries, the new ones -1 (no node)."""
+    wider = np.full(size, -1, dtype=np.int32)
+    wider[: links.size] = links
+    return wider
+
+
 class UavFiling:
     """Slots filed under UAVs; see the module docstring."""
 
@@ -54,13 +61,9 @@ class UavFiling:
 
     def grow(self, slot_capacity: int) -> None:
         """Room for slots below slot_capacity (never shrinks)."""
-        size = 2 * slot_capacity
-        if size > self._next.size:
-            for name in ("_next", "_prev"):
-                old = getattr(self, name)
-                new = np.full(size, -1, dtype=np.int32)
-                new[: old.size] = old
-                setattr(self, name, new)
+        if 2 * slot_capacity > self._next.size:
+            self._next = _widened(self._next, 2 * slot_capacity)
+            self._prev = _widened(self._prev, 2 * slot_capacity)
 
     def _code(self, uav: str) -> int:
         code = self.code_of.get(uav)
@@ -71,9 +74,7 @@ class UavFiling:
         else:
             code = len(self.code_of)  # every code below it is in use
             if code >= self._head.size:
-                head = np.full(2 * self._head.size, -1, dtype=np.int32)
-                head[: self._head.size] = self._head
-                self._head = head
+                self._head = _widened(self._head, 2 * self._head.size)
         self.code_of[uav] = code
         return code
 
