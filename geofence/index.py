@@ -16,11 +16,15 @@ in whole):
 `check` finds the candidate (observation, zone) pairs of the whole batch in the grid and then
 works on them with numpy masks and shapely's vectorised predicates, cheapest first: active window
 and weekly schedule (a minute-of-week bitmap per scheduled zone), the altitude band (the height
-array picked per pair by the zone's references), authorised UAVs. Then each pair's distance to
-the zone's centre in the zone's frame, less the disc's radius: exact for a circle, whose pairs
-are decided by it alone (inside at 0 or less: no GEOS, and nearer the geodesic circle than its
-outline polygon), and a lower bound for a polygon, tested by point in polygon (prepared, on the
-coordinates: `intersects_xy`). Outside a polygon, those the bound leaves in reach get the nearest
+array picked per pair by the zone's references), authorised UAVs, as one mask (a zone's numbers
+for these steps, and for the next, are a row of a table: one gather per pair). The pairs keep
+the grid's order, by observation then zone, to the end, so the hits need no sort (numpy's
+fixed cost per call is much of a call's cost at the server's 1,000 reports). Then each pair's
+distance to the zone's centre in the zone's frame, less the disc's radius: exact for a circle,
+whose pairs are decided by it alone (inside at 0 or less: no GEOS, and nearer the geodesic
+circle than its outline polygon), and a lower bound for a polygon, tested by point in polygon
+(prepared, on the coordinates: `intersects_xy`; a ray-crossing count over the rings' chunks in
+numpy took twice as long). Outside a polygon, those the bound leaves in reach get the nearest
 point of the polygon's rings in the zone's frame, found in numpy by `_RingSegments` (exactly what
 GEOS's distance finds, about a sixth faster than a point geometry and a GEOS call per pair on the
 benchmark's traffic; chunks farther than the approach distance are not measured). That is the
@@ -78,6 +82,9 @@ _GRID_ENTRIES_PER_BOX = 8  # at most this many cell listings per box, on average
 _GRID_MAX_CELLS_PER_SIDE = 1 << 24  # keeps cell keys (column * rows + row) far inside int64
 _GRID_DENSE_CELLS_PER_LISTING = 4  # a table of every cell when it costs at most this per listing
 _CHUNK_SEGMENTS = 8  # ring segments per chunk of `_RingSegments`
+# Columns of `ZoneIndex._filter_table` and `_frame_table`.
+_F_START, _F_END, _F_LOWER, _F_UPPER, _F_LOWER_REF, _F_UPPER_REF, _F_SCHED_ROW = range(7)
+_G_LON0, _G_CENTRE_Y, _G_R2, _G_DISC, _G_APPROACH, _G_CIRCLE = range(6)
 
 
 class ZoneHit(NamedTuple):
@@ -106,6 +113,10 @@ class ZoneHits(NamedTuple):
 def _frozen(a: _A) -> _A:
     a.flags.writeable = False
     return a
+
+
+_ZERO = _frozen(np.zeros(1, dtype=np.int64))  # for concatenating before run starts
+_TRUE = _frozen(np.ones(1, dtype=np.bool_))
 
 
 def _in_sorted(values: I64, sorted_keys: I64) -> npt.NDArray[np.bool_]:
@@ -267,9 +278,10 @@ class _RingSegments:
         pair = np.repeat(np.arange(n), count)
         chunk = spans(self._chunk_first[zone], count)
         c = self._chunks[chunk]
-        ux, uy = px[pair] - c[:, 0], py[pair] - c[:, 1]
+        cx, cy = px[pair], py[pair]
+        ux, uy = cx - c[:, 0], cy - c[:, 1]
         lower = np.sqrt(ux * ux + uy * uy) - c[:, 2]
-        vx, vy = px[pair] - c[:, 3], py[pair] - c[:, 4]
+        vx, vy = cx - c[:, 3], cy - c[:, 4]
         upper2 = vx * vx + vy * vy
         has = count > 0
         bound = np.full(n, -np.inf)
@@ -287,10 +299,11 @@ class _RingSegments:
         ex, ey = sx - t * g[:, 2], sy - t * g[:, 3]  # from the nearest point of the segment
         d2 = ex * ex + ey * ey
         # Pairs come in runs (ascending); each run's nearest: its smallest d2, the first such.
-        starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
-        smallest = np.repeat(np.minimum.reduceat(d2, starts), np.diff(np.r_[starts, d2.size]))
+        starts = np.flatnonzero(pair[1:] != pair[:-1]) + 1
+        smallest = np.repeat(np.minimum.reduceat(d2, np.concatenate([_ZERO, starts])),
+                             np.diff(starts, prepend=0, append=d2.size))
         hit = np.flatnonzero(d2 == smallest)
-        lead = hit[np.r_[True, pair[hit[1:]] != pair[hit[:-1]]]]
+        lead = hit[np.concatenate([_TRUE, pair[hit[1:]] != pair[hit[:-1]]])]
         at = pair[lead]
         dist[at], qx[at] = np.sqrt(d2[lead]), px[at] - ex[lead]
         beyond = dist > limit
@@ -311,6 +324,8 @@ class ZoneIndex:
         "_circle",
         "_disc_m",
         "_end",
+        "_filter_table",
+        "_frame_table",
         "_grid",
         "_has_auth",
         "_id_array",
@@ -429,6 +444,13 @@ class ZoneIndex:
             np.unique(np.array([k * len(self._auth_codes) + c for k, c in keys], np.int64))
         )
 
+        # A row per zone of what a pair needs, for one gather per pair (`hits`).
+        self._filter_table = _frozen(np.column_stack([
+            self._start, self._end, self._lower, self._upper, self._lower_ref,
+            self._upper_ref, self._sched_row]).astype(np.float64).reshape(n, 7))
+        self._frame_table = _frozen(np.column_stack([
+            self._lon0, self._centre_y, self._r2, self._disc_m, self._approach,
+            self._circle]).astype(np.float64).reshape(n, 6))
         margin_m = self._approach * 1.01 + 1.0
         dlat = margin_m / _MIN_M_PER_DEG_LAT
         edge_lat = np.minimum(
@@ -551,22 +573,20 @@ class ZoneIndex:
             none = np.empty(0, dtype=np.int64)
             return ZoneHits(none, none, np.empty(0, dtype=np.bool_), np.empty(0))
 
-        obs, zone = self._grid.pairs(lon_a, lat_a)
+        obs, zone = self._grid.pairs(lon_a, lat_a)  # ordered by observation, then zone
 
+        # Active window, weekly schedule and altitude band, as one mask over the pairs. Each
+        # zone's numbers are one row of a table: a pair's are one gather.
+        f = self._filter_table[zone]
         tt = t_a[obs]
-        keep = (tt >= self._start[zone]) & (tt <= self._end[zone])
-        obs, zone, tt = obs[keep], zone[keep], tt[keep]
-        rows = self._sched_row[zone]
-        scheduled = np.flatnonzero(rows >= 0)
-        if scheduled.size:
-            keep = np.ones(obs.size, dtype=np.bool_)
-            keep[scheduled] = self._sched_mask[rows[scheduled], minute_of_week(tt[scheduled])]
-            obs, zone = obs[keep], zone[keep]
-
         heights = np.stack([agl_a, amsl_a, wgs84_a])  # row order = REFERENCES
-        low_h = heights[self._lower_ref[zone], obs]
-        high_h = heights[self._upper_ref[zone], obs]
-        keep = ~(low_h < self._lower[zone]) & ~(high_h > self._upper[zone])
+        keep = ((tt >= f[:, _F_START]) & (tt <= f[:, _F_END])
+                & ~(heights[f[:, _F_LOWER_REF].astype(np.intp), obs] < f[:, _F_LOWER])
+                & ~(heights[f[:, _F_UPPER_REF].astype(np.intp), obs] > f[:, _F_UPPER]))
+        scheduled = np.flatnonzero(keep & (f[:, _F_SCHED_ROW] >= 0))
+        if scheduled.size:
+            rows = f[scheduled, _F_SCHED_ROW].astype(np.intp)
+            keep[scheduled] = self._sched_mask[rows, minute_of_week(tt[scheduled])]
         obs, zone = obs[keep], zone[keep]
 
         with_auth = np.flatnonzero(self._has_auth[zone])
@@ -584,25 +604,23 @@ class ZoneIndex:
 
         # Every pair's distance in the zone's own frame, from the centre less the disc's radius:
         # exact for a circle (inside at 0 or less, no GEOS), a lower bound for a polygon.
-        x, y = tm_forward(lon_a[obs], lat_a[obs], self._lon0[zone])
-        r2 = self._r2[zone]
-        centre_m = np.hypot(x, y - self._centre_y[zone])
-        a_dist = centre_m / (1.0 + x * x / (6.0 * r2)) - self._disc_m[zone]
-        circle = self._circle[zone]
+        g = self._frame_table[zone]
+        x, y = tm_forward(lon_a[obs], lat_a[obs], g[:, _G_LON0])
+        r2 = g[:, _G_R2]
+        centre_m = np.hypot(x, y - g[:, _G_CENTRE_Y])
+        a_dist = centre_m / (1.0 + x * x / (6.0 * r2)) - g[:, _G_DISC]
+        circle = g[:, _G_CIRCLE] > 0.0
         inside = circle & (a_dist <= 0.0)
         # A polygon holds a point only inside its bounding disc (to within a centimetre, the
         # frame's densified rings against the degree edges): GEOS for those pairs alone.
         shapes = np.flatnonzero(~circle & (a_dist <= 1.0))
         inside[shapes] = shapely.intersects_xy(  # prepared
             self._polygons[zone[shapes]], lon_a[obs[shapes]], lat_a[obs[shapes]])
-        b_obs, b_zone = obs[inside], zone[inside]
-        outside = ~inside
-        a_obs, a_zone = obs[outside], zone[outside]
-        x, y, r2, a_dist = x[outside], y[outside], r2[outside], a_dist[outside]
-        # Outside: GEOS for the polygons the lower bound leaves in reach.
-        approach_m = self._approach[a_zone]
-        reach = a_dist <= approach_m * (1.0 + _SCALE_SLACK) + 1.0
-        exact = np.flatnonzero(reach & ~circle[outside])
+        # Outside: the nearest point of the rings for the polygons the lower bound leaves in
+        # reach.
+        approach_m = g[:, _G_APPROACH]
+        reach_m = approach_m * (1.0 + _SCALE_SLACK) + 1.0
+        exact = np.flatnonzero(~inside & ~circle & (a_dist <= reach_m))
         if exact.size:
             # Outside the degree polygon: the nearest point of the frame's rings is the
             # polygon's (a point inside the frame's densified polygon is within a centimetre
@@ -611,15 +629,11 @@ class ZoneIndex:
             # along the path from the point's x (px) to its nearest edge point's (qx):
             # 1 + (px^2 + px qx + qx^2) / 6R^2, within millimetres of the geodesic at 100 km.
             px, py = x[exact], y[exact]
-            frame_m, qx = self._segments.nearest(
-                a_zone[exact], px, py, approach_m[exact] * (1.0 + _SCALE_SLACK) + 1.0)
+            frame_m, qx = self._segments.nearest(zone[exact], px, py, reach_m[exact])
             k_mean = 1.0 + (px * px + px * qx + qx * qx) / (6.0 * r2[exact])
             a_dist[exact] = np.where(np.isfinite(frame_m), frame_m / k_mean, np.inf)
-        near = a_dist <= approach_m
-        a_obs, a_zone, a_dist = a_obs[near], a_zone[near], np.maximum(a_dist[near], 0.0)
-
-        all_obs = np.concatenate([b_obs, a_obs])
-        all_zone = np.concatenate([b_zone, a_zone])
-        all_dist = np.concatenate([np.zeros(b_obs.size), a_dist])
-        order = np.lexsort((all_zone, all_obs))
-        return ZoneHits(all_obs[order], all_zone[order], order < b_obs.size, all_dist[order])
+        # The pairs keep their order (observation, then zone): breaches and approaches alike.
+        hit = np.flatnonzero(inside | (a_dist <= approach_m))
+        breach = inside[hit]
+        return ZoneHits(obs[hit], zone[hit], breach,
+                        np.where(breach, 0.0, np.maximum(a_dist[hit], 0.0)))

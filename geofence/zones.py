@@ -162,6 +162,11 @@ def tm_forward(
     lon_deg: npt.ArrayLike, lat_deg: npt.ArrayLike, lon0_deg: npt.ArrayLike
 ) -> tuple[F64, F64]:
     """Transverse Mercator (x east, y north from the equator, metres) about meridian lon0."""
+    if (isinstance(lon_deg, np.ndarray) and isinstance(lat_deg, np.ndarray)
+            and isinstance(lon0_deg, np.ndarray) and lon_deg.ndim == 1
+            and lon_deg.dtype == lat_deg.dtype == lon0_deg.dtype == np.float64
+            and lon_deg.shape == lat_deg.shape == lon0_deg.shape and lon_deg.size <= _CHUNK):
+        return _tm_forward(lon_deg, lat_deg, lon0_deg)  # a batch's pairs: no chunks to cut
     return _chunked(_tm_forward, lon_deg, lat_deg, lon0_deg)
 
 
