@@ -82,6 +82,8 @@ def test_bench_quick_geofence(tmp_path: Path) -> None:
     for part, batch in (("stage", 5_000), ("stage_1000", 1_000), ("stage_unregistered", 5_000)):
         assert g[part]["batch"] == batch and g[part]["observations"] == 4 * 5_000, part
         assert _positive(g[part]["stage_us_per_obs"]), part
+        # Measured once the whole fleet has been seen (its first sightings open alerts).
+        assert g[part]["warm_up_observations"] >= g[part]["fleet_uavs"] == 10_000, part
     assert _positive(g["reload"]["sqlite"]["total_s"])
     table = (out / "bench.md").read_text()
     assert "the same in calls of 1,000 reports" in table
