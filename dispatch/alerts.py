@@ -1036,7 +1036,7 @@ class AlertManager:
         self._ref_id[slots] = [id(key[2]) for _, _, key in new]
         codes = [_TYPE_CODE[c.type] for _, c, _ in new]
         self._type[slots] = codes
-        np.add.at(self._open_of_type, codes, 1)
+        self._open_of_type += np.bincount(codes, minlength=self._open_of_type.size)
         self._alert_ids[slots] = [alert_id for alert_id, _, _ in new]
         self._opened_at[slots] = opened_at
         return slots
