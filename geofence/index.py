@@ -24,10 +24,13 @@ distance to the zone's centre in the zone's frame, less the disc's radius: exact
 whose pairs are decided by it alone (inside at 0 or less: no GEOS, and nearer the geodesic
 circle than its outline polygon), and a lower bound for a polygon, tested by point in polygon
 (prepared, on the coordinates: `intersects_xy`; a ray-crossing count over the rings' chunks in
-numpy took twice as long). Outside a polygon, those the bound leaves in reach get the nearest
-point of the polygon's rings in the zone's frame, found in numpy by `_RingSegments` (exactly what
-GEOS's distance finds, about a sixth faster than a point geometry and a GEOS call per pair on the
-benchmark's traffic; chunks farther than the approach distance are not measured). That is the
+numpy took twice as long), except where the polygon's inner disc holds the point: a disc about
+its centroid in its frame, up to the nearest ring less 2 cm (a quarter of the benchmark's
+point-in-polygon tests, whose polygons' memory is cold when a batch comes). Outside a
+polygon, those the bound leaves in reach get the nearest point of the polygon's rings in the
+zone's frame, found in numpy by `_RingSegments` (exactly what GEOS's distance finds, about a
+sixth faster than a point geometry and a GEOS call per pair on the benchmark's traffic; chunks
+farther than the approach distance are not measured). That is the
 polygon's own nearest point, without a containment test again: a point outside the degree
 polygon but inside the frame's densified one is within a centimetre of the edge, and gets that
 distance, not 0: both round to the 0.1 m an alert tells.
@@ -82,9 +85,11 @@ _GRID_ENTRIES_PER_BOX = 8  # at most this many cell listings per box, on average
 _GRID_MAX_CELLS_PER_SIDE = 1 << 24  # keeps cell keys (column * rows + row) far inside int64
 _GRID_DENSE_CELLS_PER_LISTING = 4  # a table of every cell when it costs at most this per listing
 _CHUNK_SEGMENTS = 8  # ring segments per chunk of `_RingSegments`
+_EDGE_M = 0.01  # the frame's rings and the degree polygon's edges part by less than this
 # Columns of `ZoneIndex._filter_table` and `_frame_table`.
 _F_START, _F_END, _F_LOWER, _F_UPPER, _F_LOWER_REF, _F_UPPER_REF, _F_SCHED_ROW = range(7)
-_G_LON0, _G_CENTRE_Y, _G_R2, _G_DISC, _G_APPROACH, _G_CIRCLE = range(6)
+(_G_LON0, _G_CENTRE_Y, _G_R2, _G_DISC, _G_APPROACH, _G_CIRCLE, _G_INNER_X, _G_INNER_Y,
+ _G_INNER) = range(9)
 
 
 class ZoneHit(NamedTuple):
@@ -141,17 +146,13 @@ class _BoxGrid:
     Boxes with NaN bounds (empty shapes) hold nothing.
     """
 
-    __slots__ = ("_box", "_first", "_keys", "_origin", "_rows", "_shape", "_size", "_starts",
-                 "_xmax", "_xmin", "_ymax", "_ymin")
+    __slots__ = ("_first", "_keys", "_listed", "_origin", "_rows", "_shape", "_size", "_starts")
 
     def __init__(self, bounds: F64, *, dense: bool | None = None) -> None:
         """bounds: (n, 4) of xmin, ymin, xmax, ymax, with xmin <= xmax and ymin <= ymax.
         dense: whether to keep a table of every cell (None: when the grid has few cells for
         its listings)."""
         bounds = np.asarray(bounds, dtype=np.float64).reshape(-1, 4)
-        self._xmin, self._ymin, self._xmax, self._ymax = (
-            _frozen(np.ascontiguousarray(bounds[:, j])) for j in range(4)
-        )
         ids = np.flatnonzero(np.isfinite(bounds).all(axis=1))
         lo, hi = bounds[ids, :2], bounds[ids, 2:]
         n = ids.size
@@ -175,7 +176,11 @@ class _BoxGrid:
                + first[owner, 1] + k % span[owner, 1])
         order = np.argsort(key, kind="stable")  # by cell, then box
         key = key[order]
-        self._box: I64 = _frozen(ids[owner[order]])
+        box = ids[owner[order]]
+        # Each listing's box bounds and box number as a row, the rows of a cell together: a
+        # point's candidates are one contiguous read, not a gather per bound per box (the
+        # tables are cold when a batch comes, the server's other work having run between).
+        self._listed: F64 = _frozen(np.column_stack([bounds[box], box]))
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else key
         self._keys: I64 = _frozen(key[starts])
         self._starts: I64 = _frozen(np.r_[starts, key.size].astype(np.int64))
@@ -209,11 +214,11 @@ class _BoxGrid:
             point, at = point[listed], at[listed]
             start, count = self._starts[at], self._starts[at + 1] - self._starts[at]
         obs = np.repeat(point, count)
-        box = self._box[spans(start, count)]
+        listed = self._listed[spans(start, count)]
         px, py = x[obs], y[obs]
-        holds = ((self._xmin[box] <= px) & (px <= self._xmax[box])
-                 & (self._ymin[box] <= py) & (py <= self._ymax[box]))
-        return obs[holds], box[holds]
+        holds = np.flatnonzero((listed[:, 0] <= px) & (px <= listed[:, 2])
+                               & (listed[:, 1] <= py) & (py <= listed[:, 3]))
+        return obs[holds], listed[holds, 4].astype(np.int64)
 
 
 class _RingSegments:
@@ -384,6 +389,9 @@ class ZoneIndex:
             reach = np.hypot(x, y - centre_y[owner])
             starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
             disc_m[shapes] = np.maximum.reduceat(reach, starts)
+            centroids = shapely.centroid(metric)
+            inner_xy = np.column_stack([shapely.get_x(centroids), shapely.get_y(centroids)])
+            inner_in = shapely.intersects_xy(metric, inner_xy[:, 0], inner_xy[:, 1])
         if circles.any():
             centres = [
                 cast(Point, z.geometry) for z in self._zones if isinstance(z.geometry, Point)
@@ -405,6 +413,16 @@ class ZoneIndex:
         self._circle = _frozen(circles)
         self._polygons: Geoms = _frozen(polygons)
         self._segments = _RingSegments(rings, ring_zone, n)  # polygons' rings, in their frames
+        # A polygon's inner disc, in its frame: about its centroid, up to its nearest ring
+        # less twice the frame's centimetre (none when the centroid is outside): a point in it
+        # is inside without a point-in-polygon test (`hits`).
+        inner = np.zeros((n, 3))  # x, y, radius
+        if shapes.size:
+            held = shapes[inner_in]
+            inner[shapes, :2] = inner_xy
+            ring_m, _ = self._segments.nearest(held, inner[held, 0], inner[held, 1],
+                                               np.full(held.size, np.inf))
+            inner[held, 2] = np.maximum(ring_m - 2.0 * _EDGE_M, 0.0)
         bounds = shapely.bounds(polygons).reshape(n, 4)
 
         def column(values: Iterable[float | None], missing: float) -> F64:
@@ -450,7 +468,7 @@ class ZoneIndex:
             self._upper_ref, self._sched_row]).astype(np.float64).reshape(n, 7))
         self._frame_table = _frozen(np.column_stack([
             self._lon0, self._centre_y, self._r2, self._disc_m, self._approach,
-            self._circle]).astype(np.float64).reshape(n, 6))
+            self._circle, inner]).astype(np.float64).reshape(n, 9))
         margin_m = self._approach * 1.01 + 1.0
         dlat = margin_m / _MIN_M_PER_DEG_LAT
         edge_lat = np.minimum(
@@ -611,9 +629,11 @@ class ZoneIndex:
         a_dist = centre_m / (1.0 + x * x / (6.0 * r2)) - g[:, _G_DISC]
         circle = g[:, _G_CIRCLE] > 0.0
         inside = circle & (a_dist <= 0.0)
+        inside |= np.hypot(x - g[:, _G_INNER_X], y - g[:, _G_INNER_Y]) < g[:, _G_INNER]
         # A polygon holds a point only inside its bounding disc (to within a centimetre, the
-        # frame's densified rings against the degree edges): GEOS for those pairs alone.
-        shapes = np.flatnonzero(~circle & (a_dist <= 1.0))
+        # frame's densified rings against the degree edges): GEOS for those pairs alone, less
+        # those its inner disc holds.
+        shapes = np.flatnonzero(~circle & ~inside & (a_dist <= 1.0))
         inside[shapes] = shapely.intersects_xy(  # prepared
             self._polygons[zone[shapes]], lon_a[obs[shapes]], lat_a[obs[shapes]])
         # Outside: the nearest point of the rings for the polygons the lower bound leaves in
