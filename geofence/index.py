@@ -30,10 +30,10 @@ point-in-polygon tests, whose polygons' memory is cold when a batch comes). Outs
 polygon, those the bound leaves in reach get the nearest point of the polygon's rings in the
 zone's frame, found in numpy by `_RingSegments` (exactly what GEOS's distance finds, about a
 sixth faster than a point geometry and a GEOS call per pair on the benchmark's traffic; chunks
-farther than the approach distance are not measured). That is the
-polygon's own nearest point, without a containment test again: a point outside the degree
-polygon but inside the frame's densified one is within a centimetre of the edge, and gets that
-distance, not 0: both round to the 0.1 m an alert tells.
+farther than the approach distance are not measured). That is the polygon's own nearest point,
+without a containment test again: a point outside the degree polygon but inside the frame's
+densified one is within a centimetre of the edge, and gets that distance, not 0: both round to
+the 0.1 m an alert tells.
 Distances are divided by the mean projection scale along the line, 1 + (x1^2 + x1 x2 + x2^2) /
 6R^2, which keeps them within millimetres of the geodesic at 100 km. (A predicate query over
 approach-buffered polygons was slower both to build, GEOS buffers, and to query, unprepared
@@ -320,15 +320,10 @@ class ZoneIndex:
     """An immutable snapshot of zones; see the module docstring."""
 
     __slots__ = (
-        "_approach",
         "_auth_codes",
         "_auth_keys",
         "_by_id",
         "_ceilings",
-        "_centre_y",
-        "_circle",
-        "_disc_m",
-        "_end",
         "_filter_table",
         "_frame_table",
         "_grid",
@@ -336,18 +331,10 @@ class ZoneIndex:
         "_id_array",
         "_id_ids",
         "_ids",
-        "_lon0",
-        "_lower",
-        "_lower_ref",
         "_polygons",
-        "_r2",
         "_restriction",
         "_sched_mask",
-        "_sched_row",
         "_segments",
-        "_start",
-        "_upper",
-        "_upper_ref",
         "_zones",
     )
 
@@ -405,12 +392,9 @@ class ZoneIndex:
                 lon0[circles], lat0[circles], disc_m[circles]
             )
         shapely.prepare(polygons)
-        self._lon0 = _frozen(lon0)
-        self._centre_y = _frozen(tm_forward(lon0, lat0, lon0)[1])
+        centre_y_m = tm_forward(lon0, lat0, lon0)[1]
         sin2 = np.sin(np.radians(lat0)) ** 2
-        self._r2 = _frozen(_A_M**2 * (1.0 - _E2) / (1.0 - _E2 * sin2) ** 2)  # M * N
-        self._disc_m = _frozen(disc_m)
-        self._circle = _frozen(circles)
+        r2 = _A_M**2 * (1.0 - _E2) / (1.0 - _E2 * sin2) ** 2  # M * N
         self._polygons: Geoms = _frozen(polygons)
         self._segments = _RingSegments(rings, ring_zone, n)  # polygons' rings, in their frames
         # A polygon's inner disc, in its frame: about its centroid, up to its nearest ring
@@ -426,24 +410,19 @@ class ZoneIndex:
         bounds = shapely.bounds(polygons).reshape(n, 4)
 
         def column(values: Iterable[float | None], missing: float) -> F64:
-            return _frozen(np.array([missing if v is None else v for v in values], np.float64))
+            return np.array([missing if v is None else v for v in values], np.float64)
 
-        self._approach = column((z.approach_m for z in self._zones), 0.0)
-        self._lower = column((z.lower_m for z in self._zones), -np.inf)
-        self._upper = column((z.upper_m for z in self._zones), np.inf)
-        self._start = column((z.start for z in self._zones), -np.inf)
-        self._end = column((z.end for z in self._zones), np.inf)
-        self._lower_ref = _frozen(
-            np.array([REFERENCES.index(z.reference) for z in self._zones], np.int64)
-        )
-        self._upper_ref = _frozen(
-            np.array([REFERENCES.index(z.upper_ref) for z in self._zones], np.int64)
-        )
+        approach_m = column((z.approach_m for z in self._zones), 0.0)
+        lower_m = column((z.lower_m for z in self._zones), -np.inf)
+        upper_m = column((z.upper_m for z in self._zones), np.inf)
+        start = column((z.start for z in self._zones), -np.inf)
+        end = column((z.end for z in self._zones), np.inf)
+        lower_ref = [REFERENCES.index(z.reference) for z in self._zones]
+        upper_ref = [REFERENCES.index(z.upper_ref) for z in self._zones]
 
         scheduled = [k for k, z in enumerate(self._zones) if z.schedule is not None]
         sched_row = np.full(n, -1, dtype=np.int64)
         sched_row[scheduled] = np.arange(len(scheduled))
-        self._sched_row = _frozen(sched_row)
         self._sched_mask = _frozen(
             np.array(
                 [schedule_week_mask(self._zones[k].schedule or ()) for k in scheduled],
@@ -464,12 +443,12 @@ class ZoneIndex:
 
         # A row per zone of what a pair needs, for one gather per pair (`hits`).
         self._filter_table = _frozen(np.column_stack([
-            self._start, self._end, self._lower, self._upper, self._lower_ref,
-            self._upper_ref, self._sched_row]).astype(np.float64).reshape(n, 7))
+            start, end, lower_m, upper_m, lower_ref, upper_ref, sched_row,
+        ]).astype(np.float64).reshape(n, 7))
         self._frame_table = _frozen(np.column_stack([
-            self._lon0, self._centre_y, self._r2, self._disc_m, self._approach,
-            self._circle, inner]).astype(np.float64).reshape(n, 9))
-        margin_m = self._approach * 1.01 + 1.0
+            lon0, centre_y_m, r2, disc_m, approach_m, circles, inner,
+        ]).astype(np.float64).reshape(n, 9))
+        margin_m = approach_m * 1.01 + 1.0
         dlat = margin_m / _MIN_M_PER_DEG_LAT
         edge_lat = np.minimum(
             np.maximum(np.abs(bounds[:, 1] - dlat), np.abs(bounds[:, 3] + dlat)), 89.9
