@@ -147,6 +147,10 @@ def _chunked(
     c: npt.ArrayLike,
 ) -> tuple[F64, F64]:
     """Apply an elementwise kernel in cache-sized chunks (large temporaries cost page faults)."""
+    if (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and isinstance(c, np.ndarray)
+            and a.ndim == 1 and a.dtype == b.dtype == c.dtype == np.float64
+            and a.shape == b.shape == c.shape and a.size <= _CHUNK):
+        return core(a, b, c)  # one chunk of like arrays (a batch's pairs): nothing to prepare
     arrays = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (a, b, c)))
     shape = arrays[0].shape
     a_f, b_f, c_f = (v.ravel() for v in arrays)
@@ -162,11 +166,6 @@ def tm_forward(
     lon_deg: npt.ArrayLike, lat_deg: npt.ArrayLike, lon0_deg: npt.ArrayLike
 ) -> tuple[F64, F64]:
     """Transverse Mercator (x east, y north from the equator, metres) about meridian lon0."""
-    if (isinstance(lon_deg, np.ndarray) and isinstance(lat_deg, np.ndarray)
-            and isinstance(lon0_deg, np.ndarray) and lon_deg.ndim == 1
-            and lon_deg.dtype == lat_deg.dtype == lon0_deg.dtype == np.float64
-            and lon_deg.shape == lat_deg.shape == lon0_deg.shape and lon_deg.size <= _CHUNK):
-        return _tm_forward(lon_deg, lat_deg, lon0_deg)  # a batch's pairs: no chunks to cut
     return _chunked(_tm_forward, lon_deg, lat_deg, lon0_deg)
 
 
