@@ -209,7 +209,7 @@ async def stage_cost(zones: list[Zone], batches: int = 100, batch: int = 5_000,
     from benchmarks.bench_conflicts import _MemoryAlertStore
     from benchmarks.bench_ingest import Fleet
 
-    settings = load_settings({}, {})
+    settings = load_settings({"geofence_worker": False}, {})  # the whole stage, in process
     store = _MemoryAlertStore()
     manager = AlertManager(cast(AlertStore, store), Broadcaster(), commit_delay_s=0.0)
     await manager.start()

@@ -400,6 +400,7 @@ def _gateway_on(srv: Any, token: str, connections: int, seconds: float, *, frame
             window=window, label=label, server_pid=srv.proc.pid, fleet_type=fleet_type)
 
     before = asyncio.run(stage_totals(srv.http_port, token))
+    before_worker = asyncio.run(zone_worker_totals(srv.http_port, token))
     result = asyncio.run(go())
     after = asyncio.run(stage_totals(srv.http_port, token))
     result["server_rss_mib"] = round(rss_kib(srv.proc.pid) / 1024, 1)
@@ -411,6 +412,11 @@ def _gateway_on(srv: Any, token: str, connections: int, seconds: float, *, frame
         stage: round((cpu_s - before.get(stage, (0.0, 0.0))[0]) / n * 1e6, 2)
         for stage, (cpu_s, total) in after.items()
         if (n := total - before.get(stage, (0.0, 0.0))[1]) > 0}
+    # The zone worker's counts in this run (calls answered, fallbacks, restarts), if it ran.
+    worker = asyncio.run(zone_worker_totals(srv.http_port, token))
+    if worker:
+        result["zone_worker"] = {name: value - before_worker.get(name, 0.0)
+                                 for name, value in worker.items()} | {"ready": worker["ready"]}
     return result
 
 
@@ -430,6 +436,18 @@ async def stage_totals(http_port: int, token: str) -> dict[str, tuple[float, flo
             totals[name][labels["stage"]] = value
     seconds, observations = totals.values()
     return {stage: (seconds.get(stage, 0.0), n) for stage, n in observations.items()}
+
+
+async def zone_worker_totals(http_port: int, token: str) -> dict[str, float]:
+    """The zone worker's gauges of the server's /metrics (`lowalt_zone_worker_*`, without the
+    prefix); empty when the server runs without one."""
+    async with aiohttp.ClientSession() as session, session.get(
+        f"http://127.0.0.1:{http_port}/metrics", headers={"Authorization": f"Bearer {token}"}
+    ) as r:
+        r.raise_for_status()
+        text = await r.text()
+    return {name.removeprefix("lowalt_zone_worker_"): value
+            for name, _, value in metric_samples(text) if name.startswith("lowalt_zone_worker_")}
 
 
 async def stored_rows(database_url: str, source_suffix: str) -> int:

@@ -37,9 +37,27 @@ def rss_kib(pid: int) -> int:
 
 
 def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux)."""
+    """User + system CPU seconds so far of a process and the processes it started that are
+    running (the server's zone worker) or that it waited for (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = sum(int(f) for f in fields[11:15])  # its own and its waited-for children's
+    for child in _children(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            ticks += sum(int(f) for f in
+                         Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[11:13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    """The running descendants of a process (Linux)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                for child in (task / "children").read_text().split():
+                    found.append(int(child))
+                    found.extend(_children(int(child)))
+    return found
 
 
 def metric_samples(text: str) -> Iterator[tuple[str, dict[str, str], float]]:

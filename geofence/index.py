@@ -72,6 +72,7 @@ __all__ = ["ZoneHit", "ZoneHits", "ZoneIndex"]
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+Bool = npt.NDArray[np.bool_]
 Geoms = npt.NDArray[np.object_]
 _A = TypeVar("_A", bound=npt.NDArray[Any])
 
@@ -546,6 +547,25 @@ class ZoneIndex:
             )
         )
 
+    def not_exempt(self, obs: I64, zone: I64, uav: Sequence[str]) -> Bool | None:
+        """Of the pairs (observation obs[k], zone zone[k]), those whose UAV (`uav` by
+        observation) is not among the zone's authorised UAVs, as a mask; None when all are."""
+        with_auth = np.flatnonzero(self._has_auth[zone])
+        if not with_auth.size:
+            return None
+        codes = np.fromiter(
+            (self._auth_codes.get(uav[i], -1) for i in obs[with_auth].tolist()),
+            dtype=np.int64,
+            count=with_auth.size,
+        )
+        key = zone[with_auth] * len(self._auth_codes) + codes
+        exempt = (codes >= 0) & _in_sorted(key, self._auth_keys)
+        if not exempt.any():
+            return None
+        keep = np.ones(obs.size, dtype=np.bool_)
+        keep[with_auth[exempt]] = False
+        return keep
+
     def hits(
         self,
         lon: npt.ArrayLike,
@@ -554,16 +574,17 @@ class ZoneIndex:
         amsl_m: npt.ArrayLike,
         wgs84_m: npt.ArrayLike,
         t: npt.ArrayLike,
-        uav: Sequence[str],
+        uav: Sequence[str] | None,
     ) -> ZoneHits:
-        """`check` as parallel arrays, for callers that go on in numpy."""
+        """`check` as parallel arrays, for callers that go on in numpy. uav None: the zones'
+        authorised UAVs are not applied (the caller applies `not_exempt` to the hits)."""
         lon_a = np.asarray(lon, dtype=np.float64).ravel()
         n = lon_a.size
         cols = [np.asarray(c, dtype=np.float64).ravel() for c in (lat, agl_m, amsl_m, wgs84_m, t)]
         for name, col in zip(("lat", "agl_m", "amsl_m", "wgs84_m", "t"), cols, strict=True):
             if col.size != n:
                 raise ValueError(f"{name} has {col.size} rows, lon has {n}")
-        if len(uav) != n:
+        if uav is not None and len(uav) != n:
             raise ValueError(f"uav has {len(uav)} rows, lon has {n}")
         lat_a, agl_a, amsl_a, wgs84_a, t_a = cols
         if n == 0 or not self._zones:
@@ -586,18 +607,8 @@ class ZoneIndex:
             keep[scheduled] = self._sched_mask[rows, minute_of_week(tt[scheduled])]
         obs, zone = obs[keep], zone[keep]
 
-        with_auth = np.flatnonzero(self._has_auth[zone])
-        if with_auth.size:
-            codes = np.fromiter(
-                (self._auth_codes.get(uav[i], -1) for i in obs[with_auth].tolist()),
-                dtype=np.int64,
-                count=with_auth.size,
-            )
-            key = zone[with_auth] * len(self._auth_codes) + codes
-            exempt = (codes >= 0) & _in_sorted(key, self._auth_keys)
-            keep = np.ones(obs.size, dtype=np.bool_)
-            keep[with_auth[exempt]] = False
-            obs, zone = obs[keep], zone[keep]
+        if uav is not None and (allowed := self.not_exempt(obs, zone, uav)) is not None:
+            obs, zone = obs[allowed], zone[allowed]
 
         # Every pair's distance in the zone's own frame, from the centre less the disc's radius:
         # exact for a circle (inside at 0 or less, no GEOS), a lower bound for a polygon.

@@ -35,6 +35,7 @@ from dispatch.alerts import (
 )
 from geofence.ceiling import over_ceiling
 from geofence.index import ZoneHits, ZoneIndex
+from geofence.worker import WorkerUnavailable, ZoneWorker
 from geofence.zones import (
     RESTRICTIONS,
     Zone,
@@ -310,7 +311,11 @@ class Geofence:
         self.store, self.alerts, self.live, self.settings = store, alerts, live, settings
         self.ground = ground or GroundModel(settings.ground_elevation_m)
         self.clock = clock
-        self.index = ZoneIndex.empty()
+        # The stage's zone lookups in a second process once there are enough zones for it to
+        # pay (geofence/worker.py); None: always in this process.
+        self.worker = ZoneWorker() if settings.geofence_worker else None
+        self._generation = 0
+        self._index = ZoneIndex.empty()
         self.zone_listeners: list[ZoneListener] = []
         # (uav, lon, lat, alt_m, t) -> whether a clearance authorises the UAV there; set by the
         # clearance service: inside a granted corridor, an authorisation-required zone is no
@@ -324,6 +329,28 @@ class Geofence:
     async def start(self) -> None:
         await self.store.setup()
         await self.reload()
+
+    async def close(self) -> None:
+        if self.worker is not None:
+            await self.worker.close()
+
+    @property
+    def worker_ready(self) -> bool:
+        """Whether the stage's next call goes to the worker."""
+        return self.worker is not None and self.worker.ready_generation == self._generation
+
+    @property
+    def index(self) -> ZoneIndex:
+        """The snapshot in effect. Setting it numbers it (a generation) and hands its zones to
+        the worker, which is used for calls of that generation once it has built them."""
+        return self._index
+
+    @index.setter
+    def index(self, index: ZoneIndex) -> None:
+        self._index = index
+        self._generation += 1
+        if self.worker is not None and len(index) >= self.settings.geofence_worker_min_zones:
+            self.worker.offer(self._generation, index.zones)
 
     async def reload(self) -> None:
         """Load zones from storage (start-up, and when another process changed them)."""
@@ -383,47 +410,54 @@ class Geofence:
 
     def _checked(
         self, rows: Sequence[Observation], index: ZoneIndex, at_t: float | None = None,
-        rows_evaluated: bool = False,
+        rows_evaluated: bool = False, cols: _Columns | None = None,
+        hits: ZoneHits | None = None,
     ) -> tuple[ConditionBatch, list[Condition], Sequence[str]]:
         """`checked`, and the UAVs of the rows checked (those not crewed), in order.
         rows_evaluated: the rows' UAVs are the `evaluated` of the `assess` the batch goes to,
-        in order, each once (the batch then tells each hit's place there)."""
-        n_given = len(rows)
+        in order, each once (the batch then tells each hit's place there). cols: `_columns` of
+        the rows, when made already; hits: the index's hits for them, when found already (by the
+        worker)."""
+        c = cols or self._columns(rows, at_t)
+        rows_evaluated = rows_evaluated and len(c.rows) == len(rows)
+        zone_hits = self._zone_hits(c, index, rows_evaluated, hits)
+        found: list[Condition] = []
+        over, ceilings = over_ceiling(index.ceilings, c.lon, c.lat, c.agl_m, c.alt_m, c.t, c.uav,
+                                      self.settings.max_agl_m, self.authorised_by_clearance)
+        for k, ceiling_m in zip(over, ceilings, strict=True):
+            r = c.rows[k]
+            found.append(Condition(
+                type="altitude_limit", uav=r.uav, severity="critical", t=r.t, lat=r.lat,
+                lon=r.lon, alt_m=r.alt_m,
+                detail={"agl_m": round(float(c.agl_m[k]), 1),
+                        "max_agl_m": self.settings.max_agl_m, "ceiling_agl_m": ceiling_m},
+            ))
+        return zone_hits, found, c.uav
+
+    def _columns(self, rows: Sequence[Observation], at_t: float | None = None) -> _Columns:
+        """The columns the checks read, of the rows not crewed."""
         rows = _uncrewed(rows)
-        rows_evaluated = rows_evaluated and len(rows) == n_given
-        n = len(rows)
         uav = values_of(rows, "uav")
         lon, lat, alt_m, row_t, sent_agl = (floats_of(rows, name)  # agl None: NaN
                                             for name in ("lon", "lat", "alt_m", "t", "agl_m"))
         amsl_m = alt_m - self.settings.geoid_undulation_m
         agl_m = np.where(np.isnan(sent_agl), amsl_m - self.ground.elevation_at(lon, lat), sent_agl)
-        t = row_t if at_t is None else np.full(n, at_t)
-        zone_hits = self._zone_hits(rows, index, uav, lon, lat, agl_m, amsl_m, alt_m, t, row_t,
-                                    rows_evaluated)
-        found: list[Condition] = []
-        over, ceilings = over_ceiling(index.ceilings, lon, lat, agl_m, alt_m, t, uav,
-                                      self.settings.max_agl_m, self.authorised_by_clearance)
-        for k, ceiling_m in zip(over, ceilings, strict=True):
-            r = rows[k]
-            found.append(Condition(
-                type="altitude_limit", uav=r.uav, severity="critical", t=r.t, lat=r.lat,
-                lon=r.lon, alt_m=r.alt_m,
-                detail={"agl_m": round(float(agl_m[k]), 1), "max_agl_m": self.settings.max_agl_m,
-                        "ceiling_agl_m": ceiling_m},
-            ))
-        return zone_hits, found, uav
+        t = row_t if at_t is None else np.full(len(rows), at_t)
+        return _Columns(rows, uav, lon, lat, agl_m, amsl_m, alt_m, t, row_t)
 
     def _zone_hits(
-        self, rows: Sequence[Observation], index: ZoneIndex, uav: Sequence[str], lon: F64, lat: F64,
-        agl_m: F64, amsl_m: F64, alt_m: F64, t: F64, row_t: F64, rows_evaluated: bool = False,
+        self, c: _Columns, index: ZoneIndex, rows_evaluated: bool = False,
+        found: ZoneHits | None = None,
     ) -> ConditionBatch:
         """The rows' zone breaches and approaches as a batch: severities, keys and the values
         that decide updates in numpy; a row's `Condition` (with the zone's detail) only when the
         alert manager asks for it."""
-        if not len(index) or not rows:
+        if not len(index) or not c.rows:
             return ConditionBatch.empty()
-        hits = self._without_cleared(index.hits(lon, lat, agl_m, amsl_m, alt_m, t, uav), rows,
-                                     index)
+        uav, lat, lon, alt_m, agl_m, row_t = c.uav, c.lat, c.lon, c.alt_m, c.agl_m, c.row_t
+        if found is None:
+            found = index.hits(lon, lat, agl_m, c.amsl_m, alt_m, c.t, uav)
+        hits = self._without_cleared(found, c.rows, index)
         obs, breach = hits.obs, hits.breach
         restriction = index.restriction_codes[hits.zone]
         severity = np.where(breach, _BREACH_RANK[restriction], _APPROACH_RANK[restriction])
@@ -486,9 +520,26 @@ class Geofence:
     ) -> None:
         uav, t = values_of(rows, "uav"), values_of(rows, "t")
         evaluated = dict(zip(uav, t, strict=True))  # crewed rows count as evaluated too
+        index, generation = self.index, self._generation
+        cols = self._columns(rows)
+        hits = None
+        worker = self.worker
+        if self.worker_ready and cols.rows:
+            assert worker is not None
+            # The zone lookups in the worker's process; the loop serves ingest meanwhile.
+            try:
+                hits = await worker.hits(generation, np.stack(
+                    [cols.lon, cols.lat, cols.agl_m, cols.amsl_m, cols.alt_m, cols.t]))
+            except WorkerUnavailable:
+                worker.fallbacks += 1  # this call in process, against the same snapshot
+            else:
+                keep = index.not_exempt(hits.obs, hits.zone, cols.uav)
+                if keep is not None:
+                    hits = hits.take(keep)
         # Each UAV once, in row order: a hit's row is its UAV's place in `evaluated`.
-        zone_hits, present, _ = self._checked(rows, self.index,
-                                              rows_evaluated=len(evaluated) == len(rows))
+        zone_hits, present, _ = self._checked(rows, index,
+                                              rows_evaluated=len(evaluated) == len(rows),
+                                              cols=cols, hits=hits)
         at = evaluated_times(uav, t) if len(evaluated) < len(rows) else None
         if at is not None:  # a UAV more than once: its newest t
             evaluated.update((u, times[-1]) for u, times in at.items())
@@ -513,6 +564,21 @@ class Geofence:
         for condition in raised:
             await self.alerts.open_or_update(condition)
         return raised
+
+
+class _Columns(NamedTuple):
+    """`Geofence._columns`: the rows not crewed and their columns. t: the time zones' windows
+    are taken at (the row's, or the call's `at_t`); row_t: the row's own."""
+
+    rows: Sequence[Observation]
+    uav: Sequence[str]
+    lon: F64
+    lat: F64
+    agl_m: F64
+    amsl_m: F64
+    alt_m: F64
+    t: F64
+    row_t: F64
 
 
 def _uncrewed(rows: Sequence[Observation]) -> Sequence[Observation]:

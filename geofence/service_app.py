@@ -51,6 +51,20 @@ def setup_checks(app: web.Application) -> None:
         manager = app[DISPATCH].manager
         geofence = Geofence(zone_store_for(rt.store), manager, rt.live, rt.settings)
         await geofence.start()
+        if (worker := geofence.worker) is not None:
+            rt.metrics.gauge("lowalt_zone_worker_ready",
+                             "1 when the zone worker holds the zones in effect, else 0.",
+                             lambda: float(geofence.worker_ready))
+            rt.metrics.gauge("lowalt_zone_worker_calls",
+                             "Geofence stage calls the zone worker answered, since start.",
+                             lambda: float(worker.calls))
+            rt.metrics.gauge("lowalt_zone_worker_fallbacks",
+                             "Stage calls meant for the zone worker checked in process instead "
+                             "(it was gone, failed or too slow), since start.",
+                             lambda: float(worker.fallbacks))
+            rt.metrics.gauge("lowalt_zone_worker_restarts",
+                             "Zone worker restarts after a failure, since start.",
+                             lambda: float(worker.restarts))
         fused = fused_picture(rt.registry, rt.settings, rt.live.latest.values())
         checks = Checks(geofence, TrafficMonitor(rt.live, manager, rt.settings, fused=fused),
                         MotionCheck(manager, rt.settings))
@@ -67,6 +81,7 @@ def setup_checks(app: web.Application) -> None:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await geofence.close()
 
     app.cleanup_ctx.append(checks_ctx)
     http.add_routes(app)

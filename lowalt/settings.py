@@ -61,6 +61,11 @@ class Settings:
     ground_elevation_m: float = 0.0
     geoid_undulation_m: float = 0.0
     max_agl_m: float = 120.0
+    # The geofence stage's zone lookups in a second process (geofence/worker.py), on another
+    # core than the event loop's, from this many zones on (below, the lookups cost less than
+    # handing them over). Off: always in the server's process.
+    geofence_worker: bool = True
+    geofence_worker_min_zones: int = 1_000
     # Traffic monitor (geofence/monitor.py).
     monitor_tick_s: float = 1.0
     separation_h_m: float = 50.0
@@ -183,7 +188,8 @@ _POSITIVE = {
     "crewed_separation_v_m", "lookahead_s", "lost_after_s", "max_plausible_speed_mps",
     "max_plausible_vspeed_mps",
 }
-_NON_NEGATIVE = {"max_future_s", "shutdown_grace_s", "commit_concurrency", "stage_interval_s"}
+_NON_NEGATIVE = {"max_future_s", "shutdown_grace_s", "commit_concurrency", "stage_interval_s",
+                 "geofence_worker_min_zones"}
 
 
 def _coerce(name: str, kind: Any, raw: Any) -> Any:
