@@ -46,6 +46,7 @@ from benchmarks.harness import database, log, lowalt_cli
 from dispatch.alerts import AlertManager, Broadcaster, Condition
 from dispatch.store import AlertStore
 from geofence.index import ZoneHit, ZoneIndex
+from geofence.worker import frame as worker_frame
 from geofence.service import Geofence, ZoneStore, zone_store_for, zones_from_stored
 from geofence.zones import REFERENCES, Zone, zone_to_feature
 from lowalt.gcpolicy import tune_as_server
@@ -181,11 +182,16 @@ async def _reload(url: str, zones: list[Zone]) -> dict[str, float]:
         index.check(np.array([106.6]), np.array([29.6]), np.array([50.0]), np.array([300.0]),
                     np.array([270.0]), np.array([T0]), ["first"])
         done = time.perf_counter()
+        # After the new snapshot is in effect, the server hands its zones to the zone worker
+        # (serialised on the event loop; the worker builds its own index meanwhile).
+        handover_s = time.perf_counter()
+        worker_frame(("zones", 1, index.zones))
+        handover_s = time.perf_counter() - handover_s
     finally:
         await store.close()
     return {"total_s": round(done - started, 3), "load_s": round(loaded - started, 3),
             "parse_s": round(built - loaded, 3), "index_s": round(indexed - built, 3),
-            "first_check_s": round(done - indexed, 3)}
+            "first_check_s": round(done - indexed, 3), "worker_handover_s": round(handover_s, 3)}
 
 
 def _frame_at(fleet: Any, t: float) -> list[Observation]:
@@ -286,13 +292,15 @@ def import_zones(url: str, zones: list[Zone]) -> None:
 
 
 def ingest_impact(zones: list[Zone], backend: str, seconds: float, connections: int = 4,
-                  also: dict[str, list[Zone]] | None = None, rounds: int = 2) -> dict[str, Any]:
+                  also: dict[str, tuple[list[Zone], dict[str, str]]] | None = None,
+                  rounds: int = 2) -> dict[str, Any]:
     """Gateway ingest without zones and with `zones` loaded (imported before start), in
     `rounds` rounds of both, each round's first run in turn (without, with; with, without;
     ...): minutes apart, runs of one code differ by up to 20 % on this shared VM, and a slow
     spell then falls on both sides alike. The cut is of the rates summed over the rounds (each
     round's own is listed); `without_zones` and `with_zones` are the first round's runs. Then
-    each layout of `also` once, its cut against the mean rate without zones (under `layouts`)."""
+    each layout of `also` (zones, and environment for the server) once, its cut against the mean
+    rate without zones (under `layouts`)."""
     from benchmarks.bench_ingest import gateway_run
 
     def bare_run() -> dict[str, Any]:
@@ -300,12 +308,13 @@ def ingest_impact(zones: list[Zone], backend: str, seconds: float, connections: 
         with database(backend) as url:
             return gateway_run(url, connections, seconds, label=f"{backend} no zones")
 
-    def zoned_run(zone_list: list[Zone]) -> dict[str, Any]:
-        log(f"geofence: ingest on {backend} with {len(zone_list):,} zones, {seconds:g} s")
+    def zoned_run(zone_list: list[Zone], env: dict[str, str] | None = None) -> dict[str, Any]:
+        log(f"geofence: ingest on {backend} with {len(zone_list):,} zones, {seconds:g} s"
+            + (f" ({env})" if env else ""))
         with database(backend) as url:
             import_zones(url, zone_list)
             return gateway_run(url, connections, seconds,
-                               label=f"{backend} {len(zone_list)} zones")
+                               label=f"{backend} {len(zone_list)} zones", extra_env=env)
 
     def cut(with_rate: float, without_rate: float) -> float:
         return round(100.0 * (1.0 - with_rate / max(1.0, without_rate)), 1)
@@ -330,8 +339,8 @@ def ingest_impact(zones: list[Zone], backend: str, seconds: float, connections: 
     }
     if also:
         out["layouts"] = {}
-        for name, zone_list in also.items():
-            run = zoned_run(zone_list)
+        for name, (zone_list, env) in also.items():
+            run = zoned_run(zone_list, env)
             out["layouts"][name] = {"with_zones": run, **exposure(zone_list, connections),
                                     "cut_percent": cut(run["obs_per_s"], bare_rate)}
     return out
@@ -385,9 +394,14 @@ def run(zones: int = 10_000, points: int = 100_000, naive: int = 200, seed: int 
     if ingest_backend and ingest_seconds > 0:
         # The same zones spread over a box three times as wide and tall: about a tenth as many
         # of the fleet's reports near one (what the cut owes to the alerts the zones raise).
+        # And the same zones checked in the server's process (no zone worker): what the worker
+        # is worth, in the same sitting.
         spread = random_zones(zones, np.random.default_rng(seed), spread=3.0)
-        out["ingest_impact"] = ingest_impact(zone_list, ingest_backend, ingest_seconds,
-                                             also={"spread x3": spread})
+        out["ingest_impact"] = ingest_impact(
+            zone_list, ingest_backend, ingest_seconds,
+            also={"spread x3": (spread, {}),
+                  "checked in the server's process (no zone worker)": (
+                      zone_list, {"LOWALT_GEOFENCE_WORKER": "false"})})
     return out
 
 

@@ -382,9 +382,11 @@ async def naive_inserts(database_url: str, seconds: float) -> dict[str, Any]:
 
 
 def gateway_run(url: str, connections: int, seconds: float, *, frame_obs: int = 100,
-                uavs: int = 10_000, window: int = 8, label: str = "gateway") -> dict[str, Any]:
-    """One server on `url`, gateway load only: the figures of `stream_load` plus RSS."""
-    with server(url) as srv:
+                uavs: int = 10_000, window: int = 8, label: str = "gateway",
+                extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """One server on `url` (with `extra_env` in its environment), gateway load only: the
+    figures of `stream_load` plus RSS."""
+    with server(url, extra_env) as srv:
         token = srv.cli("token", "create", "--role", "gateway", "--name", "bench")
         return _gateway_on(srv, token, connections, seconds, frame_obs=frame_obs, uavs=uavs,
                            window=window, label=label)

@@ -56,7 +56,8 @@ class WorkerUnavailable(Exception):
     """The worker cannot answer this call: check it in process."""
 
 
-def _frame(message: tuple[Any, ...]) -> bytes:
+def frame(message: tuple[Any, ...]) -> bytes:
+    """A message as it goes on the pipe."""
     body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return _LENGTH.pack(len(body)) + body
 
@@ -146,7 +147,7 @@ class ZoneWorker:
         process = self._process
         assert process is not None and process.stdin is not None
         try:
-            process.stdin.write(_frame(message))
+            process.stdin.write(frame(message))
         except (ConnectionError, RuntimeError):  # the child is gone: the reader will say so
             self._failed()
 
@@ -220,7 +221,7 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     generation: int | None = None
 
     def answer(message: tuple[Any, ...]) -> None:
-        answers.write(_frame(message))
+        answers.write(frame(message))
         answers.flush()
 
     while True:

@@ -214,8 +214,10 @@ def test_ingest_cut_alternates_rounds_and_sums_them() -> None:
 
     zones = bench_geofence.random_zones(50, np.random.default_rng(1))
     spread = bench_geofence.random_zones(50, np.random.default_rng(1), spread=3.0)
-    imp = bench_geofence.ingest_impact(zones, "sqlite", 1.0, also={"spread x3": spread},
-                                       rounds=2)
+    imp = bench_geofence.ingest_impact(
+        zones, "sqlite", 1.0, rounds=2,
+        also={"spread x3": (spread, {}),
+              "in process": (zones, {"LOWALT_GEOFENCE_WORKER": "false"})})
     rounds = imp["rounds"]
     assert len(rounds) == 2
     bare = [r["without_zones_obs_per_s"] for r in rounds]
@@ -227,5 +229,9 @@ def test_ingest_cut_alternates_rounds_and_sums_them() -> None:
     layout = imp["layouts"]["spread x3"]
     assert layout["cut_percent"] == round(
         100.0 * (1.0 - layout["with_zones"]["obs_per_s"] / (sum(bare) / 2)), 1)
+    # The servers' environment is the layout's: a zone worker (not used below 1,000 zones) is
+    # on /metrics unless turned off.
+    assert "zone_worker" in imp["with_zones"]
+    assert "zone_worker" not in imp["layouts"]["in process"]["with_zones"]
     row = next(r for r in suite.impact_rows(50, imp) if "ingest cut" in r[1])
     assert f"rounds {rounds[0]['cut_percent']:,.1f}, {rounds[1]['cut_percent']:,.1f} %" in row[2]
