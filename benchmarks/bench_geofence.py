@@ -46,8 +46,8 @@ from benchmarks.harness import database, log, lowalt_cli
 from dispatch.alerts import AlertManager, Broadcaster, Condition
 from dispatch.store import AlertStore
 from geofence.index import ZoneHit, ZoneIndex
-from geofence.worker import frame as worker_frame
 from geofence.service import Geofence, ZoneStore, zone_store_for, zones_from_stored
+from geofence.worker import frame as worker_frame
 from geofence.zones import REFERENCES, Zone, zone_to_feature
 from lowalt.gcpolicy import tune_as_server
 from lowalt.live import LiveState

@@ -335,6 +335,12 @@ class Geofence:
             await self.worker.close()
 
     @property
+    def awaited_cpu_s(self) -> float:
+        """The event loop's CPU time while this stage awaited the worker (the pipeline leaves it
+        out of the stage's)."""
+        return self.worker.awaited_cpu_s if self.worker is not None else 0.0
+
+    @property
     def worker_ready(self) -> bool:
         """Whether the stage's next call goes to the worker."""
         return self.worker is not None and self.worker.ready_generation == self._generation

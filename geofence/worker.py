@@ -74,6 +74,9 @@ class ZoneWorker:
         self.calls = 0  # calls the worker answered
         self.fallbacks = 0  # calls offered to it that were checked in process instead
         self.restarts = 0
+        # This thread's CPU time while calls awaited their answers (what the loop did
+        # meanwhile; not the calls' cost).
+        self.awaited_cpu_s = 0.0
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._restart: asyncio.Task[None] | None = None
@@ -126,6 +129,7 @@ class ZoneWorker:
         future: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
         self._send(("hits", generation, columns))
+        cpu_s = time.thread_time()
         try:
             async with asyncio.timeout(self.timeout_s):
                 answer = await asyncio.shield(future)
@@ -133,6 +137,8 @@ class ZoneWorker:
             log.error("zone worker: no answer in %.1f s; restarting it", self.timeout_s)
             self._failed()
             raise WorkerUnavailable("timed out") from None
+        finally:
+            self.awaited_cpu_s += time.thread_time() - cpu_s
         kind = answer[0]
         if kind == "hits":
             self.calls += 1

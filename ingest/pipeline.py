@@ -388,15 +388,18 @@ class Pipeline:
                     part_advanced)
                 for stage in self.stages:
                     # The thread's CPU time: what the stage cost the loop (plus whatever ran
-                    # while it awaited, which stages do only when the alert queue is full).
-                    cpu_s = time.thread_time()
+                    # while it awaited, which stages do only when the alert queue is full),
+                    # less what ran while it awaited another process (`awaited_cpu_s`).
+                    cpu_s = time.thread_time() - getattr(stage, "awaited_cpu_s", 0.0)
                     try:
                         await stage.on_committed(part, part_advanced)
                     except Exception:
                         log.exception("check stage %s failed", stage.name)
                         self.metrics.inc("lowalt_stage_errors_total", stage=stage.name)
-                    self.metrics.inc("lowalt_stage_cpu_seconds_total",
-                                     time.thread_time() - cpu_s, stage=stage.name)
+                    self.metrics.inc(
+                        "lowalt_stage_cpu_seconds_total",
+                        time.thread_time() - cpu_s - getattr(stage, "awaited_cpu_s", 0.0),
+                        stage=stage.name)
                     self.metrics.inc("lowalt_stage_observations_total", len(part),
                                      stage=stage.name)
                     if time.monotonic() >= turn_ends:

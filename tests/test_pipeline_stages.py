@@ -309,14 +309,17 @@ class Burner:
     def __init__(self, name: str, cpu_s: float, fail: bool = False) -> None:
         self.name, self.cpu_s, self.fail = name, cpu_s, fail
 
-    async def on_committed(
-        self, rows: Sequence[Observation], advanced: Sequence[Observation]
-    ) -> None:
+    def burn(self) -> None:
         import time
 
         until = time.thread_time() + self.cpu_s
         while time.thread_time() < until:
             pass
+
+    async def on_committed(
+        self, rows: Sequence[Observation], advanced: Sequence[Observation]
+    ) -> None:
+        self.burn()
         if self.fail:
             raise RuntimeError("stage bug")
 
@@ -344,3 +347,44 @@ async def test_each_stage_counts_its_cpu_time_and_observations() -> None:
         assert metrics.value("lowalt_stage_observations_total", stage=stage) == 2_500
     assert metrics.value("lowalt_stage_errors_total", stage="broken") == 3
     assert "lowalt_stage_cpu_seconds_total{stage=\"costly\"}" in metrics.render()
+
+
+class Awaiting:
+    """A stage that spends `own_s` of CPU itself, then awaits another process's answer
+    (`awaited_cpu_s` counts this thread's CPU meanwhile), during which the loop runs a task
+    that burns `others_s`."""
+
+    name = "awaiting"
+
+    def __init__(self, own_s: float, others_s: float) -> None:
+        self.own_s, self.others_s, self.awaited_cpu_s = own_s, others_s, 0.0
+
+    async def on_committed(
+        self, rows: Sequence[Observation], advanced: Sequence[Observation]
+    ) -> None:
+        import time
+
+        Burner("own", self.own_s).burn()
+        other = asyncio.create_task(asyncio.to_thread(lambda: None))  # a turn of the loop
+        started = time.thread_time()
+        await asyncio.sleep(0)
+        Burner("others", self.others_s).burn()  # as another task would, while this awaits
+        await other
+        self.awaited_cpu_s += time.thread_time() - started
+
+
+async def test_a_stage_cpu_leaves_out_what_ran_while_it_awaited_another_process() -> None:
+    metrics = Metrics()
+    pipeline = Pipeline(cast(Store, MemoryStore()), LiveState(), metrics, commit_max_obs=10_000,
+                        max_pending_obs=10_000, stage_slice_obs=1_000)
+    stage = Awaiting(own_s=0.01, others_s=0.05)
+    pipeline.stages.append(stage)
+    committer = asyncio.create_task(pipeline.run())
+    try:
+        assert (await pipeline.submit([row("U", T0)], retry=True)).accepted == 1
+        assert await pipeline.drain(5.0)
+    finally:
+        committer.cancel()
+        await asyncio.gather(committer, return_exceptions=True)
+    assert stage.awaited_cpu_s >= 0.05
+    assert 0.01 <= metrics.value("lowalt_stage_cpu_seconds_total", stage="awaiting") < 0.04
