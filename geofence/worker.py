@@ -187,13 +187,17 @@ class ZoneWorker:
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
         self._reader = None
+        self._release_waiting()
+        if not self._closed and (self._restart is None or self._restart.done()):
+            self._restart = asyncio.get_running_loop().create_task(
+                self._restart_later(), name="lowalt-zone-worker-restart")
+
+    def _release_waiting(self) -> None:
+        """Answer every call in flight with "gone" (its caller checks it in process)."""
         while self._waiting:
             future = self._waiting.popleft()
             if not future.done():
                 future.set_result(("gone",))
-        if not self._closed and (self._restart is None or self._restart.done()):
-            self._restart = asyncio.get_running_loop().create_task(
-                self._restart_later(), name="lowalt-zone-worker-restart")
 
     async def _restart_later(self) -> None:
         await asyncio.sleep(self.restart_after_s)
@@ -209,6 +213,7 @@ class ZoneWorker:
                     await task
         process, self._process = self._process, None
         self.ready_generation = None
+        self._release_waiting()  # a call in flight is checked in process
         if process is not None and process.returncode is None:
             assert process.stdin is not None
             process.stdin.close()  # the child exits at the end of its input

@@ -232,3 +232,20 @@ def test_worker_child_exits_at_the_end_of_its_input() -> None:
     proc = subprocess.run([sys.executable, "-m", "geofence.worker"], input=b"", timeout=60,
                           capture_output=True, env={**os.environ})
     assert proc.returncode == 0 and proc.stdout == b""
+
+
+async def test_closing_answers_a_call_in_flight() -> None:
+    """A call awaiting the worker when it is closed (server shutdown) is let go at once, to be
+    checked in process, not held until the call's timeout."""
+    worker = ZoneWorker(timeout_s=30.0, command=[sys.executable, "-c", _SILENT])
+    try:
+        await ready(worker, 1, [])
+        call = asyncio.create_task(worker.hits(1, np.zeros((6, 3))))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        await worker.close()
+        with pytest.raises(WorkerUnavailable, match="gone"):
+            await call
+        assert time.monotonic() - started < 10.0
+    finally:
+        await worker.close()
