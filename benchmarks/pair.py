@@ -5,7 +5,11 @@ changes are worth. Two pipelines run at once (each its own fresh database, serve
 generator, all on the one machine) see the same spell, so the ratio of their rates is steady
 where their rates are not: it tells which version does more with the same share of the machine.
 It is not a figure of either alone (each has about half the machine), and not a cut: compare the
-same MODE in both. Swap the trees between rounds to cancel any advantage of a side.
+same MODE in both. Swap the trees between rounds to cancel any advantage of a side. The two
+sides share the machine by runnable threads and processes: a version that runs more of them
+(the zone worker, a helper thread) gets a larger share and looks better than it is alone; rank
+such versions with runs of each alone, in one sitting (`lowalt bench geofence` does so for the
+zone worker).
 
     python -m benchmarks.pair TREE_A TREE_B [--mode zones|bare] [--seconds S] [--rounds N]
         [--backend postgres|sqlite] [--zones N]
