@@ -424,7 +424,7 @@ class Geofence:
         in order, each once (the batch then tells each hit's place there). cols: `_columns` of
         the rows, when made already; hits: the index's hits for them, when found already (by the
         worker)."""
-        c = cols or self._columns(rows, at_t)
+        c = cols if cols is not None else self._columns(rows, at_t)
         rows_evaluated = rows_evaluated and len(c.rows) == len(rows)
         zone_hits = self._zone_hits(c, index, rows_evaluated, hits)
         found: list[Condition] = []

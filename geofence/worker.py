@@ -22,8 +22,8 @@ Wire: each way, frames of a 4-byte big-endian length and a pickle (only between 
 the child it started). To the worker: ("zones", generation, zones), ("hits", generation, columns),
 where columns is a (6, n) float64 array: lon, lat, agl_m, amsl_m, wgs84_m, t (the UAVs are not
 sent: the worker leaves the zones' authorised UAVs to the caller). From it:
-("ready", generation), ("hits", obs, zone, breach, distance_m), ("stale", generation),
-("error", text).
+("ready", generation), ("unbuilt", generation, text) (the zones could not be built: it holds
+none), ("hits", obs, zone, breach, distance_m), ("stale", generation), ("error", text).
 """
 
 from __future__ import annotations
@@ -167,6 +167,10 @@ class ZoneWorker:
                 if answer[0] == "ready":
                     self.ready_generation = answer[1]
                     continue
+                if answer[0] == "unbuilt":  # calls stay in process until the next zones
+                    self.ready_generation = None
+                    log.error("zone worker could not build zones %d:\n%s", answer[1], answer[2])
+                    continue
                 if self._waiting:
                     future = self._waiting.popleft()
                     if not future.done():
@@ -244,15 +248,18 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
         if len(body) < size:
             return
         message = pickle.loads(body)
-        try:
-            if message[0] == "zones":
-                started = time.perf_counter()
+        if message[0] == "zones":
+            generation = None  # until these are built: calls are answered "stale"
+            try:
                 index = ZoneIndex(message[2])
-                generation = message[1]
-                answer(("ready", generation))
-                log.debug("zone worker: %d zones in %.2f s", len(index),
-                          time.perf_counter() - started)
-            elif message[1] != generation:
+            except Exception:
+                answer(("unbuilt", message[1], traceback.format_exc()))
+                continue
+            generation = message[1]
+            answer(("ready", generation))
+            continue
+        try:
+            if message[1] != generation:
                 answer(("stale", message[1]))
             else:
                 lon, lat, agl_m, amsl_m, wgs84_m, t = message[2]

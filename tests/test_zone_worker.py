@@ -249,3 +249,20 @@ async def test_closing_answers_a_call_in_flight() -> None:
         assert time.monotonic() - started < 10.0
     finally:
         await worker.close()
+
+
+async def test_zones_the_worker_cannot_build_leave_the_calls_in_process() -> None:
+    zones = random_zones(20, np.random.default_rng(1))
+    worker = ZoneWorker()
+    try:
+        await ready(worker, 1, zones)
+        worker.offer(2, [zones[0], zones[0]])  # the same id twice: ZoneIndex refuses them
+        await until(lambda: worker.ready_generation is None)
+        with pytest.raises(WorkerUnavailable):
+            await worker.hits(1, np.zeros((6, 3)))  # not the generation it was last offered
+        assert worker.running and worker.restarts == 0  # not a failure of the worker itself
+        await ready(worker, 3, zones[:5])
+        got = await worker.hits(3, np.zeros((6, 3)))
+        assert got.obs.size == 0
+    finally:
+        await worker.close()
