@@ -34,6 +34,7 @@ import contextlib
 import logging
 import os
 import pickle
+import signal
 import struct
 import sys
 import time
@@ -270,6 +271,11 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
 
 
 def main() -> None:
+    # The parent owns this process's life: it ends when its input does (the parent closed the
+    # pipe or is gone). Ctrl-C at a terminal and a service manager's SIGTERM reach the whole
+    # process group; the parent then drains and closes this in its own time.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # The answers go on the stdout the parent reads; anything else printed goes to stderr.
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)

@@ -266,3 +266,24 @@ async def test_zones_the_worker_cannot_build_leave_the_calls_in_process() -> Non
         assert got.obs.size == 0
     finally:
         await worker.close()
+
+
+async def test_the_child_outlives_signals_to_its_group_and_ends_with_its_input() -> None:
+    """Ctrl-C or a service manager's SIGTERM reach the worker with the server; it stays until
+    the server closes it (and ends when its input does)."""
+    import signal
+
+    zones = random_zones(5, np.random.default_rng(1))
+    worker = ZoneWorker()
+    try:
+        await ready(worker, 1, zones)
+        process = worker._process
+        assert process is not None
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        assert worker.running
+        await worker.hits(1, np.zeros((6, 3)))  # still answers
+    finally:
+        await worker.close()
+    assert process.returncode == 0
