@@ -62,8 +62,8 @@ class Settings:
     geoid_undulation_m: float = 0.0
     max_agl_m: float = 120.0
     # The geofence stage's zone lookups in a second process (geofence/worker.py), on another
-    # core than the event loop's, from this many zones on (below, the lookups cost less than
-    # handing them over). Off: always in the server's process.
+    # core than the event loop's, from this many zones on (for a few zones a second process
+    # and a second copy of the index are not worth it). Off: always in the server's process.
     geofence_worker: bool = True
     geofence_worker_min_zones: int = 1_000
     # Traffic monitor (geofence/monitor.py).

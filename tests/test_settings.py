@@ -68,6 +68,9 @@ def test_settings_are_frozen() -> None:
         ({"LOWALT_MAX_AGE_S": "nan"}, "max_age_s: expected float"),
         ({"LOWALT_COMMIT_CONCURRENCY": "-1"}, "commit_concurrency: must not be negative"),
         ({"LOWALT_STAGE_INTERVAL_S": "-0.01"}, "stage_interval_s: must not be negative"),
+        ({"LOWALT_GEOFENCE_WORKER_MIN_ZONES": "-1"},
+         "geofence_worker_min_zones: must not be negative"),
+        ({"LOWALT_GEOFENCE_WORKER": "maybe"}, "geofence_worker: expected bool"),
     ],
 )
 def test_bad_values_are_one_line_errors(env: dict[str, str], message: str) -> None:
