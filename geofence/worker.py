@@ -110,8 +110,12 @@ class ZoneWorker:
             self._send(("zones", generation, self._zones[1]))
         elif not self._closed and all(task is None or task.done()
                                       for task in (self._starting, self._restart)):
-            self._starting = asyncio.get_running_loop().create_task(
-                self._start_logged(), name="lowalt-zone-worker-start")
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a script's set-up): started by an offer in one
+                return
+            self._starting = loop.create_task(self._start_logged(),
+                                              name="lowalt-zone-worker-start")
 
     async def _start_logged(self) -> None:
         try:

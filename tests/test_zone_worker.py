@@ -287,3 +287,9 @@ async def test_the_child_outlives_signals_to_its_group_and_ends_with_its_input()
     finally:
         await worker.close()
     assert process.returncode == 0
+
+
+def test_an_offer_without_an_event_loop_starts_nothing() -> None:
+    worker = ZoneWorker()
+    worker.offer(1, random_zones(3, np.random.default_rng(1)))
+    assert not worker.running and worker.ready_generation is None
