@@ -63,8 +63,10 @@ class Settings:
     max_agl_m: float = 120.0
     # The geofence stage's zone lookups in a second process (geofence/worker.py), on another
     # core than the event loop's, from this many zones on (for a few zones a second process
-    # and a second copy of the index are not worth it). Off: always in the server's process.
-    geofence_worker: bool = True
+    # and a second copy of the index are not worth it). Off by default: on the 2-core benchmark
+    # machine it bought no rate and cost CPU in all (docs/BENCHMARKS.md, 2026-11-28 02:51); for
+    # machines with cores to spare.
+    geofence_worker: bool = False
     geofence_worker_min_zones: int = 1_000
     # Traffic monitor (geofence/monitor.py).
     monitor_tick_s: float = 1.0

@@ -217,7 +217,7 @@ def test_ingest_cut_alternates_rounds_and_sums_them() -> None:
     imp = bench_geofence.ingest_impact(
         zones, "sqlite", 1.0, rounds=2,
         also={"spread x3": (spread, {}),
-              "in process": (zones, {"LOWALT_GEOFENCE_WORKER": "false"})})
+              "worker": (zones, {"LOWALT_GEOFENCE_WORKER": "true"})})
     rounds = imp["rounds"]
     assert len(rounds) == 2
     bare = [r["without_zones_obs_per_s"] for r in rounds]
@@ -230,8 +230,8 @@ def test_ingest_cut_alternates_rounds_and_sums_them() -> None:
     assert layout["cut_percent"] == round(
         100.0 * (1.0 - layout["with_zones"]["obs_per_s"] / (sum(bare) / 2)), 1)
     # The servers' environment is the layout's: a zone worker (not used below 1,000 zones) is
-    # on /metrics unless turned off.
-    assert "zone_worker" in imp["with_zones"]
-    assert "zone_worker" not in imp["layouts"]["in process"]["with_zones"]
+    # on /metrics only when turned on.
+    assert "zone_worker" not in imp["with_zones"]
+    assert "zone_worker" in imp["layouts"]["worker"]["with_zones"]
     row = next(r for r in suite.impact_rows(50, imp) if "ingest cut" in r[1])
     assert f"rounds {rounds[0]['cut_percent']:,.1f}, {rounds[1]['cut_percent']:,.1f} %" in row[2]

@@ -173,7 +173,7 @@ async def test_server_checks_through_the_worker_and_without_it(settings: Setting
     """With the worker from the first zone on: the stage's calls go to it once it holds the
     zones; a zone added is in effect from its answer on (checked in process until the worker
     has it); a killed worker changes no alert."""
-    async with running(settings, geofence_worker_min_zones=1) as server:
+    async with running(settings, geofence_worker=True, geofence_worker_min_zones=1) as server:
         geofence = _geofence(server)
         worker = geofence.worker
         assert worker is not None
@@ -215,15 +215,15 @@ async def test_server_checks_through_the_worker_and_without_it(settings: Setting
     assert not worker.running  # stopped with the server
 
 
-async def test_no_worker_below_its_zone_count(settings: Settings) -> None:
-    async with running(settings, geofence_worker_min_zones=2) as server:
+async def test_no_worker_below_its_zone_count_or_unless_on(settings: Settings) -> None:
+    async with running(settings, geofence_worker=True, geofence_worker_min_zones=2) as server:
         geofence = _geofence(server)
         reg = await server.token("regulator")
         assert (await server.client.post("/v1/zones", json=JIANGBEI,
                                          headers=auth(reg))).status == 201
         await asyncio.sleep(0.2)
         assert not geofence.worker.running and not geofence.worker_ready
-    async with running(settings, geofence_worker=False) as server:
+    async with running(settings, geofence_worker_min_zones=0) as server:  # off by default
         assert _geofence(server).worker is None
 
 
