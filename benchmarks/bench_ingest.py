@@ -422,15 +422,20 @@ def _gateway_on(srv: Any, token: str, connections: int, seconds: float, *, frame
     return result
 
 
-async def stage_totals(http_port: int, token: str) -> dict[str, tuple[float, float]]:
-    """Per check stage, the CPU seconds it has cost the server's event loop so far and the
-    observations it was given (`lowalt_stage_cpu_seconds_total`, `..._observations_total` of
-    the server's /metrics)."""
+async def _metrics_page(http_port: int, token: str) -> str:
+    """The server's /metrics, as text."""
     async with aiohttp.ClientSession() as session, session.get(
         f"http://127.0.0.1:{http_port}/metrics", headers={"Authorization": f"Bearer {token}"}
     ) as r:
         r.raise_for_status()
-        text = await r.text()
+        return await r.text()
+
+
+async def stage_totals(http_port: int, token: str) -> dict[str, tuple[float, float]]:
+    """Per check stage, the CPU seconds it has cost the server's event loop so far and the
+    observations it was given (`lowalt_stage_cpu_seconds_total`, `..._observations_total` of
+    the server's /metrics)."""
+    text = await _metrics_page(http_port, token)
     totals: dict[str, dict[str, float]] = {"lowalt_stage_cpu_seconds_total": {},
                                            "lowalt_stage_observations_total": {}}
     for name, labels, value in metric_samples(text):
@@ -443,11 +448,7 @@ async def stage_totals(http_port: int, token: str) -> dict[str, tuple[float, flo
 async def zone_worker_totals(http_port: int, token: str) -> dict[str, float]:
     """The zone worker's gauges of the server's /metrics (`lowalt_zone_worker_*`, without the
     prefix); empty when the server runs without one."""
-    async with aiohttp.ClientSession() as session, session.get(
-        f"http://127.0.0.1:{http_port}/metrics", headers={"Authorization": f"Bearer {token}"}
-    ) as r:
-        r.raise_for_status()
-        text = await r.text()
+    text = await _metrics_page(http_port, token)
     return {name.removeprefix("lowalt_zone_worker_"): value
             for name, _, value in metric_samples(text) if name.startswith("lowalt_zone_worker_")}
 
